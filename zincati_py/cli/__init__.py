@@ -1,0 +1,66 @@
+"""The ``zincati-py`` command line.
+
+Each subcommand lives in its own module with a ``register(subparsers)`` function; heavy imports
+stay inside the command functions so ``zincati-py --help`` and the fast paths stay fast.
+Exit codes follow sysexits: 0 ok, 64 usage, 65 invalid input/config, 69 service unreachable,
+70 internal error, 75 temporary failure (busy, retry later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+# Modules under zincati_py.cli, each providing register(subparsers).
+COMMAND_MODULES: tuple[str, ...] = ("config_cmd",)
+
+
+class CliError(Exception):
+    """An error already explained to the user; ``code`` is the process exit status."""
+
+    def __init__(self, message: str, code: int = os.EX_DATAERR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zincati-py",
+        description="Update and reboot coordination for image-based hosts.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"zincati_py.cli.{name}").register(sub)
+    return parser
+
+
+def add_root_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="prefix for all paths (default: $ZINCATI_PY_ROOT or /)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from zincati_py import log
+
+    log.setup(args.verbose)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"zincati-py: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
