@@ -1,0 +1,240 @@
+"""``zincati-py fleetlock serve|status|lock|unlock|release``: run or talk to a FleetLock server.
+
+``lock``/``unlock`` speak the plain FleetLock protocol (any server); ``status`` and
+``release`` use our server's admin API. Exit codes: 0 ok, 65 bad input (refused by the server
+or invalid arguments), 69 server unreachable or failing, 75 group full (lock not granted).
+A bearer token is read from ``--token-file`` or ``$ZINCATI_PY_FLEETLOCK_TOKEN`` (never from
+the command line, where other users could read it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from zincati_py.cli import CliError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from zincati_py.fleetlock.client import FleetLockError
+
+T = TypeVar("T")
+TOKEN_ENV = "ZINCATI_PY_FLEETLOCK_TOKEN"
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("fleetlock", help="FleetLock reboot-slot server and client")
+    fsub = parser.add_subparsers(dest="fleetlock_command", required=True, metavar="ACTION")
+
+    serve = fsub.add_parser("serve", help="run the FleetLock server")
+    serve.add_argument("--config", required=True, type=Path, help="server config (TOML)")
+    serve.set_defaults(func=run_serve)
+
+    def client_parser(name: str, help: str, *, node: bool, group_required: bool = True) -> Any:
+        p = fsub.add_parser(name, help=help)
+        p.add_argument("--url", required=True, help="server base URL (a directory)")
+        p.add_argument("--unix-socket", type=Path, help="connect through this Unix socket")
+        p.add_argument("--group", required=group_required, default=None, help="group")
+        if node:
+            p.add_argument("--id", required=True, dest="node_id", help="node id")
+        p.add_argument("--token-file", type=Path, help=f"bearer token file (or ${TOKEN_ENV})")
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+        p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        return p
+
+    client_parser("status", "show groups, slots and holders", node=False, group_required=False)
+    fsub.choices["status"].set_defaults(func=run_status)
+    client_parser("lock", "take a reboot slot (pre-reboot)", node=True)
+    fsub.choices["lock"].set_defaults(func=run_lock)
+    client_parser("unlock", "release a reboot slot (steady-state)", node=True)
+    fsub.choices["unlock"].set_defaults(func=run_unlock)
+    client_parser("release", "force-release a node's slot (admin)", node=True)
+    fsub.choices["release"].set_defaults(func=run_release)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from zincati_py.fleetlock.config import ConfigError, load
+    from zincati_py.fleetlock.server import serve
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc), os.EX_DATAERR) from None
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        # Cannot listen (address in use, permissions) or open the store.
+        raise CliError(f"{args.config}: listen: {exc}", os.EX_UNAVAILABLE) from None
+    return os.EX_OK
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        try:
+            token: str = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise CliError(f"{args.token_file}: {exc.strerror}", os.EX_NOINPUT) from None
+        if not token:
+            raise CliError(f"{args.token_file}: the token file is empty", os.EX_DATAERR)
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from zincati_py.fleetlock.protocol import GROUP_RE
+
+    if not args.url.startswith(("http://", "https://")):
+        raise CliError(f"--url: expected an http:// or https:// URL, got {args.url!r}")
+    if args.group is not None and not GROUP_RE.match(args.group):
+        raise CliError(f"--group: {args.group!r} must match ^[a-zA-Z0-9.-]+$")
+    if getattr(args, "node_id", "x") == "":
+        raise CliError("--id: must not be empty")
+
+
+def _exit_code(err: FleetLockError) -> int:
+    from zincati_py.fleetlock.protocol import Kind
+
+    if err.status is None or err.status >= 500:
+        return os.EX_UNAVAILABLE
+    if err.kind == Kind.GROUP_FULL or err.status in (409, 423):
+        return os.EX_TEMPFAIL
+    return os.EX_DATAERR
+
+
+def _call(args: argparse.Namespace, fn: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
+    """Run ``fn(session)`` and turn a FleetLock failure into the CLI's error and exit code."""
+    _check_args(args)
+    from zincati_py.fleetlock.client import FleetLockError
+
+    async def main() -> T:
+        import aiohttp
+
+        connector = aiohttp.UnixConnector(path=str(args.unix_socket)) if args.unix_socket else None
+        async with aiohttp.ClientSession(connector=connector) as session:
+            return await fn(session)
+
+    try:
+        return asyncio.run(main())
+    except FleetLockError as err:
+        raise CliError(f"{args.url}: {err}", _exit_code(err)) from None
+
+
+def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+def run_lock(args: argparse.Namespace) -> int:
+    from zincati_py.fleetlock.client import FleetLockClient
+
+    async def go(session: aiohttp.ClientSession) -> int | None:
+        client = FleetLockClient(
+            args.url,
+            args.node_id,
+            args.group,
+            session=session,
+            timeout=args.timeout,
+            token=_token(args),
+        )
+        return (await client.pre_reboot()).lease_seconds
+
+    lease = _call(args, go)
+    lease_text = "no lease" if lease is None else f"lease {lease}s"
+    _emit(
+        args,
+        {"granted": True, "group": args.group, "id": args.node_id, "lease_seconds": lease},
+        f"granted: {args.node_id} holds a slot in {args.group} ({lease_text})",
+    )
+    return os.EX_OK
+
+
+def run_unlock(args: argparse.Namespace) -> int:
+    from zincati_py.fleetlock.client import FleetLockClient
+
+    async def go(session: aiohttp.ClientSession) -> None:
+        client = FleetLockClient(
+            args.url,
+            args.node_id,
+            args.group,
+            session=session,
+            timeout=args.timeout,
+            token=_token(args),
+        )
+        await client.steady_state()
+
+    _call(args, go)
+    _emit(
+        args,
+        {"released": True, "group": args.group, "id": args.node_id},
+        f"released: {args.node_id} holds no slot in {args.group}",
+    )
+    return os.EX_OK
+
+
+def run_release(args: argparse.Namespace) -> int:
+    from zincati_py.fleetlock.client import FleetLockAdminClient
+
+    async def go(session: aiohttp.ClientSession) -> bool:
+        admin = FleetLockAdminClient(
+            args.url, session=session, timeout=args.timeout, token=_token(args)
+        )
+        return await admin.release(args.group, args.node_id)
+
+    held = _call(args, go)
+    _emit(
+        args,
+        {"released": held, "group": args.group, "id": args.node_id},
+        f"released {args.node_id} from {args.group}"
+        if held
+        else f"{args.node_id} held no slot in {args.group}",
+    )
+    return os.EX_OK
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from zincati_py.fleetlock.client import FleetLockAdminClient
+
+    async def go(session: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        admin = FleetLockAdminClient(
+            args.url, session=session, timeout=args.timeout, token=_token(args)
+        )
+        if args.group is not None:
+            return [await admin.group(args.group)]
+        return await admin.groups()
+
+    groups = _call(args, go)
+    if args.json:
+        _emit(args, {"groups": groups, "at": time.time()}, "")
+        return os.EX_OK
+    lines = [f"{'GROUP':<24} {'SLOTS':>5} {'HOLDERS':>7}"]
+    for g in groups:
+        slots = "-" if g.get("slots") is None else str(g["slots"])
+        holders = g.get("holders") or []
+        lines.append(f"{g.get('group', '?'):<24} {slots:>5} {len(holders):>7}")
+        for h in holders:
+            lines.append(
+                f"  {h.get('id')}  held {_duration(h.get('age_seconds'))}"
+                f"  expires in {_duration(h.get('expires_in_seconds'))}"
+            )
+    print("\n".join(lines))
+    return os.EX_OK

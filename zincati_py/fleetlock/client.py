@@ -1,0 +1,167 @@
+"""Low-level async FleetLock client: one HTTP attempt per call, no retries.
+
+Retries, backoff and lease renewal belong to the caller (the ``fleet_lock`` strategy).
+
+``base_url`` is treated as a directory: ``https://host/fleet`` and ``https://host/fleet/`` both
+lead to ``https://host/fleet/v1/pre-reboot``. (Zincati joins paths RFC 3986-style, so for it a
+base URL without a trailing slash loses its last segment; we don't.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from zincati_py.fleetlock import protocol
+from zincati_py.fleetlock.protocol import ClientParams, Kind
+
+
+class FleetLockError(Exception):
+    """A failed FleetLock call. ``status`` is None when no HTTP answer came (transport error)."""
+
+    def __init__(self, kind: str, value: str, status: int | None) -> None:
+        where = f"HTTP {status}" if status is not None else "no answer"
+        super().__init__(f"{kind} ({where}): {value}")
+        self.kind = kind
+        self.value = value
+        self.status = status
+
+
+@dataclass(frozen=True)
+class LockGrant:
+    """A granted (or renewed) slot; ``lease_seconds`` is None when the server sent no lease."""
+
+    lease_seconds: int | None
+
+
+def directory_url(base_url: str) -> str:
+    return base_url if base_url.endswith("/") else base_url + "/"
+
+
+class _Http:
+    """Shared plumbing: an owned or borrowed session, one request, error mapping."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        session: aiohttp.ClientSession | None,
+        timeout: float,
+        token: str | None,
+    ) -> None:
+        self.base_url = directory_url(base_url)
+        self._session = session
+        self._own_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._token = token
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        headers = {protocol.HEADER: "true"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            async with self._get_session().request(
+                method,
+                self.base_url + path,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+            ) as resp:
+                raw = await resp.read()
+                if 200 <= resp.status < 300:
+                    return raw
+                kind, value = protocol.parse_error_body(resp.status, raw)
+                raise FleetLockError(kind, value, resp.status)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise FleetLockError(Kind.TRANSPORT, str(exc) or type(exc).__name__, None) from exc
+
+    async def request_json(self, method: str, path: str, body: bytes | None = None) -> Any:
+        raw = await self.request(method, path, body)
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise FleetLockError(Kind.INVALID_BODY, f"server sent no JSON: {exc}", 200) from None
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class FleetLockClient:
+    """One node's FleetLock calls. Each method makes exactly one attempt and raises
+    :class:`FleetLockError` on any failure (HTTP error or transport error)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        node_id: str,
+        group: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        token: str | None = None,
+    ) -> None:
+        self._http = _Http(base_url, session=session, timeout=timeout, token=token)
+        self._body = ClientParams(id=node_id, group=group).to_body()
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    async def pre_reboot(self) -> LockGrant:
+        """Take (or renew) a reboot slot."""
+        raw = await self._http.request("POST", protocol.PRE_REBOOT, self._body)
+        return LockGrant(lease_seconds=protocol.parse_lease_seconds(raw))
+
+    async def steady_state(self) -> None:
+        """Release the slot; succeeds when the node holds none."""
+        await self._http.request("POST", protocol.STEADY_STATE, self._body)
+
+    async def close(self) -> None:
+        """Close the session if the client created it (a passed-in session is left open)."""
+        await self._http.close()
+
+
+class FleetLockAdminClient:
+    """Our server's admin API (not part of the FleetLock protocol)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        token: str | None = None,
+    ) -> None:
+        self._http = _Http(base_url, session=session, timeout=timeout, token=token)
+
+    async def groups(self) -> list[dict[str, Any]]:
+        doc = await self._http.request_json("GET", protocol.GROUPS)
+        groups = doc.get("groups") if isinstance(doc, dict) else None
+        if not isinstance(groups, list):
+            raise FleetLockError(Kind.INVALID_BODY, "expected {'groups': [...]}", 200)
+        return groups
+
+    async def group(self, name: str) -> dict[str, Any]:
+        doc = await self._http.request_json("GET", f"{protocol.GROUPS}/{name}")
+        if not isinstance(doc, dict):
+            raise FleetLockError(Kind.INVALID_BODY, "expected a JSON object", 200)
+        return doc
+
+    async def release(self, group: str, node_id: str) -> bool:
+        """Force-release ``node_id``'s slot; returns whether it held one."""
+        body = ClientParams(id=node_id, group=group).to_body()
+        doc = await self._http.request_json("POST", protocol.ADMIN_RELEASE, body)
+        return bool(doc.get("released")) if isinstance(doc, dict) else False
+
+    async def close(self) -> None:
+        await self._http.close()

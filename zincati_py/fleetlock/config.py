@@ -1,0 +1,300 @@
+"""The FleetLock server's TOML config, validated into :class:`ServerConfig`.
+
+Example::
+
+    listen = ["127.0.0.1:8080", "unix:/run/zincati-py/fleetlock.sock"]
+    prefix = ""                      # HTTP path prefix, e.g. "/fleetlock"
+    backend = "sqlite:/var/lib/zincati-py/fleetlock.db"   # or "etcd:http://h1:2379,http://h2:2379"
+    default_slots = 1
+    lease_seconds = 1800             # 0: leases never expire
+    unknown_groups = "create"        # or "reject"
+
+    [groups]
+    default = 2
+    workers = { slots = 10, lease_seconds = 900 }
+
+    [tls]                            # serve HTTPS
+    cert_file = "server.crt"
+    key_file = "server.key"
+
+    [etcd]                           # client TLS to etcd, key namespace
+    ca_file = "ca.crt"
+    cert_file = "client.crt"
+    key_file = "client.key"
+    key_prefix = "/zincati-py/fleetlock/"
+
+    [auth]                           # optional bearer tokens
+    admin_token = "..."              # admin endpoints (and any node)
+    shared_token = "..."             # lock/unlock for any node id
+    [auth.nodes]
+    "node-id" = "..."                # lock/unlock for this node id only
+
+Relative file paths are relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zincati_py.fleetlock.protocol import GROUP_RE
+
+DEFAULT_LEASE_SECONDS = 1800
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_BACKEND = "sqlite:/var/lib/zincati-py/fleetlock.db"
+DEFAULT_ETCD_KEY_PREFIX = "/zincati-py/fleetlock/"
+
+
+class ConfigError(Exception):
+    def __init__(self, path: Path, key: str, message: str) -> None:
+        super().__init__(f"{path}: {key}: {message}")
+        self.path = path
+        self.key = key
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    slots: int
+    lease_seconds: int
+
+
+@dataclass(frozen=True)
+class Listen:
+    """A TCP ``host``/``port`` or a Unix socket ``path``."""
+
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return (
+            f"[{self.host}]:{self.port}"
+            if self.host and ":" in self.host
+            else f"{self.host}:{self.port}"
+        )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    path: Path
+    listen: tuple[Listen, ...] = (Listen("127.0.0.1", 8080),)
+    prefix: str = ""
+    backend: str = DEFAULT_BACKEND
+    default_slots: int = 1
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
+    unknown_groups: str = "create"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
+    etcd_key_prefix: str = DEFAULT_ETCD_KEY_PREFIX
+    admin_token: str | None = None
+    shared_token: str | None = None
+    node_tokens: dict[str, str] = field(default_factory=dict)
+
+    def group(self, name: str) -> GroupConfig | None:
+        """The group's settings, or None if it is unknown and unknown groups are rejected."""
+        found = self.groups.get(name)
+        if found is not None:
+            return found
+        if self.unknown_groups == "create":
+            return GroupConfig(self.default_slots, self.lease_seconds)
+        return None
+
+    @property
+    def node_auth(self) -> bool:
+        """Whether lock/unlock requests need a bearer token."""
+        return self.shared_token is not None or bool(self.node_tokens)
+
+    def backend_options(self) -> dict[str, str | None]:
+        if not self.backend.startswith("etcd:"):
+            return {}
+        return {
+            "ca_file": str(self.etcd_ca_file) if self.etcd_ca_file else None,
+            "cert_file": str(self.etcd_cert_file) if self.etcd_cert_file else None,
+            "key_file": str(self.etcd_key_file) if self.etcd_key_file else None,
+            "key_prefix": self.etcd_key_prefix,
+        }
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.path, key, message)
+
+    def table(self, doc: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        for k in value:
+            if k not in allowed:
+                raise self.fail(f"{key}.{k}", "unknown key")
+        return value
+
+    def int_(self, doc: dict[str, Any], key: str, name: str, default: int, minimum: int) -> int:
+        value = doc.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(name, f"must be an integer, got {value!r}")
+        if value < minimum:
+            raise self.fail(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def str_(self, doc: dict[str, Any], key: str, name: str) -> str | None:
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise self.fail(name, "must be a non-empty string")
+        return value
+
+    def file(self, doc: dict[str, Any], key: str, name: str) -> Path | None:
+        value = self.str_(doc, key, name)
+        if value is None:
+            return None
+        path = self.path.parent / value
+        if not path.is_file():
+            raise self.fail(name, f"no such file: {path}")
+        return path
+
+    def listen(self, value: object) -> tuple[Listen, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.fail("listen", "must be an address or a non-empty list of addresses")
+        out = []
+        for item in items:
+            if not isinstance(item, str):
+                raise self.fail("listen", f"not an address: {item!r}")
+            if item.startswith("unix:"):
+                sock = item[len("unix:") :]
+                if not sock.startswith("/"):
+                    raise self.fail("listen", f"{item!r}: the socket path must be absolute")
+                out.append(Listen(path=Path(sock)))
+                continue
+            host, sep, port = item.rpartition(":")
+            host = host.removeprefix("[").removesuffix("]")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise self.fail(
+                    "listen", f"{item!r}: expected 'HOST:PORT', '[V6ADDR]:PORT' or 'unix:/PATH'"
+                )
+            out.append(Listen(host=host, port=int(port)))
+        return tuple(out)
+
+
+_TOP = {
+    "listen",
+    "prefix",
+    "backend",
+    "default_slots",
+    "lease_seconds",
+    "groups",
+    "unknown_groups",
+    "tls",
+    "etcd",
+    "auth",
+}
+
+
+def load(path: Path) -> ServerConfig:
+    """Read and validate ``path``; raises :class:`ConfigError` naming the file and key."""
+    r = _Reader(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(path, "(file)", exc.strerror or str(exc)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "(syntax)", str(exc)) from None
+    for key in doc:
+        if key not in _TOP:
+            raise r.fail(key, "unknown key")
+
+    prefix = doc.get("prefix", "")
+    if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
+        raise r.fail("prefix", "must be empty or a path starting with '/'")
+    prefix = prefix.rstrip("/")
+
+    backend = doc.get("backend", DEFAULT_BACKEND)
+    if not isinstance(backend, str):
+        raise r.fail("backend", "must be a string")
+    scheme, _, rest = backend.partition(":")
+    if scheme == "sqlite":
+        if not rest:
+            raise r.fail("backend", "expected 'sqlite:PATH'")
+        backend = f"sqlite:{path.parent / rest}"
+    elif scheme == "etcd":
+        urls = rest.split(",")
+        if not rest or not all(u.startswith(("http://", "https://")) for u in urls):
+            raise r.fail("backend", "expected 'etcd:http://HOST:PORT,...' (http or https URLs)")
+    else:
+        raise r.fail("backend", f"unknown backend {scheme!r}: use 'sqlite:PATH' or 'etcd:URL,...'")
+
+    default_slots = r.int_(doc, "default_slots", "default_slots", 1, 1)
+    lease = r.int_(doc, "lease_seconds", "lease_seconds", DEFAULT_LEASE_SECONDS, 0)
+
+    unknown = doc.get("unknown_groups", "create")
+    if unknown not in ("reject", "create"):
+        raise r.fail("unknown_groups", f"must be 'reject' or 'create', got {unknown!r}")
+
+    groups: dict[str, GroupConfig] = {}
+    raw_groups = doc.get("groups", {})
+    if not isinstance(raw_groups, dict):
+        raise r.fail("groups", "must be a table")
+    for name, value in raw_groups.items():
+        key = f"groups.{name}"
+        if not GROUP_RE.match(name):
+            raise r.fail(key, "group names must match ^[a-zA-Z0-9.-]+$")
+        if isinstance(value, dict):
+            for k in value:
+                if k not in ("slots", "lease_seconds"):
+                    raise r.fail(f"{key}.{k}", "unknown key")
+            slots = r.int_(value, "slots", f"{key}.slots", default_slots, 1)
+            group_lease = r.int_(value, "lease_seconds", f"{key}.lease_seconds", lease, 0)
+        else:
+            slots = r.int_(raw_groups, name, key, default_slots, 1)
+            group_lease = lease
+        groups[name] = GroupConfig(slots, group_lease)
+
+    tls = r.table(doc, "tls", {"cert_file", "key_file"})
+    cert = r.file(tls, "cert_file", "tls.cert_file")
+    key_file = r.file(tls, "key_file", "tls.key_file")
+    if (cert is None) != (key_file is None):
+        raise r.fail("tls", "set both cert_file and key_file, or neither")
+
+    etcd = r.table(doc, "etcd", {"ca_file", "cert_file", "key_file", "key_prefix"})
+    etcd_prefix = etcd.get("key_prefix", DEFAULT_ETCD_KEY_PREFIX)
+    if not isinstance(etcd_prefix, str) or not etcd_prefix:
+        raise r.fail("etcd.key_prefix", "must be a non-empty string")
+    etcd_cert = r.file(etcd, "cert_file", "etcd.cert_file")
+    etcd_key = r.file(etcd, "key_file", "etcd.key_file")
+    if (etcd_cert is None) != (etcd_key is None):
+        raise r.fail("etcd", "set both cert_file and key_file, or neither")
+
+    auth = r.table(doc, "auth", {"admin_token", "shared_token", "nodes"})
+    nodes = auth.get("nodes", {})
+    if not isinstance(nodes, dict) or not all(isinstance(v, str) and v for v in nodes.values()):
+        raise r.fail("auth.nodes", "must be a table of node id = non-empty token string")
+
+    return ServerConfig(
+        path=path,
+        listen=r.listen(doc.get("listen", DEFAULT_LISTEN)),
+        prefix=prefix,
+        backend=backend,
+        default_slots=default_slots,
+        lease_seconds=lease,
+        groups=groups,
+        unknown_groups=unknown,
+        tls_cert_file=cert,
+        tls_key_file=key_file,
+        etcd_ca_file=r.file(etcd, "ca_file", "etcd.ca_file"),
+        etcd_cert_file=etcd_cert,
+        etcd_key_file=etcd_key,
+        etcd_key_prefix=etcd_prefix,
+        admin_token=r.str_(auth, "admin_token", "auth.admin_token"),
+        shared_token=r.str_(auth, "shared_token", "auth.shared_token"),
+        node_tokens=dict(nodes),
+    )

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one FleetLock server, on its own registry (never the global one, so
+several servers in one process, as in tests and benchmarks, don't collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from zincati_py.fleetlock.backends import Holder
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "fleetlock_requests",
+            "Requests by endpoint and outcome kind ('ok' or the error kind).",
+            ["endpoint", "kind"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "fleetlock_request_duration_seconds",
+            "Request handling time by endpoint.",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.lease_expiries = Counter(
+            "fleetlock_lease_expiries",
+            "Holders that lost their slot because their lease ran out.",
+            ["group"],
+            registry=r,
+        )
+        self.admin_releases = Counter(
+            "fleetlock_admin_releases", "Slots force-released by an admin.", ["group"], registry=r
+        )
+        self.slots = Gauge(
+            "fleetlock_group_slots", "Reboot slots per group.", ["group"], registry=r
+        )
+        self.holders = Gauge(
+            "fleetlock_group_holders", "Current slot holders per group.", ["group"], registry=r
+        )
+        self.oldest_age = Gauge(
+            "fleetlock_group_oldest_holder_age_seconds",
+            "Age of the group's oldest slot holder (0 when none).",
+            ["group"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "fleetlock_backend_up", "1 if the last backend read for /metrics succeeded.", registry=r
+        )
+
+    def set_groups(
+        self, slots: dict[str, int | None], holders: dict[str, list[Holder]], now: float
+    ) -> None:
+        """Replace the per-group gauges with a fresh snapshot (groups come and go)."""
+        for gauge in (self.slots, self.holders, self.oldest_age):
+            gauge.clear()
+        for group in sorted(slots.keys() | holders.keys()):
+            live = [h for h in holders.get(group, []) if not h.expired(now)]
+            count = slots.get(group)
+            if count is not None:
+                self.slots.labels(group).set(count)
+            self.holders.labels(group).set(len(live))
+            oldest = min((h.acquired_at for h in live), default=now)
+            self.oldest_age.labels(group).set(max(0.0, now - oldest))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,156 @@
+"""FleetLock wire types shared by the client and the server.
+
+The protocol (coreos/zincati docs/development/fleetlock/protocol.md): ``POST v1/pre-reboot``
+takes a reboot slot, ``POST v1/steady-state`` releases it, both with the header
+``fleet-lock-protocol: true`` and the body ``{"client_params": {"id": ..., "group": ...}}``.
+Any 2xx is success; errors carry ``{"kind": ..., "value": ...}``.
+
+Our extension: a ``pre-reboot`` success body carries ``{"lease_seconds": N}``, the seconds
+from now until the slot is taken back unless the holder renews (re-sends ``pre-reboot``) or
+releases it. Clients that ignore the body are unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+HEADER: Final = "fleet-lock-protocol"
+PRE_REBOOT: Final = "v1/pre-reboot"
+STEADY_STATE: Final = "v1/steady-state"
+GROUPS: Final = "v1/groups"
+ADMIN_RELEASE: Final = "v1/admin/release"
+
+GROUP_RE: Final = re.compile(r"^[a-zA-Z0-9.-]+$")
+MAX_ID_LENGTH: Final = 256
+
+
+class Kind:
+    """Error kinds the server sends, with the HTTP status each goes with."""
+
+    INVALID_HEADER: Final = "invalid_header"
+    INVALID_BODY: Final = "invalid_body"
+    UNAUTHORIZED: Final = "unauthorized"
+    FORBIDDEN: Final = "forbidden"
+    UNKNOWN_GROUP: Final = "unknown_group"
+    NOT_FOUND: Final = "not_found"
+    METHOD_NOT_ALLOWED: Final = "method_not_allowed"
+    GROUP_FULL: Final = "group_full"
+    BODY_TOO_LARGE: Final = "body_too_large"
+    INTERNAL: Final = "internal_error"
+    BACKEND_UNAVAILABLE: Final = "backend_unavailable"
+    # Client side only: no HTTP answer at all (connection refused, timeout, TLS failure).
+    TRANSPORT: Final = "transport"
+
+
+STATUS: Final[dict[str, int]] = {
+    Kind.INVALID_HEADER: 400,
+    Kind.INVALID_BODY: 400,
+    Kind.UNAUTHORIZED: 401,
+    Kind.FORBIDDEN: 403,
+    Kind.UNKNOWN_GROUP: 404,
+    Kind.NOT_FOUND: 404,
+    Kind.METHOD_NOT_ALLOWED: 405,
+    Kind.GROUP_FULL: 409,
+    Kind.BODY_TOO_LARGE: 413,
+    Kind.INTERNAL: 500,
+    Kind.BACKEND_UNAVAILABLE: 503,
+}
+
+
+class ProtocolError(Exception):
+    """A request the server refuses: ``kind`` and ``value`` go into the error body."""
+
+    def __init__(self, kind: str, value: str) -> None:
+        super().__init__(f"{kind}: {value}")
+        self.kind = kind
+        self.value = value
+
+    @property
+    def status(self) -> int:
+        return STATUS.get(self.kind, 500)
+
+
+@dataclass(frozen=True)
+class ClientParams:
+    id: str
+    group: str
+
+    def to_body(self) -> bytes:
+        return json.dumps({"client_params": {"id": self.id, "group": self.group}}).encode()
+
+    @classmethod
+    def from_body(cls, raw: bytes) -> ClientParams:
+        """Parse a request body whatever its Content-Type (Zincati sends none)."""
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(Kind.INVALID_BODY, f"body is not JSON: {exc}") from None
+        params = doc.get("client_params") if isinstance(doc, dict) else None
+        if not isinstance(params, dict):
+            raise ProtocolError(Kind.INVALID_BODY, "missing object 'client_params'")
+        node_id = params.get("id")
+        group = params.get("group")
+        if not isinstance(node_id, str) or not node_id:
+            raise ProtocolError(Kind.INVALID_BODY, "'client_params.id' must be a non-empty string")
+        if len(node_id) > MAX_ID_LENGTH or not node_id.isprintable():
+            raise ProtocolError(
+                Kind.INVALID_BODY,
+                f"'client_params.id' must be printable and at most {MAX_ID_LENGTH} characters",
+            )
+        if not isinstance(group, str) or not GROUP_RE.match(group):
+            raise ProtocolError(
+                Kind.INVALID_BODY, "'client_params.group' must match ^[a-zA-Z0-9.-]+$"
+            )
+        return cls(id=node_id, group=group)
+
+
+def error_body(kind: str, value: str) -> bytes:
+    return json.dumps({"kind": kind, "value": value}).encode()
+
+
+_FALLBACK_KINDS: Final[dict[int, str]] = {
+    401: Kind.UNAUTHORIZED,
+    403: Kind.FORBIDDEN,
+    404: Kind.NOT_FOUND,
+    405: Kind.METHOD_NOT_ALLOWED,
+    409: Kind.GROUP_FULL,
+    413: Kind.BODY_TOO_LARGE,
+    423: Kind.GROUP_FULL,
+    500: Kind.INTERNAL,
+    503: Kind.BACKEND_UNAVAILABLE,
+}
+
+
+def kind_for_status(status: int) -> str:
+    """The kind a client reports when an error response has no usable ``{kind, value}``."""
+    return _FALLBACK_KINDS.get(status, f"http_{status}")
+
+
+def parse_error_body(status: int, raw: bytes) -> tuple[str, str]:
+    """``(kind, value)`` of an error response, falling back to the status when the body isn't
+    the protocol's JSON (a proxy's HTML page, an empty body)."""
+    try:
+        doc: Any = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("kind"), str):
+        value = doc.get("value")
+        return doc["kind"], value if isinstance(value, str) else json.dumps(value)
+    text = raw.decode("utf-8", "replace").strip()
+    return kind_for_status(status), text[:200] or f"HTTP {status}"
+
+
+def parse_lease_seconds(raw: bytes) -> int | None:
+    """``lease_seconds`` from a ``pre-reboot`` success body, if it carries a usable one."""
+    try:
+        doc: Any = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    value = doc.get("lease_seconds") if isinstance(doc, dict) else None
+    # bool is an int subclass; a JSON true is not a lease.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None

@@ -1,0 +1,423 @@
+"""``zincati-py fleetlock serve``: a FleetLock server (the successor of coreos/airlock).
+
+Wire-compatible with Zincati's client and airlock, plus leases, admin endpoints, tokens,
+health/readiness probes and Prometheus metrics. State lives in a :mod:`backends` store; this
+module only maps HTTP to backend operations and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from zincati_py.fleetlock import protocol
+from zincati_py.fleetlock.backends import Backend, BackendUnavailable, Holder, open_backend
+from zincati_py.fleetlock.config import ConfigError, GroupConfig, ServerConfig
+from zincati_py.fleetlock.config import load as load_config
+from zincati_py.fleetlock.metrics import ServerMetrics
+from zincati_py.fleetlock.protocol import ClientParams, Kind, ProtocolError
+
+log = logging.getLogger("zincati_py.fleetlock.server")
+audit = logging.getLogger("zincati_py.fleetlock.audit")
+
+MAX_BODY = 64 * 1024
+BACKEND_TIMEOUT = 10.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own HTTP errors, as protocol kinds.
+_HTTP_KINDS = {404: Kind.NOT_FOUND, 405: Kind.METHOD_NOT_ALLOWED, 413: Kind.BODY_TOO_LARGE}
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(doc).encode(), status=status, content_type="application/json"
+    )
+
+
+def _error(kind: str, value: str, status: int | None = None) -> web.Response:
+    resp = web.Response(
+        body=protocol.error_body(kind, value),
+        status=status or protocol.STATUS.get(kind, 500),
+        content_type="application/json",
+    )
+    if kind == Kind.UNAUTHORIZED:
+        resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+def _holder_view(h: Holder, now: float) -> dict[str, Any]:
+    return {
+        "id": h.id,
+        "acquired_at": h.acquired_at,
+        "expires_at": h.expires_at,
+        "age_seconds": round(now - h.acquired_at, 3),
+        "expires_in_seconds": None if h.expires_at is None else round(h.expires_at - now, 3),
+    }
+
+
+class FleetLockServer:
+    """The HTTP application around one backend. ``start()`` listens, ``stop()`` closes."""
+
+    def __init__(self, config: ServerConfig, backend: Backend | None = None) -> None:
+        self.config = config
+        self.backend = backend or open_backend(config.backend, **config.backend_options())
+        self.metrics = ServerMetrics()
+        self.app = self._build_app()
+        self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.addresses: list[str] = []
+
+    # -- application -------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        p = self.config.prefix
+        r = app.router
+        r.add_post(f"{p}/{protocol.PRE_REBOOT}", self._pre_reboot, name="pre-reboot")
+        r.add_post(f"{p}/{protocol.STEADY_STATE}", self._steady_state, name="steady-state")
+        r.add_get(f"{p}/{protocol.GROUPS}", self._groups, name="groups")
+        r.add_get(f"{p}/{protocol.GROUPS}/{{group}}", self._group, name="group")
+        r.add_post(f"{p}/{protocol.ADMIN_RELEASE}", self._admin_release, name="admin-release")
+        r.add_get(f"{p}/healthz", self._healthz, name="healthz")
+        r.add_get(f"{p}/readyz", self._readyz, name="readyz")
+        r.add_get(f"{p}/metrics", self._metrics, name="metrics")
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = request.match_info.route.name or "other"
+        try:
+            resp: web.StreamResponse = await handler(request)
+            kind = "ok"
+        except ProtocolError as exc:
+            kind = exc.kind
+            resp = _error(exc.kind, exc.value)
+        except BackendUnavailable as exc:
+            kind = Kind.BACKEND_UNAVAILABLE
+            log.warning("backend unavailable: %s", exc)
+            resp = _error(kind, str(exc))
+        except web.HTTPException as exc:
+            kind = _HTTP_KINDS.get(exc.status, f"http_{exc.status}")
+            resp = _error(kind, exc.reason, exc.status)
+            if exc.status == 405:
+                resp.headers["Allow"] = exc.headers.get("Allow", "")
+        except Exception:
+            log.exception("internal error handling %s %s", request.method, request.path)
+            kind = Kind.INTERNAL
+            resp = _error(kind, "internal server error")
+        if route != "metrics":
+            self.metrics.requests.labels(route, kind).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return resp
+
+    async def _params(self, request: web.Request, *, need_header: bool = True) -> ClientParams:
+        if need_header and request.headers.get(protocol.HEADER) != "true":
+            raise ProtocolError(
+                Kind.INVALID_HEADER, f"header '{protocol.HEADER}: true' is required"
+            )
+        return ClientParams.from_body(await request.read())
+
+    def _token(self, request: web.Request) -> str | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    @staticmethod
+    def _same(a: str | None, b: str | None) -> bool:
+        return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+    def _authorize_node(self, request: web.Request, node_id: str) -> None:
+        cfg = self.config
+        if not cfg.node_auth:
+            return
+        token = self._token(request)
+        if self._same(token, cfg.admin_token) or self._same(token, cfg.shared_token):
+            return
+        if self._same(token, cfg.node_tokens.get(node_id)):
+            return
+        if token is not None and any(self._same(token, t) for t in cfg.node_tokens.values()):
+            raise ProtocolError(Kind.FORBIDDEN, f"this token may not act for node {node_id!r}")
+        raise ProtocolError(Kind.UNAUTHORIZED, "a valid bearer token is required")
+
+    def _authorize_admin(self, request: web.Request) -> None:
+        if self.config.admin_token is None:
+            return
+        token = self._token(request)
+        if self._same(token, self.config.admin_token):
+            return
+        if token is None:
+            raise ProtocolError(Kind.UNAUTHORIZED, "the admin bearer token is required")
+        raise ProtocolError(Kind.FORBIDDEN, "this token is not the admin token")
+
+    def _group_config(self, group: str) -> GroupConfig:
+        found = self.config.group(group)
+        if found is None:
+            raise ProtocolError(Kind.UNKNOWN_GROUP, f"unknown group {group!r}")
+        return found
+
+    async def _backend(self, op: Awaitable[Any]) -> Any:
+        try:
+            return await asyncio.wait_for(op, BACKEND_TIMEOUT)
+        except TimeoutError:
+            raise BackendUnavailable(f"no answer within {BACKEND_TIMEOUT:g}s") from None
+
+    def _note_expired(self, group: str, expired: tuple[Holder, ...]) -> None:
+        for h in expired:
+            self.metrics.lease_expiries.labels(group).inc()
+            log.info("lease of %s in group %s expired; slot freed", h.id, group)
+
+    # -- FleetLock protocol --------------------------------------------------------------------
+
+    async def _pre_reboot(self, request: web.Request) -> web.Response:
+        params = await self._params(request)
+        self._authorize_node(request, params.id)
+        gc = self._group_config(params.group)
+        now = time.time()
+        outcome = await self._backend(
+            self.backend.lock(params.group, params.id, gc.slots, gc.lease_seconds, now)
+        )
+        self._note_expired(params.group, outcome.expired)
+        if not outcome.granted:
+            raise ProtocolError(
+                Kind.GROUP_FULL,
+                f"all {gc.slots} reboot slot(s) of group {params.group!r} are taken",
+            )
+        if outcome.written:
+            log.info("slot in group %s granted to %s", params.group, params.id)
+        lease = outcome.lease_seconds(now)
+        return _json({} if lease is None else {"lease_seconds": lease})
+
+    async def _steady_state(self, request: web.Request) -> web.Response:
+        params = await self._params(request)
+        self._authorize_node(request, params.id)
+        self._group_config(params.group)
+        outcome = await self._backend(self.backend.unlock(params.group, params.id, time.time()))
+        self._note_expired(params.group, outcome.expired)
+        if outcome.released:
+            log.info("slot in group %s released by %s", params.group, params.id)
+        return _json({})
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    def _group_view(self, name: str, holders: list[Holder], now: float) -> dict[str, Any]:
+        gc = self.config.group(name)
+        live = [h for h in holders if not h.expired(now)]
+        return {
+            "group": name,
+            "configured": name in self.config.groups,
+            "slots": gc.slots if gc else None,
+            "lease_seconds": gc.lease_seconds if gc else None,
+            "holders": [_holder_view(h, now) for h in live],
+        }
+
+    async def _groups(self, request: web.Request) -> web.Response:
+        self._authorize_admin(request)
+        stored = await self._backend(self.backend.all_holders())
+        now = time.time()
+        names = sorted(self.config.groups.keys() | stored.keys())
+        return _json({"groups": [self._group_view(n, stored.get(n, []), now) for n in names]})
+
+    async def _group(self, request: web.Request) -> web.Response:
+        self._authorize_admin(request)
+        name = request.match_info["group"]
+        if not protocol.GROUP_RE.match(name):
+            raise ProtocolError(Kind.INVALID_BODY, "group names match ^[a-zA-Z0-9.-]+$")
+        holders = await self._backend(self.backend.holders(name))
+        if self.config.group(name) is None and not holders:
+            raise ProtocolError(Kind.UNKNOWN_GROUP, f"unknown group {name!r}")
+        return _json(self._group_view(name, holders, time.time()))
+
+    async def _admin_release(self, request: web.Request) -> web.Response:
+        self._authorize_admin(request)
+        params = await self._params(request, need_header=False)
+        # No group check: an admin must be able to clear a group removed from the config.
+        outcome = await self._backend(self.backend.unlock(params.group, params.id, time.time()))
+        self._note_expired(params.group, outcome.expired)
+        if outcome.released:
+            self.metrics.admin_releases.labels(params.group).inc()
+        audit.warning(
+            "admin release: group=%s id=%s released=%s from=%s",
+            params.group,
+            params.id,
+            outcome.released,
+            request.remote or "unix-socket",
+        )
+        return _json({"released": outcome.released})
+
+    # -- probes and metrics --------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        await self._backend(self.backend.ping())
+        return _json({"status": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        slots: dict[str, int | None] = {n: g.slots for n, g in self.config.groups.items()}
+        try:
+            stored = await self._backend(self.backend.all_holders())
+            self.metrics.backend_up.set(1)
+        except BackendUnavailable:
+            stored = {}
+            self.metrics.backend_up.set(0)
+        for name in stored:
+            gc = self.config.group(name)
+            slots.setdefault(name, gc.slots if gc else None)
+        self.metrics.set_groups(slots, stored, time.time())
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    # -- lease sweeper -------------------------------------------------------------------------
+
+    def _sweep_interval(self) -> float:
+        leases = [g.lease_seconds for g in self.config.groups.values()]
+        leases.append(self.config.lease_seconds)
+        positive = [lease for lease in leases if lease > 0]
+        return min(30.0, max(0.5, min(positive) / 4)) if positive else 30.0
+
+    async def sweep_once(self) -> None:
+        """Free the slots of holders whose lease ran out (lock requests do it too, lazily)."""
+        now = time.time()
+        stored = await self._backend(self.backend.all_holders())
+        for group, holders in stored.items():
+            if any(h.expired(now) for h in holders):
+                self._note_expired(group, await self._backend(self.backend.expire(group, now)))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval())
+            try:
+                await self.sweep_once()
+            except BackendUnavailable as exc:
+                log.warning("lease sweep skipped: %s", exc)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def reload(self, config: ServerConfig) -> None:
+        """Take new slots, leases and tokens (listen addresses and backend need a restart)."""
+        kept = replace(
+            config,
+            listen=self.config.listen,
+            backend=self.config.backend,
+            prefix=self.config.prefix,
+            tls_cert_file=self.config.tls_cert_file,
+            tls_key_file=self.config.tls_key_file,
+        )
+        self.config = kept
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.config.tls_cert_file is None or self.config.tls_key_file is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+        return ctx
+
+    async def start(self) -> list[str]:
+        """Listen on every configured address; returns them as bound (TCP port 0 resolved)."""
+        ctx = self._ssl_context()
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runner = runner
+        try:
+            for listen in self.config.listen:
+                site: web.BaseSite
+                if listen.path is not None:
+                    _remove_stale_socket(listen.path)
+                    listen.path.parent.mkdir(parents=True, exist_ok=True)
+                    site = web.UnixSite(runner, str(listen.path))
+                else:
+                    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ctx)
+                await site.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.addresses = [_format_address(a) for a in runner.addresses]
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+        return self.addresses
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.backend.close()
+
+
+def _format_address(addr: Any) -> str:
+    if isinstance(addr, str):
+        return f"unix:{addr}"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A SIGKILLed server leaves its socket file behind; remove it unless someone listens."""
+    if not path.is_socket():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()
+            return
+    raise OSError(f"{path}: another server is listening there")
+
+
+def _sd_notify(message: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(message.encode(), address)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP re-reads the config file."""
+    server = FleetLockServer(config)
+    addresses = await server.start()
+    log.info("FleetLock server listening on %s (backend %s)", ", ".join(addresses), config.backend)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            server.reload(load_config(config.path))
+            log.info("reloaded %s", config.path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the previous config: %s", exc)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    _sd_notify("READY=1")
+    try:
+        await stop.wait()
+    finally:
+        _sd_notify("STOPPING=1")
+        log.info("shutting down")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await server.stop()
