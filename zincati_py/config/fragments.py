@@ -141,7 +141,8 @@ def discover(config_dirs: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
             path = Path(entry.path)
             if entry.name.startswith("."):
                 continue
-            if entry.is_symlink() and os.path.realpath(path) == os.devnull:
+            # As liboverdrop: the link text must be "/dev/null" (not merely resolve to it).
+            if entry.is_symlink() and _readlink(path) == os.devnull:
                 chosen[name] = None  # masked: hides the same name in earlier directories
                 continue
             if not entry.name.endswith(".toml"):
@@ -151,12 +152,28 @@ def discover(config_dirs: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
                     )
                 )
                 continue
-            if not entry.is_file():
+            if entry.is_symlink():
+                # liboverdrop looks at the entry itself (lstat): a symlink to a file is not a
+                # regular file, so Zincati ignores it; say so instead of ignoring it silently.
+                problems.append(
+                    Problem.warning(
+                        path, "", "ignored: a symlink (Zincati reads only regular files)"
+                    )
+                )
+                continue
+            if not entry.is_file(follow_symlinks=False):
                 problems.append(Problem.warning(path, "", "ignored: not a regular file"))
                 continue
             chosen[name] = path
     files = [chosen[name] for name in sorted(chosen) if chosen[name] is not None]
     return [p for p in files if p is not None], problems
+
+
+def _readlink(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 def read_fragment(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
