@@ -269,10 +269,16 @@ def _dom_parts(dom: Sequence[int | str], months: frozenset[int] | None) -> list[
 
 
 def _nth_parts(nth: dict[int, frozenset[int | str]], months: frozenset[int] | None) -> list[_Part]:
+    # The nth weekday falls on days 7n-6..7n; a 5th one only where the month is long enough
+    # (systemd rejects days past 31 outright).
+    longest = max(_MAX_DAYS[m] for m in months or _ALL_MONTHS)
     parts = []
     for dow, which in nth.items():
         days = frozenset(
-            d for n in which if isinstance(n, int) for d in range(7 * n - 6, 7 * n + 1)
+            d
+            for n in which
+            if isinstance(n, int)
+            for d in range(7 * n - 6, min(7 * n, longest) + 1)
         )
         if days:
             parts.append(_Part(frozenset({dow}), months, days))
