@@ -71,7 +71,8 @@ class SqliteBackend(Backend):
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
+            # OSError: the database directory cannot be created.
             raise BackendUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     @staticmethod
