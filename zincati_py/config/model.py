@@ -344,7 +344,7 @@ class _Validator:
         group = self.value(
             "identity.group",
             "default",
-            lambda v: None if GROUP_RE.match(v) else f"{v!r} must match {GROUP_RE.pattern}",
+            lambda v: None if GROUP_RE.fullmatch(v) else f"{v!r} must match {GROUP_RE.pattern}",
         )
         wariness = self.value(
             "identity.rollout_wariness",
@@ -365,6 +365,8 @@ class _Validator:
     def derived_node_uuid(self, needed: bool) -> str | None:
         try:
             machine_id = self.machine_id.read_text().strip()
+            if not re.fullmatch(r"[0-9a-fA-F]{32}", machine_id):
+                raise ValueError(machine_id)
             return app_specific_id(machine_id)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or "not 32 hex digits"
@@ -479,7 +481,7 @@ class _Validator:
             def bad(key: str, message: str, file: Path = entry.file, job: str = name) -> None:
                 self.report("error", file, f"schedule[{job}].{key}", f"{message}; job ignored")
 
-            if not SCHEDULE_NAME_RE.match(name):
+            if not SCHEDULE_NAME_RE.fullmatch(name):
                 bad("name", f"{name!r} must match {SCHEDULE_NAME_RE.pattern}")
                 continue
             missing = [k for k in ("cron", "command") if k not in v]
