@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import uuid
 import zoneinfo
@@ -210,17 +211,24 @@ def resolve_time_zone(name: str, localtime: Path) -> zoneinfo.ZoneInfo:
     Raises ValueError with a user-facing message when the zone cannot be resolved.
     """
     if name == "localtime":
-        try:
-            target = localtime.resolve(strict=True)
-        except (FileNotFoundError, RuntimeError):
+        if not os.path.lexists(localtime):
             return zoneinfo.ZoneInfo("UTC")  # systemd's rule: no /etc/localtime means UTC
-        parts = target.parts
-        if "zoneinfo" in parts:
-            iana = "/".join(parts[parts.index("zoneinfo") + 1 :])
-            try:
-                return zoneinfo.ZoneInfo(iana)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                pass
+        link = os.readlink(localtime) if localtime.is_symlink() else None
+        try:
+            target: Path | None = localtime.resolve(strict=True)
+        except (FileNotFoundError, RuntimeError):
+            target = None  # dangling: Zincati fails here too, unless the link names a zone
+        # The zone name is in the path ("…/zoneinfo/Europe/Berlin"); an image tree's link
+        # ("../usr/share/zoneinfo/…") names it even when that tree has no zoneinfo of its own.
+        for parts in (target.parts if target else (), Path(link).parts if link else ()):
+            if "zoneinfo" in parts:
+                iana = "/".join(parts[parts.index("zoneinfo") + 1 :])
+                try:
+                    return zoneinfo.ZoneInfo(iana)
+                except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                    pass
+        if target is None:
+            raise ValueError(f"{localtime} links to {link!r}, which does not exist")
         with target.open("rb") as f:
             return zoneinfo.ZoneInfo.from_file(f, key="localtime")
     try:
@@ -341,6 +349,11 @@ class _Validator:
         return tuple(out)
 
     def identity(self, *, fleet_lock: bool) -> Identity:
+        # Zincati treats an empty group or node_uuid as unset (default group, derived id).
+        for key in ("identity.group", "identity.node_uuid"):
+            item = self.raw.scalars.get(key)
+            if item is not None and item.value == "":
+                del self.raw.scalars[key]
         group = self.value(
             "identity.group",
             "default",
@@ -383,7 +396,10 @@ class _Validator:
         url = self.value("updates.fleet_lock.base_url", None, _url_problem, severity)
         if used and url is None and "updates.fleet_lock.base_url" not in self.raw.scalars:
             self.report(
-                "error", None, "updates.fleet_lock.base_url", "required by strategy fleet_lock"
+                "error",
+                self.raw.source("updates.strategy"),
+                "updates.fleet_lock.base_url",
+                "required by strategy fleet_lock",
             )
         return FleetLock(base_url=url)
 
@@ -396,7 +412,12 @@ class _Validator:
             severity,
         )
         if used and path is None and "updates.file.path" not in self.raw.scalars:
-            self.report("error", None, "updates.file.path", "required by strategy file")
+            self.report(
+                "error",
+                self.raw.source("updates.strategy"),
+                "updates.file.path",
+                "required by strategy file",
+            )
         max_age = self.value("updates.file.max_age_secs", None, _at_least(1), severity)
         return FileGate(path=path, max_age_secs=max_age)
 
@@ -411,7 +432,7 @@ class _Validator:
         if used and not windows:
             self.report(
                 "error",
-                None,
+                self.raw.source("updates.strategy"),
                 "updates.periodic.window",
                 "strategy periodic needs at least one valid [[updates.periodic.window]]",
             )
