@@ -10,8 +10,8 @@ from zincati_py.schedule import CronError, translate
 from zincati_py.schedule.preview import next_elapses
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def test_spring_forward_skips_the_nonexistent_time() -> None:
@@ -64,9 +64,8 @@ def test_after_is_exclusive_and_times_are_utc_aware() -> None:
     assert times == [utc(2026, 5, 2, 3), utc(2026, 5, 3, 3)]
     assert all(t.utcoffset() == timedelta(0) for t in times)
     # a fraction of a second before a fire time still gets it
-    assert next_elapses(lines, 1, after=utc(2026, 5, 1, 2, 59, 59) + timedelta(microseconds=5))[
-        0
-    ] == utc(2026, 5, 1, 3)
+    just_before = utc(2026, 5, 1, 2, 59) + timedelta(seconds=59, microseconds=5)
+    assert next_elapses(lines, 1, after=just_before) == [utc(2026, 5, 1, 3)]
     # any aware `after` works, not only UTC
     tokyo = timezone(timedelta(hours=9))
     assert next_elapses(lines, 1, after=datetime(2026, 5, 1, 12, tzinfo=tokyo)) == [

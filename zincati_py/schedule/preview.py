@@ -8,6 +8,7 @@ spring-forward days and fires a repeated time once on fall-back days). systemd 2
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -38,7 +39,7 @@ def next_elapses(
     cmd = ["systemd-analyze", "calendar", f"--iterations={count}"]
     if after is not None:
         # Whole seconds for systemd; anything it returns at or before `after` is dropped below.
-        cmd.append(f"--base-time=@{int(after.timestamp())}")
+        cmd.append(f"--base-time=@{math.floor(after.timestamp())}")
     cmd += ["--", *calendar_lines]
     # TZ=UTC makes systemd print every elapse in UTC, whatever the host's zone.
     env = {**os.environ, "TZ": "UTC", "LC_ALL": "C", "SYSTEMD_COLORS": "0"}
