@@ -576,7 +576,7 @@ def _host_port(value: str) -> str | None:
 
 
 def _parse_hhmm(text: str) -> time | None:
-    match = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    match = re.fullmatch(r"(\d{1,2}):(\d{1,2})", text.strip())
     if not match:
         return None
     hour, minute = int(match[1]), int(match[2])
