@@ -5,10 +5,10 @@ one transaction comparing the key's ``mod_revision`` with the one read (compare-
 request that changes nothing (re-lock early in the lease, unlock of a slot not held, lock of a
 full group) writes nothing. The etcd client (aetcd, gRPC) is created once and reused.
 
-Races: requests of this process for one group are serialised by an asyncio lock, so a CAS can
-only lose to another server instance; then it re-reads (the failed transaction returns the
-current value) and retries, a bounded number of times with jittered backoff. A client never
-sees the race.
+Races: writes of this process for one group are serialised by an asyncio lock (read-only
+outcomes skip it), so a CAS loses only to a read gone stale or to another server instance;
+then it takes the current value from the failed transaction and retries, a bounded number of
+times with jittered backoff. A client never sees the race.
 """
 
 from __future__ import annotations
@@ -152,12 +152,19 @@ class EtcdBackend(Backend):
         """Read, decide, compare-and-swap; repeat on a lost race. ``decide(holders)`` returns
         ``(new holders or None, result)``."""
         key = self._key(group)
+        # Requests that change nothing (the common case under load: a full group polled by
+        # waiting nodes) need one linearizable read and no lock.
+        holders, revision = await self._read(group)
+        new, result = decide(holders)
+        if new is None:
+            return result
         async with self._locks[group]:
-            holders, revision = await self._read(group)
             for attempt in range(CAS_ATTEMPTS):
-                new, result = decide(holders)
-                if new is None:
-                    return result
+                if attempt > 0:
+                    new, result = decide(holders)
+                    if new is None:
+                        return result
+                assert new is not None
                 tx = self._client(self._current).transactions
                 if new:
                     doc = {"holders": [h.to_json() for h in new.values()]}
@@ -172,14 +179,17 @@ class EtcdBackend(Backend):
                 )
                 if ok:
                     return result
-                # Lost to another server: the failure branch carries the current value.
+                # Lost: the failure branch carries the current value, so no extra read.
                 current = responses[0] if responses else []
                 if current:
                     value, meta = current[0]
                     holders, revision = self._decode(value), meta.mod_revision
                 else:
                     holders, revision = {}, 0
-                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                # A first failure is usually our own unlocked read gone stale (a local writer
+                # got in first); later ones mean another server instance: back off.
+                if attempt > 0:
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise BackendUnavailable(
             f"etcd: group {group!r} still contended after {CAS_ATTEMPTS} tries"
         )
