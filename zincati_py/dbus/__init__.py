@@ -1,0 +1,1 @@
+"""D-Bus adapters: one module per peer (rpm-ostree, logind, systemd); only they talk to it."""

@@ -1,0 +1,51 @@
+"""A stand-in for the one ``ostree`` command the agent runs, acting on the double's ``--root``.
+
+``python -m zincati_py.sandbox.ostree admin lock-finalization [--unlock] [--sysroot=ROOT]``
+behaves like ostree's builtin (ostree ≥ 2023.8): it needs a staged deployment, is idempotent,
+prints the same messages, and changes the state the same way rpm-ostree observes it — the
+presence of ``run/ostree/staged-deployment-locked``. Real ostree keeps ``/run/ostree`` at the
+absolute path whatever ``--sysroot`` says; here it lives under ROOT so several sandboxed nodes
+can share a machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from zincati_py.sandbox.rpmostree import LOCK_REL, STAGED_REL
+
+
+def lock_finalization(root: Path, unlock: bool) -> tuple[int, str]:
+    if not (root / STAGED_REL).exists():
+        return 1, "error: No staged deployment"
+    lock = root / LOCK_REL
+    if unlock:
+        if not lock.exists():
+            return 0, "Staged deployment is already prepared for finalization"
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        return 0, "Staged deployment is now queued to apply on shutdown"
+    if lock.exists():
+        return 0, "Staged deployment is already finalization locked"
+    lock.touch()
+    return 0, "Staged deployment is now finalization locked"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ostree")
+    sub = p.add_subparsers(dest="group", required=True)
+    admin = sub.add_parser("admin").add_subparsers(dest="command", required=True)
+    lf = admin.add_parser("lock-finalization")
+    lf.add_argument("--unlock", action="store_true")
+    lf.add_argument("--sysroot", type=Path, default=Path("/"))
+    args = p.parse_args(argv)
+    code, message = lock_finalization(args.sysroot, args.unlock)
+    print(message, file=sys.stderr if code else sys.stdout)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
