@@ -1,0 +1,66 @@
+"""Shared pytest fixtures. Each block is owned by one area; keep blocks separate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# ---- D-Bus peers (owner: dbus adapters; zincati_py/sandbox/{bus,rpmostree,logind}.py) ----
+from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available  # noqa: E402
+from zincati_py.sandbox.rpmostree import RpmOstreeDouble  # noqa: E402
+
+#: A booted release and one newer release that the first update check finds.
+RPMOSTREE_SCRIPT: dict[str, object] = {
+    "osname": "fedora-coreos",
+    "booted": {"version": "40.20240101.3.0"},
+    "releases": [{"version": "40.20240115.3.0", "available_after_checks": 0}],
+    "transaction_delay": 0.02,
+}
+
+
+@pytest.fixture
+def system_bus() -> Iterator[PrivateBus]:
+    """A private dbus-daemon of type "system"; ``system_bus.address`` for clients."""
+    if not dbus_daemon_available():
+        pytest.skip("needs dbus-daemon")
+    with PrivateBus("system") as bus:
+        yield bus
+
+
+@pytest.fixture
+def rpmostree_factory(
+    system_bus: PrivateBus, tmp_path: Path
+) -> Iterator[Callable[..., RpmOstreeDouble]]:
+    """``rpmostree_factory(script=None, *, idle_timeout=None, start=True)`` → a double on
+    ``system_bus`` with its sysroot at ``tmp_path/"sysroot"``; stopped at teardown."""
+    made: list[RpmOstreeDouble] = []
+
+    def make(
+        script: dict[str, object] | None = None,
+        *,
+        idle_timeout: float | None = None,
+        start: bool = True,
+    ) -> RpmOstreeDouble:
+        double = RpmOstreeDouble(
+            system_bus.address,
+            tmp_path / f"sysroot{len(made) or ''}",
+            dict(script or RPMOSTREE_SCRIPT),
+            idle_timeout=idle_timeout,
+        )
+        made.append(double)
+        return double.start() if start else double
+
+    yield make
+    for double in made:
+        double.stop()
+
+
+@pytest.fixture
+def rpmostree_double(rpmostree_factory: Callable[..., RpmOstreeDouble]) -> RpmOstreeDouble:
+    """The rpm-ostree double running ``RPMOSTREE_SCRIPT`` (no idle exit)."""
+    return rpmostree_factory(idle_timeout=0)
+
+
+# ---- end D-Bus peers ----
