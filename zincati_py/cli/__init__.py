@@ -15,7 +15,13 @@ import sys
 from collections.abc import Sequence
 
 # Modules under zincati_py.cli, each providing register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("config_cmd", "schedule_cmd", "fleetlock_cmd", "windows_cmd")
+COMMAND_MODULES: tuple[str, ...] = (
+    "config_cmd",
+    "schedule_cmd",
+    "fleetlock_cmd",
+    "windows_cmd",
+    "agent_cmd",
+)
 
 
 class CliError(Exception):

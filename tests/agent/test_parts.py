@@ -1,0 +1,178 @@
+"""The agent's building blocks over their real protocols: sd_notify datagrams, the persisted
+record on disk, the metrics socket and HTTP listener, ``zincati-py status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zincati_py.agent import persist, status
+from zincati_py.agent.notify import Notifier
+from zincati_py.metrics import AgentMetrics, Exporter
+
+ZPY = (sys.executable, "-c", "import sys; from zincati_py.cli import main; sys.exit(main())")
+
+
+def _datagram_socket(path: str | bytes) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(2)
+    return s
+
+
+def test_notify_path_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with _datagram_socket(path) as s:
+        n = Notifier({"NOTIFY_SOCKET": path})
+        assert n.ready("initialized")
+        assert s.recv(4096) == b"READY=1\nSTATUS=initialized"
+        assert n.status("two\nlines")
+        assert s.recv(4096) == b"STATUS=two lines"
+        assert n.stopping()
+        assert s.recv(4096) == b"STOPPING=1"
+        n.close()
+
+
+def test_notify_abstract_socket() -> None:
+    name = f"zpy-test-{os.getpid()}"
+    with _datagram_socket(b"\0" + name.encode()) as s:
+        n = Notifier({"NOTIFY_SOCKET": "@" + name})
+        assert n.watchdog()
+        assert s.recv(4096) == b"WATCHDOG=1"
+        n.close()
+
+
+def test_notify_disabled_and_watchdog_env() -> None:
+    assert not Notifier({}).send(READY="1")
+    pid = str(os.getpid())
+    assert Notifier({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": pid}).watchdog_usec == 2_000_000
+    assert Notifier({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}).watchdog_usec is None
+    assert Notifier({"WATCHDOG_USEC": "junk"}).watchdog_usec is None
+
+
+def test_persist_roundtrip_and_atomic(tmp_path: Path) -> None:
+    store = persist.Store(tmp_path)
+    req = persist.RebootRequest("b" * 64, "40.2", "a" * 64, 123.0, "boot", called=False)
+    store.update(reboot_requested=req, failed=("c" * 64,))
+    again = persist.Store(tmp_path)
+    assert again.state.reboot_requested == req
+    assert again.state.failed == ("c" * 64,)
+    assert oct((tmp_path / "state.json").stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp files left
+
+
+def test_persist_corrupt_file_is_kept_aside(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    store = persist.Store(tmp_path)
+    assert store.state == persist.State()
+    assert any(p.name.startswith("state.json.corrupt-") for p in tmp_path.iterdir())
+
+
+def test_metrics_names_and_socket(tmp_path: Path) -> None:
+    m = AgentMetrics()
+    m.updates_enabled = 1
+    m.finalization_attempts = 3
+    m.blocked("active_usersessions")
+    m.state = "update staged"
+    sock = tmp_path / "public" / "metrics.promsock"
+
+    async def scrape() -> tuple[bytes, bytes]:
+        exporter = Exporter(m, sock, "127.0.0.1:0")
+        await exporter.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(sock))
+            raw = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            port = exporter._servers[1].sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            http = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return raw, http
+        finally:
+            await exporter.stop()
+
+    raw, http = asyncio.run(scrape())
+    text = raw.decode()
+    assert "zincati_update_agent_updates_enabled 1.0" in text
+    # Zincati's exact counter name, without the _total prometheus-client would add.
+    assert "\nzincati_update_agent_finalization_attempts 3.0" in text
+    assert (
+        'zincati_update_agent_finalization_blocked_count{reason="active_usersessions"} 1.0' in text
+    )
+    assert 'zincati_py_state{state="update staged"} 1.0' in text
+    assert "zincati_rpm_ostree_deploy_attempts_total 0.0" in text
+    assert http.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert http.endswith(raw)
+    assert not sock.exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ZPY, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_status_cli(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    missing = _cli("status", "--root", str(root))
+    assert missing.returncode == 69, missing.stderr
+    assert "no agent status" in missing.stderr
+    doc = {
+        "schema": status.SCHEMA,
+        "pid": os.getpid(),
+        "state": "update staged",
+        "state_since": "2026-01-01T00:00:00+00:00",
+        "reason": "strategy periodic: outside maintenance windows",
+        "next": "reboot into the update when allowed",
+        "recheck_at": "2026-01-02T03:00:00+00:00",
+        "booted": {"checksum": "a" * 64, "version": "40.1"},
+        "staged": {"checksum": "b" * 64, "version": "40.2"},
+        "updates_enabled": True,
+        "config": {
+            "valid": False,
+            "in_force": "last good configuration",
+            "problems": ["p: k: bad"],
+        },
+    }
+    status.write(root / "run/zincati-py/status.json", doc)
+    human = _cli("status", "--root", str(root))
+    assert human.returncode == 0, human.stderr
+    for text in (
+        "update staged",
+        "outside maintenance windows",
+        "40.2 (bbbbbbbbbbbb)",
+        "INVALID",
+        "p: k: bad",
+    ):
+        assert text in human.stdout
+    js = _cli("status", "--root", str(root), "--json")
+    assert js.returncode == 0
+    out = json.loads(js.stdout)
+    assert out["state"] == "update staged" and out["agent_running"] is True
+
+
+@pytest.mark.parametrize("args", [("check",), ("wake", "window"), ("reboot-now",)])
+def test_dbus_commands_without_agent(tmp_path: Path, args: tuple[str, ...]) -> None:
+    from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available
+
+    if not dbus_daemon_available():
+        pytest.skip("needs dbus-daemon")
+    with PrivateBus("system", tmp_path / "bus") as bus:
+        r = _cli(*args, "--system-bus", bus.address)
+        assert r.returncode == 69, r.stderr
+        assert "not reachable" in r.stderr
+        if args == ("check",):
+            timer = _cli("check", "--from-timer", "--system-bus", bus.address)
+            assert timer.returncode == 0, timer.stderr

@@ -1,0 +1,172 @@
+"""The agent's own D-Bus API.
+
+Name ``io.github.zincatipy.Agent1`` (a per-node suffix such as ``….Agent1.node2`` lets several
+agents share one bus in the sandbox), object ``/io/github/zincatipy/Agent1``, interface
+``io.github.zincatipy.Agent1``:
+
+* properties (read-only, ``PropertiesChanged`` emitted): ``State`` s, ``Reason`` s,
+  ``BootedVersion`` s, ``StagedVersion`` s, ``LastCheck`` s (ISO 8601 or ""),
+  ``NextWindow`` s (ISO 8601 or ""), ``LockState`` s
+* ``CheckNow()``: run an update check now (what ``zincati-py-check.timer`` triggers)
+* ``Wake(s reason)``: re-evaluate now (window timers: ``zincati-py wake window``)
+* ``RebootNow() -> s``: reboot into the staged update now, skipping the strategy and the
+  interactive-session postponement (block inhibitors still hold). Privileged: allowed for
+  callers whose bus connection belongs to uid 0 (``GetConnectionUnixUser``); the D-Bus policy
+  shipped in packaging/ restricts who may send it, and the polkit action
+  ``io.github.zincatipy.reboot-now`` is the packaging hook for delegating it to other users.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dbus_fast import DBusError, Message, MessageType
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusStr
+from dbus_fast.constants import ErrorType, PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "io.github.zincatipy.Agent1"
+OBJECT_PATH = "/io/github/zincatipy/Agent1"
+INTERFACE = "io.github.zincatipy.Agent1"
+ERROR_PREFIX = "io.github.zincatipy.Agent1.Error"
+
+PROPERTIES = ("State", "Reason", "BootedVersion", "StagedVersion", "LastCheck", "NextWindow")
+
+
+class RefusedError(Exception):
+    """RebootNow cannot proceed; the message says why."""
+
+
+class AgentInterface(ServiceInterface):
+    def __init__(
+        self,
+        check_now: Callable[[], None],
+        wake: Callable[[str], None],
+        reboot_now: Callable[[], Awaitable[str]],
+    ) -> None:
+        super().__init__(INTERFACE)
+        self._check_now = check_now
+        self._wake = wake
+        self._reboot_now = reboot_now
+        self._values: dict[str, str] = dict.fromkeys((*PROPERTIES, "LockState"), "")
+        self._values["State"] = "start"
+        self._values["LockState"] = "none"
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def set(self, **values: str) -> None:
+        """Update properties; emits PropertiesChanged for those that changed."""
+        changed = {k: v for k, v in values.items() if self._values.get(k) != v}
+        if changed:
+            self._values.update(changed)
+            self.emit_properties_changed(changed)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:
+        return self._values["State"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Reason(self) -> DBusStr:
+        return self._values["Reason"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BootedVersion(self) -> DBusStr:
+        return self._values["BootedVersion"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def StagedVersion(self) -> DBusStr:
+        return self._values["StagedVersion"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastCheck(self) -> DBusStr:
+        return self._values["LastCheck"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def NextWindow(self) -> DBusStr:
+        return self._values["NextWindow"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LockState(self) -> DBusStr:
+        return self._values["LockState"]
+
+    @dbus_method()
+    def CheckNow(self) -> None:
+        self._check_now()
+
+    @dbus_method()
+    def Wake(self, reason: DBusStr) -> None:
+        self._wake(reason or "api")
+
+    @dbus_method()
+    def RebootNow(self) -> DBusStr:
+        # Only reached if the privileged handler installed by ``export`` is missing: refuse
+        # rather than reboot without knowing who asked.
+        raise DBusError(ErrorType.ACCESS_DENIED, "RebootNow needs the caller's credentials")
+
+    def intercept(self, bus: MessageBus) -> Callable[[Message], bool]:
+        """A bus message handler answering RebootNow after checking the caller's uid.
+
+        dbus-fast's method handlers do not see the sender, so this runs first and marks the
+        call handled; the reply is sent when the (asynchronous) check and reboot finish.
+        """
+
+        def handler(msg: Message) -> bool:
+            if (
+                msg.message_type is not MessageType.METHOD_CALL
+                or msg.member != "RebootNow"
+                or msg.path != OBJECT_PATH
+                or msg.interface not in (INTERFACE, None)
+            ):
+                return False
+            task = asyncio.get_running_loop().create_task(self._privileged(bus, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+
+        return handler
+
+    async def _privileged(self, bus: MessageBus, msg: Message) -> None:
+        reply: Message
+        try:
+            uid = await caller_uid(bus, msg.sender or "")
+            if uid != 0:
+                log.warning("RebootNow refused: caller %s is uid %s, not 0", msg.sender, uid)
+                reply = Message.new_error(
+                    msg, ErrorType.ACCESS_DENIED.value, f"RebootNow needs uid 0 (caller: {uid})"
+                )
+            else:
+                log.info("RebootNow requested by %s (uid 0)", msg.sender)
+                outcome = await self._reboot_now()
+                reply = Message.new_method_return(msg, "s", [outcome])
+        except RefusedError as exc:
+            reply = Message.new_error(msg, f"{ERROR_PREFIX}.Refused", str(exc))
+        except Exception as exc:
+            log.exception("RebootNow failed")
+            reply = Message.new_error(msg, f"{ERROR_PREFIX}.Failed", str(exc))
+        if msg.flags.value & 0x1 == 0:  # NO_REPLY_EXPECTED not set
+            bus.send(reply)
+
+
+async def caller_uid(bus: MessageBus, sender: str) -> int:
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="GetConnectionUnixUser",
+            signature="s",
+            body=[sender],
+        )
+    )
+    if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+        detail: Any = None if reply is None else reply.body
+        raise RuntimeError(f"GetConnectionUnixUser({sender}) failed: {detail}")
+    return int(reply.body[0])
+
+
+def export(bus: MessageBus, iface: AgentInterface) -> None:
+    bus.add_message_handler(iface.intercept(bus))
+    bus.export(OBJECT_PATH, iface)

@@ -1,0 +1,100 @@
+"""inotify on the three config directories, so a configuration edit applies without restart.
+
+Each config directory is watched for entry changes and completed writes. Its parent is
+watched too (for entry changes only), so removing and re-creating ``config.d`` is seen, and a
+directory that does not exist yet is awaited on its nearest existing ancestor. Events of one
+inotify read are coalesced into one ``on_change(reason)`` call. Nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyinotify
+
+log = logging.getLogger(__name__)
+
+_ENTRIES = (
+    pyinotify.IN_CREATE
+    | pyinotify.IN_DELETE
+    | pyinotify.IN_MOVED_TO
+    | pyinotify.IN_MOVED_FROM
+    | pyinotify.IN_DELETE_SELF
+    | pyinotify.IN_MOVE_SELF
+)
+# In a config directory also completed writes and attribute changes (a fragment made readable).
+_CONFIG_DIR = _ENTRIES | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_ATTRIB
+
+
+class ConfigWatcher:
+    def __init__(self, config_dirs: Sequence[Path], on_change: Callable[[str], None]) -> None:
+        self.config_dirs = tuple(config_dirs)
+        self._on_change = on_change
+        self._pending: list[str] = []
+        self._wm = pyinotify.WatchManager()
+        self._wds: dict[str, int] = {}
+        self._notifier = pyinotify.AsyncioNotifier(
+            self._wm,
+            asyncio.get_running_loop(),
+            callback=lambda _n: self._flush(),
+            default_proc_fun=self._on_event,
+        )
+        self._rescan()
+
+    def _wanted(self) -> dict[str, int]:
+        wanted: dict[str, int] = {}
+        for d in self.config_dirs:
+            if d.is_dir():
+                wanted[str(d)] = wanted.get(str(d), 0) | _CONFIG_DIR
+                if d.parent.is_dir():
+                    wanted.setdefault(str(d.parent), _ENTRIES)
+                continue
+            path = d.parent
+            while not path.is_dir() and path != path.parent:
+                path = path.parent
+            wanted.setdefault(str(path), _ENTRIES)
+        return wanted
+
+    def _rescan(self) -> None:
+        wanted = self._wanted()
+        for path in list(self._wds):
+            if path not in wanted:
+                with contextlib.suppress(Exception):
+                    self._wm.rm_watch(self._wds[path], quiet=True)
+                del self._wds[path]
+        for path, mask in wanted.items():
+            # add_watch on an existing watch replaces its mask (a parent became a config dir).
+            wd = self._wm.add_watch(path, mask, quiet=True).get(path, -1)
+            if wd >= 0:
+                self._wds[path] = wd
+            else:
+                self._wds.pop(path, None)
+
+    def _relevant(self, full: Path) -> bool:
+        return any(full == d or full.parent == d or full in d.parents for d in self.config_dirs)
+
+    def _on_event(self, event: Any) -> None:
+        full = Path(str(event.pathname))
+        if event.mask & pyinotify.IN_Q_OVERFLOW:
+            self._pending.append("inotify queue overflow")
+            return
+        if not self._relevant(full):
+            return  # a sibling in a watched parent (e.g. another file in /etc)
+        if event.mask & (pyinotify.IN_ISDIR | pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF):
+            self._rescan()
+        if full.name.startswith(".") and full.parent in self.config_dirs:
+            return  # an editor's or atomic_write's temp file; the rename that follows counts
+        self._pending.append(f"{pyinotify.EventsCodes.maskname(event.mask)} {full}")
+
+    def _flush(self) -> None:
+        if self._pending:
+            reasons, self._pending = self._pending, []
+            self._on_change("; ".join(reasons))
+
+    def close(self) -> None:
+        self._notifier.stop()

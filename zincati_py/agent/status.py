@@ -1,0 +1,89 @@
+"""``/run/zincati-py/status.json``: what the agent is doing, replaced atomically on change.
+
+Readers (``zincati-py status``, monitoring, the demo) open the file without talking to the
+agent; ``os.replace`` guarantees they see a complete document. Schema (``schema`` = 1)::
+
+    schema, pid, bus_name, updated_at         document meta (times are ISO 8601 UTC)
+    state, state_since                        machine state (see agent.machine.State)
+    action, reason, next, recheck_at          what it does, why it waits, what comes next
+    booted, staged                            {checksum, version} or null
+    updates_enabled                           updates.enabled in force
+    last_check, last_check_result             last completed update check
+    reboot_requested, postponed               persisted decisions (see agent.persist)
+    strategy                                  Strategy.status() of the strategy in force
+    lock_state, next_window                   from the strategy's status (or "none"/null)
+    config {valid, in_force, loaded_at, problems[]}
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from zincati_py.fsutil import atomic_write
+
+SCHEMA = 1
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def write(path: Path, doc: dict[str, Any]) -> None:
+    # /run is volatile: atomic for readers, but no fsync (it would cost a disk flush per change).
+    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n", durable=False)
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The document; raises FileNotFoundError, or ValueError if it is not a status document."""
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a zincati-py status document (schema {SCHEMA})")
+    return doc
+
+
+def _dep(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "none"
+    short = str(d.get("checksum", ""))[:12]
+    return f"{d['version']} ({short})" if d.get("version") else short
+
+
+def describe(doc: dict[str, Any]) -> str:
+    """Human-readable summary for ``zincati-py status``."""
+    lines = [
+        f"State:      {doc.get('state')} (since {doc.get('state_since')})",
+        f"Doing:      {doc.get('reason')}",
+        f"Next:       {doc.get('next')}",
+    ]
+    if doc.get("recheck_at"):
+        lines.append(f"Re-check:   {doc['recheck_at']}")
+    lines += [
+        f"Booted:     {_dep(doc.get('booted'))}",
+        f"Staged:     {_dep(doc.get('staged'))}",
+        f"Updates:    {'enabled' if doc.get('updates_enabled') else 'disabled'}",
+        f"Last check: {doc.get('last_check') or 'never'}"
+        + (f" ({doc['last_check_result']})" if doc.get("last_check_result") else ""),
+    ]
+    strat = doc.get("strategy") or {}
+    if strat:
+        lines.append(f"Strategy:   {strat.get('name')}: {strat.get('reason')}")
+    if doc.get("lock_state") not in (None, "none"):
+        lines.append(f"Lock:       {doc['lock_state']}")
+    if doc.get("next_window"):
+        lines.append(f"Window:     {doc['next_window']}")
+    req = doc.get("reboot_requested")
+    if req:
+        lines.append(f"Reboot:     requested into {_dep(req)} at {iso(req.get('at'))}")
+    cfg = doc.get("config") or {}
+    valid = cfg.get("valid")
+    lines.append(
+        f"Config:     {'valid' if valid else 'INVALID'}, in force: {cfg.get('in_force')}"
+        f" (loaded {cfg.get('loaded_at')})"
+    )
+    for problem in cfg.get("problems") or ():
+        lines.append(f"  {problem}")
+    lines.append(f"Agent:      pid {doc.get('pid')}, updated {doc.get('updated_at')}")
+    return "\n".join(lines)
