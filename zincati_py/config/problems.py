@@ -8,6 +8,9 @@ from typing import Literal
 
 Severity = Literal["error", "warning"]
 
+# Control characters shown escaped (\n, \t, \x1b, ...) so a problem stays on one line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x09: "\\t"}
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -28,7 +31,8 @@ class Problem:
         where = str(self.file) if self.file is not None else "(defaults)"
         parts = [where, self.key] if self.key else [where]
         prefix = "" if self.severity == "error" else "warning: "
-        return f"{prefix}{': '.join(parts)}: {self.message}"
+        # One problem per line: a newline in a file name, key or value must not start another.
+        return f"{prefix}{': '.join(parts)}: {self.message}".translate(_ESCAPES)
 
     def as_dict(self) -> dict[str, str | None]:
         return {
