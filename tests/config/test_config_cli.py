@@ -1,0 +1,276 @@
+"""``zincati-py config check|show`` as a user runs it: a real subprocess, exit codes, stderr
+lines, stdout documents, and nothing written to the config directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent / "zincati-py"
+# One problem per line: "zincati-py: [warning: ]FILE: KEY: message" (no KEY for whole-file
+# problems such as malformed TOML).
+Expected = tuple[bool, str, str | None]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "ZINCATI_PY_ROOT"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(BIN), *args], capture_output=True, text=True, timeout=60, env=full_env, check=False
+    )
+
+
+def assert_problem_lines(stderr: str, expected: list[Expected]) -> None:
+    """stderr holds exactly these problems, in order, one per line, each with a message."""
+    lines = [x for x in stderr.splitlines() if not x.startswith("configuration valid")]
+    assert len(lines) == len(expected), stderr
+    for line, (warning, file, key) in zip(lines, expected, strict=True):
+        prefix = "zincati-py: " + ("warning: " if warning else "") + file + ": "
+        prefix += f"{key}: " if key else ""
+        assert line.startswith(prefix), (line, prefix)
+        message = line.removeprefix(prefix)
+        assert message.strip() and not message.startswith(("updates", "identity", "agent"))
+
+
+VALID = """
+[identity]
+group = "workers"
+rollout_wariness = 0.5
+
+[updates]
+strategy = "periodic"
+
+[updates.periodic]
+time_zone = "UTC"
+
+[[updates.periodic.window]]
+days = ["Sat", "Sun"]
+start_time = "22:30"
+length_minutes = 60
+
+[[schedule]]
+name = "cleanup"
+cron = "0 3 * * *"
+command = "/usr/bin/true"
+"""
+
+# (id, {file name: text} in /etc, expected (is_warning, file name, key) per problem)
+BAD = [
+    ("malformed-toml", {"20-b.toml": "[updates\nenabled = false\n"}, [(False, "20-b.toml", None)]),
+    ("malformed-value", {"20-b.toml": "[updates]\nenabled = \n"}, [(False, "20-b.toml", None)]),
+    ("duplicate-key", {"20-b.toml": "[updates]\nenabled = true\nenabled = false\n"},
+     [(False, "20-b.toml", None)]),
+    ("wrong-type", {"20-b.toml": '[agent.timing]\nsteady_interval_secs = "5m"\n'},
+     [(False, "20-b.toml", "agent.timing.steady_interval_secs")]),
+    ("wrong-table-type", {"20-b.toml": 'updates = "periodic"\n'},
+     [(False, "20-b.toml", "updates")]),
+    ("bad-schedule-cron",
+     {"20-b.toml": '[[schedule]]\nname = "x"\ncron = "* * *"\ncommand = "y"\n'},
+     [(False, "20-b.toml", "schedule[x].cron")]),
+    ("bad-check-cron", {"20-b.toml": '[agent.timing]\ncheck_cron = "99 * * * *"\n'},
+     [(False, "20-b.toml", "agent.timing.check_cron")]),
+    ("unknown-strategy", {"20-b.toml": '[updates]\nstrategy = "yolo"\n'},
+     [(False, "20-b.toml", "updates.strategy")]),
+    ("fleet-lock-without-url", {"20-b.toml": '[updates]\nstrategy = "fleet_lock"\n'},
+     [(False, "20-b.toml", "updates.fleet_lock.base_url")]),
+    ("bad-window-periodic",
+     {"20-b.toml": '[[updates.periodic.window]]\ndays = ["Mon"]\nstart_time = "9am"\n'
+                   "length_minutes = 5\n"},
+     [(False, "20-b.toml", "updates.periodic.window[0].start_time")]),
+    ("errors-and-warnings",
+     {"20-b.toml": "[updates]\nenabled = 1\nbogus = 2\n", "30-c.yaml": "x: 1\n"},
+     [(True, "30-c.yaml", None), (False, "20-b.toml", "updates.enabled"),
+      (True, "20-b.toml", "updates.bogus")]),
+]  # fmt: skip
+
+
+@pytest.fixture
+def root(tree):  # type: ignore[no-untyped-def]
+    tree.write("usr", "10-a.toml", VALID)
+    return tree
+
+
+def test_check_valid(root) -> None:  # type: ignore[no-untyped-def]
+    proc = run("config", "check", "--root", str(root.root))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr == "configuration valid (1 fragments)\n"
+
+
+@pytest.mark.parametrize(("files", "expected"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_check_invalid(root, files, expected) -> None:  # type: ignore[no-untyped-def]
+    for name, text in files.items():
+        root.write("etc", name, text)
+    before = root.snapshot()
+    proc = run("config", "check", "--root", str(root.root))
+    assert proc.returncode == 65
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert_problem_lines(
+        proc.stderr,
+        [(warning, str(root.dir("etc") / name), key) for warning, name, key in expected],
+    )
+    assert root.snapshot() == before
+    # show reports the same problems and the same exit status, and still prints a document.
+    show = run("config", "show", "--json", "--root", str(root.root))
+    assert show.returncode == 65
+    assert "Traceback" not in show.stderr
+    assert show.stderr == proc.stderr
+    assert json.loads(show.stdout)["valid"] is False
+    assert root.snapshot() == before
+
+
+def test_check_warnings_only_exits_0(root) -> None:  # type: ignore[no-untyped-def]
+    root.write("etc", "99-disable-updates.yaml", "updates:\n  enabled: false\n")
+    root.write("etc", "20-b.toml", "[identity]\nthrottle_permille = 5\n")
+    proc = run("config", "check", "--root", str(root.root))
+    assert proc.returncode == 0
+    assert_problem_lines(
+        proc.stderr,
+        [
+            (True, str(root.dir("etc") / "99-disable-updates.yaml"), None),
+            (True, str(root.dir("etc") / "20-b.toml"), "identity.throttle_permille"),
+        ],
+    )
+    assert proc.stderr.splitlines()[-1] == "configuration valid (2 fragments)"
+
+
+def test_problem_with_newline_in_a_name_stays_on_one_line(root) -> None:  # type: ignore[no-untyped-def]
+    root.write(
+        "etc",
+        "20-b.toml",
+        '[[schedule]]\nname = "evil\\nzincati-py: forged"\ncron = "@daily"\ncommand = "x"\n',
+    )
+    proc = run("config", "check", "--root", str(root.root))
+    assert proc.returncode == 65
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"zincati-py: {root.dir('etc') / '20-b.toml'}: schedule[")
+    assert "\\n" in line
+
+
+def test_check_json(root) -> None:  # type: ignore[no-untyped-def]
+    bad = root.write("etc", "20-b.toml", '[updates]\nstrategy = "yolo"\n')
+    proc = run("config", "check", "--json", "--root", str(root.root))
+    assert proc.returncode == 65
+    doc = json.loads(proc.stdout)
+    assert doc["valid"] is False
+    assert doc["fragments"] == [str(root.dir("usr") / "10-a.toml"), str(bad)]
+    (problem,) = doc["problems"]
+    assert {k: problem[k] for k in ("severity", "file", "key")} == {
+        "severity": "error",
+        "file": str(bad),
+        "key": "updates.strategy",
+    }
+
+
+def test_root_from_environment(root) -> None:  # type: ignore[no-untyped-def]
+    proc = run("config", "show", "--json", env={"ZINCATI_PY_ROOT": str(root.root)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["identity"]["group"] == "workers"
+
+
+def test_show_json_contract(root) -> None:  # type: ignore[no-untyped-def]
+    second = root.write(
+        "etc",
+        "20-b.toml",
+        '[[updates.periodic.window]]\ncron = "0 4 * * 1"\nlength_minutes = 30\n',
+    )
+    before = root.snapshot()
+    proc = run("config", "show", "--json", "--root", str(root.root))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    doc = json.loads(proc.stdout)  # exactly one JSON document, nothing else on stdout
+    assert doc["fragments"] == [str(root.dir("usr") / "10-a.toml"), str(second)]
+    assert doc["valid"] is True
+    assert set(doc) == {
+        "agent",
+        "identity",
+        "cincinnati",
+        "updates",
+        "schedule",
+        "fragments",
+        "valid",
+    }
+    # The TOML's section/key names, defaults filled in.
+    assert doc["agent"]["timing"] == {"steady_interval_secs": 300, "check_cron": None}
+    assert doc["identity"]["group"] == "workers"
+    assert doc["identity"]["rollout_wariness"] == 0.5
+    assert re.fullmatch(r"[0-9a-f]{32}", doc["identity"]["node_uuid"])
+    assert doc["cincinnati"] == {"base_url": None}
+    assert doc["updates"]["enabled"] is True
+    assert doc["updates"]["allow_downgrade"] is False
+    assert doc["updates"]["strategy"] == ["periodic"]
+    assert doc["updates"]["fleet_lock"] == {"base_url": None}
+    # Windows: a list under updates.periodic.window, in merge order.
+    assert doc["updates"]["periodic"] == {
+        "time_zone": "UTC",
+        "window": [
+            {"days": ["Sat", "Sun"], "start_time": "22:30", "length_minutes": 60},
+            {"cron": "0 4 * * 1", "length_minutes": 30},
+        ],
+    }
+    (job,) = doc["schedule"]
+    assert {k: job[k] for k in ("name", "cron", "command", "catch_up", "enabled")} == {
+        "name": "cleanup",
+        "cron": "0 3 * * *",
+        "command": "/usr/bin/true",
+        "catch_up": True,
+        "enabled": True,
+    }
+    assert root.snapshot() == before
+
+
+def test_show_json_of_an_empty_root_is_all_defaults(tree) -> None:  # type: ignore[no-untyped-def]
+    proc = run("config", "show", "--json", "--root", str(tree.root))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["fragments"] == []
+    assert doc["updates"]["strategy"] == ["immediate"]
+    assert doc["updates"]["periodic"] == {"time_zone": "UTC", "window": []}
+    assert doc["schedule"] == []
+    assert doc["agent"]["timing"]["steady_interval_secs"] == 300
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_show_toml_round_trips(root, broken) -> None:  # type: ignore[no-untyped-def]
+    root.write("etc", "20-b.toml", '[cincinnati]\nbase_url = "https://c.example/"\n')
+    if broken:
+        root.write("etc", "30-c.toml", "[updates]\nenabled = 1\n")
+    text = run("config", "show", "--root", str(root.root))
+    assert text.returncode == (65 if broken else 0)
+    assert "Traceback" not in text.stderr
+    parsed = tomllib.loads(text.stdout)
+    doc = json.loads(run("config", "show", "--json", "--root", str(root.root)).stdout)
+    del doc["fragments"], doc["valid"]
+    assert parsed == _drop_none(doc)
+    # The fragments used are listed as comments, in merge order.
+    comments = [line for line in text.stdout.splitlines() if line.startswith("#   ")]
+    assert [c.removeprefix("#   ") for c in comments] == [
+        str(root.dir("usr") / "10-a.toml"),
+        str(root.dir("etc") / "20-b.toml"),
+    ] + ([str(root.dir("etc") / "30-c.toml")] if broken else [])
+
+
+def test_missing_root_is_defaults_with_a_machine_id_warning(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = run("config", "check", "--root", str(tmp_path / "nowhere"))
+    assert proc.returncode == 0
+    assert_problem_lines(
+        proc.stderr, [(True, str(tmp_path / "nowhere/etc/machine-id"), "identity.node_uuid")]
+    )
+    assert not (tmp_path / "nowhere").exists()
