@@ -105,6 +105,11 @@ def zincati_py_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from zincati_py.cli import main; sys.exit(main())"]
 
 
+@pytest.fixture
+def command() -> list[str]:
+    return zincati_py_command()
+
+
 @dataclass
 class Subprocess:
     """``zincati-py fleetlock serve`` as a real process on a fixed port (restartable)."""

@@ -361,6 +361,10 @@ class FleetLockServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+            # aiohttp leaves socket files behind; a stale one would only confuse clients.
+            for listen in self.config.listen:
+                if listen.path is not None and listen.path.is_socket():
+                    listen.path.unlink()
         await self.backend.close()
 
 

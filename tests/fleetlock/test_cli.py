@@ -1,0 +1,187 @@
+"""``zincati-py fleetlock ...`` as a user runs it: real processes, exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zincati_py.sandbox.etcd import free_port
+
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def zpy(command: list[str]) -> Run:
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, **(env or {})},
+        )
+
+    return run
+
+
+@sqlite_only
+def test_lock_unlock_status_release(zpy: Run, subprocess_server: Callable[[str], Any]) -> None:
+    srv = subprocess_server("lease_seconds = 600\n[groups]\nworkers = 1\n")
+    url = srv.url
+    r = zpy("fleetlock", "lock", "--url", url, "--group", "workers", "--id", "n1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "granted: n1 holds a slot in workers (lease 600s)\n"
+    r = zpy("fleetlock", "lock", "--url", url, "--group", "workers", "--id", "n2", "--json")
+    assert r.returncode == 75
+    assert r.stdout == ""
+    assert "group_full (HTTP 409)" in r.stderr and r.stderr.startswith("zincati-py: ")
+
+    r = zpy("fleetlock", "status", "--url", url, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    (workers,) = [g for g in doc["groups"] if g["group"] == "workers"]
+    assert workers["slots"] == 1 and [h["id"] for h in workers["holders"]] == ["n1"]
+    r = zpy("fleetlock", "status", "--url", url, "--group", "workers")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["GROUP", "SLOTS", "HOLDERS"]
+    assert lines[1].split() == ["workers", "1", "1"]
+    assert lines[2].split()[:2] == ["n1", "held"]
+    assert re.search(r"expires in (9m[0-5]\ds|10m00s)$", lines[2]), lines[2]
+
+    r = zpy("fleetlock", "release", "--url", url, "--group", "workers", "--id", "n1", "--json")
+    assert r.returncode == 0
+    assert json.loads(r.stdout) == {"released": True, "group": "workers", "id": "n1"}
+    r = zpy("fleetlock", "release", "--url", url, "--group", "workers", "--id", "n1")
+    assert r.returncode == 0 and "held no slot" in r.stdout
+    r = zpy("fleetlock", "lock", "--url", url, "--group", "workers", "--id", "n2", "--json")
+    assert r.returncode == 0
+    assert json.loads(r.stdout) == {
+        "granted": True,
+        "group": "workers",
+        "id": "n2",
+        "lease_seconds": 600,
+    }
+    r = zpy("fleetlock", "unlock", "--url", url, "--group", "workers", "--id", "n2")
+    assert r.returncode == 0 and r.stdout == "released: n2 holds no slot in workers\n"
+    doc = json.loads(zpy("fleetlock", "status", "--url", url, "--json").stdout)
+    assert [g["holders"] for g in doc["groups"]] == [[]]
+
+
+@sqlite_only
+def test_bad_input_and_unreachable(zpy: Run, subprocess_server: Callable[[str], Any]) -> None:
+    srv = subprocess_server('unknown_groups = "reject"\n[groups]\ng = 1\n')
+    base = ["--url", srv.url, "--id", "n1"]
+    r = zpy("fleetlock", "lock", *base, "--group", "bad group")
+    assert r.returncode == 65 and "--group" in r.stderr
+    r = zpy("fleetlock", "lock", *base, "--group", "nope")
+    assert r.returncode == 65 and "unknown_group (HTTP 404)" in r.stderr
+    r = zpy("fleetlock", "lock", "--url", "ftp://x/", "--id", "n1", "--group", "g")
+    assert r.returncode == 65 and "--url" in r.stderr
+    dead = f"http://127.0.0.1:{free_port()}/"
+    for action in ("lock", "unlock", "release"):
+        r = zpy("fleetlock", action, "--url", dead, "--group", "g", "--id", "n1")
+        assert r.returncode == 69, (action, r.stderr)
+        assert "transport (no answer)" in r.stderr
+    r = zpy("fleetlock", "status", "--url", dead, "--json")
+    assert r.returncode == 69 and r.stdout == ""
+
+
+@sqlite_only
+def test_tokens_from_env_and_file(
+    zpy: Run, subprocess_server: Callable[[str], Any], tmp_path: Path
+) -> None:
+    srv = subprocess_server('[auth]\nadmin_token = "adm"\n[auth.nodes]\nn1 = "t1"\n')
+    args = ["--url", srv.url, "--group", "default", "--id", "n1"]
+    assert zpy("fleetlock", "lock", *args).returncode == 65  # 401
+    env = {"ZINCATI_PY_FLEETLOCK_TOKEN": "t1"}
+    assert zpy("fleetlock", "lock", *args, env=env).returncode == 0
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("adm\n")
+    r = zpy("fleetlock", "status", "--url", srv.url, "--token-file", str(token_file), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["groups"][0]["holders"][0]["id"] == "n1"
+    r = zpy("fleetlock", "status", "--url", srv.url, env=env)
+    assert r.returncode == 65 and "forbidden (HTTP 403)" in r.stderr
+
+
+@sqlite_only
+def test_sigterm_is_graceful_and_sighup_reloads(
+    zpy: Run, subprocess_server: Callable[[str], Any]
+) -> None:
+    srv = subprocess_server("[groups]\ng = 1\n")
+    args = ["--url", srv.url, "--group", "g"]
+    assert zpy("fleetlock", "lock", *args, "--id", "a").returncode == 0
+    assert zpy("fleetlock", "lock", *args, "--id", "b").returncode == 75
+    srv.config.write_text(srv.config.read_text().replace("g = 1", "g = 2"))
+    assert srv.process is not None
+    srv.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while zpy("fleetlock", "lock", *args, "--id", "b").returncode != 0:
+        assert time.monotonic() < deadline, "SIGHUP did not reload the slots"
+        time.sleep(0.1)
+    assert srv.stop() == 0
+    log = srv.log.read_text()
+    assert "reloaded" in log and "shutting down" in log
+    assert "Traceback" not in log
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("default_slots = 0\n", "default_slots: must be >= 1"),
+        ('listen = "nowhere"\n', "listen: 'nowhere'"),
+        ("colour = 1\n", "colour: unknown key"),
+        ('[groups]\ng = "two"\n', "groups.g: must be an integer"),
+        ("[groups]\ng = { slots = 1, slot = 2 }\n", "groups.g.slot: unknown key"),
+        ('unknown_groups = "maybe"\n', "unknown_groups: must be 'reject' or 'create'"),
+        ('[tls]\ncert_file = "missing.crt"\nkey_file = "missing.key"\n', "tls.cert_file: no such"),
+        ('backend = "redis:x"\n', "backend: unknown backend 'redis'"),
+        ("lease_seconds = -1\n", "lease_seconds: must be >= 0"),
+        ("[auth]\nadmin_token = 7\n", "auth.admin_token: must be a non-empty string"),
+        ("listen = [\n", "(syntax)"),
+    ],
+)
+def test_invalid_config_exits_65_before_listening(
+    command: list[str], tmp_path: Path, body: str, key: str
+) -> None:
+    port = free_port()
+    config = tmp_path / "fleetlock.toml"
+    config.write_text(f'listen = "127.0.0.1:{port}"\n' if "listen" not in body else "")
+    config.write_text(config.read_text() + body)
+    proc = subprocess.Popen(
+        [*command, "fleetlock", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 65, err
+    assert err == f"zincati-py: {config}: {key}" + err.split(key, 1)[1]
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert out == ""
+    assert not _port_open(port)
+
+
+def test_missing_config_file(zpy: Run, tmp_path: Path) -> None:
+    r = zpy("fleetlock", "serve", "--config", str(tmp_path / "none.toml"))
+    assert r.returncode == 65
+    assert r.stderr.startswith(f"zincati-py: {tmp_path / 'none.toml'}: (file): ")
