@@ -1,0 +1,296 @@
+"""The ``fleet_lock`` strategy against a real ``zincati-py fleetlock serve`` over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from zincati_py.fleetlock.client import FleetLockAdminClient, FleetLockClient, FleetLockError
+from zincati_py.strategy.fleet_lock import FleetLock
+
+OTHER = "fedcba9876543210fedcba9876543210"
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def fleet_lock(node: Any, url: str, **kwargs: Any) -> FleetLock:
+    node.fleet_lock(url, **kwargs)
+    strategy = node.build()
+    assert isinstance(strategy, FleetLock)
+    return strategy
+
+
+async def holders(server: Any, group: str = "default") -> list[str]:
+    admin = FleetLockAdminClient(server.url)
+    try:
+        doc = await admin.group(group)
+    finally:
+        await admin.close()
+    return [h["id"] for h in doc["holders"]]
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return await check()
+
+
+def delay(verdict_recheck: datetime | None) -> float:
+    assert verdict_recheck is not None
+    return (verdict_recheck - NOW).total_seconds()
+
+
+def test_grant_then_release_on_abort(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server("")
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url)
+        await s.start()
+        try:
+            verdict = await s.can_finalize(NOW)
+            assert verdict.allowed, verdict.reason
+            assert verdict.recheck_at is None
+            assert s.status()["holds_slot"] is True
+            assert s.status()["base_url"] == server.url + "/"
+            assert await holders(server) == [node.node_id]
+            again = await s.can_finalize(NOW)  # idempotent while holding
+            assert again.allowed
+            assert await holders(server) == [node.node_id]
+            await s.abort()
+            assert s.status()["holds_slot"] is False
+            assert await holders(server) == []
+        finally:
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_group_full_backs_off_then_granted(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server("[groups]\ndefault = 1\n")
+
+    async def scenario() -> None:
+        other = FleetLockClient(server.url, OTHER, "default")
+        s = fleet_lock(node, server.url, cap_secs=8)
+        try:
+            await other.pre_reboot()
+            delays = []
+            for _ in range(4):
+                verdict = await s.can_finalize(NOW)
+                assert not verdict.allowed
+                assert "group 'default' is full" in verdict.reason
+                delays.append(delay(verdict.recheck_at))
+            # initial 5 s, doubling, capped at steady_interval_secs = 8, jittered to [d/2, d].
+            assert 2.5 <= delays[0] <= 5
+            assert all(4 <= d <= 8 for d in delays[1:])
+            status = s.status()
+            assert status["allowed"] is False and status["holds_slot"] is False
+            assert "group_full (HTTP 409)" in status["last_error"]
+            assert server.requests("pre-reboot") == 5
+
+            await other.steady_state()
+            granted = await s.can_finalize(NOW)
+            assert granted.allowed and await holders(server) == [node.node_id]
+        finally:
+            await other.close()
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_error_body_reported(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server('unknown_groups = "reject"\n[groups]\nknown = 1\n')
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url, group="stranger")
+        try:
+            verdict = await s.can_finalize(NOW)
+            assert not verdict.allowed
+            assert verdict.reason.startswith("pre-reboot failed: unknown_group (HTTP 404): ")
+            assert "stranger" in verdict.reason
+            assert 2.5 <= delay(verdict.recheck_at) <= 5
+        finally:
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_then_recovers(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server("")
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url, cap_secs=8)
+        try:
+            server.stop()
+            first = await s.can_finalize(NOW)
+            second = await s.can_finalize(NOW)
+            assert not first.allowed and not second.allowed
+            assert "transport (no answer)" in first.reason
+            assert 2.5 <= delay(first.recheck_at) <= 5 and 4 <= delay(second.recheck_at) <= 8
+            steady = await s.report_steady()
+            assert not steady.allowed and steady.recheck_at is not None
+            assert "steady-state failed" in steady.reason
+
+            server.start()
+            assert (await s.can_finalize(NOW)).allowed
+            # A success resets the backoff: the next failure starts small again.
+            server.stop()
+            after = await s.can_finalize(NOW)
+            assert 2.5 <= delay(after.recheck_at) <= 5
+            server.start()
+            steady = await s.report_steady()
+            assert steady.allowed, steady.reason
+            assert await holders(server) == []
+            assert s.status()["steady_state"] == steady.reason
+        finally:
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_lease_is_renewed_while_held(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server("[groups]\ndefault = { slots = 1, lease_seconds = 3 }\n")
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url)
+        other = FleetLockClient(server.url, OTHER, "default")
+        try:
+            verdict = await s.can_finalize(NOW)
+            assert verdict.allowed and "lease 3s" in verdict.reason
+            assert s.status()["lease_seconds"] == 3
+            # Without renewal the lease would lapse at 3 s and the other node would get in.
+            await asyncio.sleep(4.5)
+            assert s.status()["renewals"] >= 1
+            try:
+                await other.pre_reboot()
+                raise AssertionError("the other node got the slot: the lease was not renewed")
+            except FleetLockError as exc:
+                assert exc.status == 409
+            assert await holders(server) == [node.node_id]
+            assert node.wakes == []
+            await s.abort()
+            assert await holders(server) == []
+            await other.pre_reboot()  # the released slot is free for others at once
+        finally:
+            await other.close()
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_lost_lease_wakes_agent(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server("[groups]\ndefault = { slots = 1, lease_seconds = 2 }\n")
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url)
+        other = FleetLockClient(server.url, OTHER, "default")
+        admin = FleetLockAdminClient(server.url)
+        try:
+            assert (await s.can_finalize(NOW)).allowed
+            assert await admin.release("default", node.node_id)  # an admin takes the slot away
+            await other.pre_reboot()
+
+            async def woken() -> bool:
+                return bool(node.wakes)
+
+            assert await wait_for(woken, timeout=5)
+            assert node.wakes == ["fleet_lock slot lost at lease renewal"]
+            assert s.status()["holds_slot"] is False
+            verdict = await s.can_finalize(NOW)
+            assert not verdict.allowed and "full" in verdict.reason
+        finally:
+            await admin.close()
+            await other.close()
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_no_lease_no_renewal(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server("lease_seconds = 0\n")
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url)
+        try:
+            assert (await s.can_finalize(NOW)).allowed
+            assert s.status()["lease_seconds"] is None
+            assert s._renewal is None
+        finally:
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_abort_retries_release_in_background(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server("")
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url, cap_secs=2)
+        try:
+            assert (await s.can_finalize(NOW)).allowed
+            server.stop()
+            await s.abort()  # returns at once; the release is retried later
+            assert s.status()["release_pending"] is True
+            assert s.status()["holds_slot"] is True
+            server.start()
+
+            async def released() -> bool:
+                return not s.status()["release_pending"]
+
+            assert await wait_for(released, timeout=10)
+            assert s.status()["holds_slot"] is False
+            assert await holders(server) == []
+        finally:
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_base_url_is_a_directory(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server(prefix="/fleet/lock")
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url + "/fleet/lock")  # no trailing slash
+        try:
+            assert (await s.can_finalize(NOW)).allowed
+            assert s.status()["base_url"] == server.url + "/fleet/lock/"
+        finally:
+            await s.stop()
+
+    asyncio.run(scenario())
+
+
+def test_unconfigured_node_id(node: Any) -> None:
+    # No node_uuid and no machine-id: config reports it; the strategy says why it can't ask.
+    node.write(
+        '[updates]\nstrategy = "fleet_lock"\n[updates.fleet_lock]\nbase_url = "http://127.0.0.1:9/"\n'
+    )
+    from zincati_py.config import load
+    from zincati_py.strategy import StrategyContext, build
+
+    result = load(node.root)
+    s = build(StrategyContext(result.config, result.paths, node.wakes.append))
+    verdict = asyncio.run(s.can_finalize(NOW))
+    assert not verdict.allowed and "no node id" in verdict.reason
+    assert asyncio.run(s.report_steady()).allowed is False
+
+
+def test_recheck_is_never_in_the_past(node: Any, lock_server: Callable[[str], Any]) -> None:
+    server = lock_server("")
+    server.stop()
+
+    async def scenario() -> None:
+        s = fleet_lock(node, server.url)
+        try:
+            for _ in range(3):
+                verdict = await s.can_finalize(NOW)
+                assert verdict.recheck_at is not None and verdict.recheck_at > NOW
+                assert verdict.recheck_at - NOW <= timedelta(seconds=8)
+        finally:
+            await s.stop()
+
+    asyncio.run(scenario())
