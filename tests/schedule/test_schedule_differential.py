@@ -94,6 +94,8 @@ TABLE = [
     "0 0 ? * 2",
     "0 0 10 * ?",
     "0 0 31 2,4 1",
+    "0 0 1,15 * 0-6",
+    "0 0 L * 1",
     # aliases: crontab(5) meanings (@weekly is Sunday)
     "@yearly",
     "@annually",

@@ -21,6 +21,8 @@ EXACT = [
     ("@weekly", None, ["Sun *-*-* 00:00:00"]),
     ("0 3 * * *", "Europe/Berlin", ["*-*-* 03:00:00 Europe/Berlin"]),
     ("0 0 1,15 * 1", "UTC", ["*-*-01,15 00:00:00 UTC", "Mon *-*-* 00:00:00 UTC"]),
+    # OR with all seven weekdays: every day, one line
+    ("0 0 1,15 * 0-6", None, ["*-*-* 00:00:00"]),
     (
         "0 0 15W * *",
         None,

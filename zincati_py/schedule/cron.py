@@ -248,7 +248,8 @@ def _date_parts(expr: str, f: _Fields) -> list[_Part]:
     if f.dom is not None and f.dow is not None:
         # cron's OR: either field matching fires. An impossible day side adds nothing.
         parts = _dom_parts(f.dom, months)
-        return [*parts, _Part(f.dow, months, None)]
+        # all seven weekdays is every day: let it absorb the day-of-month line when merging
+        return [*parts, _Part(None if dow_all else f.dow, months, None)]
     if f.dom is not None:
         parts = _dom_parts(f.dom, months)
         if not parts:
