@@ -11,7 +11,8 @@ exactly when croniter would:
   "Infinite loop in calendar calculation" on open-ended repetition across DST changes.
 - ``L`` is ``*-*~01``; ``L5`` (last Friday) is ``Fri *-*~07/1``; ``5#2`` is ``Fri *-*-08..14``;
   ``15W`` needs three lines (the day itself on a weekday, the Friday before a Saturday, the
-  Monday after a Sunday) and 28W..31W get per-month lines because month lengths differ.
+  Monday after a Sunday); 28W..30W get per-month lines because month lengths differ (croniter
+  clamps the day to the month's end), and 31W is the last weekday of every month.
 - no systemd shorthands are emitted: cron's ``@weekly`` is Sunday, systemd's ``weekly`` Monday.
 - ``@hourly`` and friends keep their crontab(5) meaning even when a hash id is passed
   (croniter would then hash them into ``H H * * * H``): callers pass the node id for every
@@ -20,7 +21,8 @@ exactly when croniter would:
 Rejected with :class:`CronError`: ``@reboot`` (no calendar time), ``R`` (random, would change on
 every translation: use ``H``), ``#``/``L<dow>``/``W`` together with a restricted other day
 field (croniter's semantics there are an intersection on one side only, which no union of
-calendar lines reproduces honestly), expressions that never fire, and anything croniter rejects.
+calendar lines reproduces honestly), expressions that never fire, and anything croniter rejects
+(e.g. ``5L``: croniter spells the last Friday ``L5``).
 
 Time zones: a zone name is appended to every line (``*-*-* 03:00:00 Europe/Berlin``). In zones
 with DST, systemd skips wall-clock times that do not exist (spring forward) and fires a repeated
