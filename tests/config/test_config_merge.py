@@ -283,7 +283,9 @@ def _reference(
     return [f"{REL[surviving[n][0]]}/{n}" for n in order], effective
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(layout)
 def test_merge_matches_reference(tree_layout) -> None:  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory() as tmp:
