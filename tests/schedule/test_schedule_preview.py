@@ -96,3 +96,24 @@ def test_naive_after_is_refused() -> None:
 def test_nothing_asked_nothing_run() -> None:
     assert next_elapses([], 5) == []
     assert next_elapses(["*-*-* 00:00:00"], 0) == []
+
+
+def test_croniter_disagrees_across_dst_which_is_why_previews_ask_systemd() -> None:
+    """croniter moves the missing 02:30 to 03:00 and fires the repeated 02:30 twice; systemd
+    (what actually fires) skips the first and fires the second once."""
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    berlin = ZoneInfo("Europe/Berlin")
+    lines = translate("30 2 * * *", tz="Europe/Berlin")
+    spring = croniter("30 2 * * *", utc(2026, 3, 28, 12).astimezone(berlin))
+    assert spring.get_next(datetime).astimezone(UTC) == utc(2026, 3, 29, 1)  # 03:00 CEST
+    assert next_elapses(lines, 1, after=utc(2026, 3, 28, 12)) == [utc(2026, 3, 30, 0, 30)]
+    autumn = croniter("30 2 * * *", utc(2026, 10, 24, 12).astimezone(berlin))
+    fires = [autumn.get_next(datetime).astimezone(UTC) for _ in range(2)]
+    assert fires == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 30)]
+    assert next_elapses(lines, 2, after=utc(2026, 10, 24, 12)) == [
+        utc(2026, 10, 25, 0, 30),
+        utc(2026, 10, 26, 1, 30),
+    ]
