@@ -9,6 +9,7 @@ import pytest
 
 # ---- D-Bus peers (owner: dbus adapters; zincati_py/sandbox/{bus,rpmostree,logind}.py) ----
 from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available  # noqa: E402
+from zincati_py.sandbox.logind import LogindDouble, logind_double_available  # noqa: E402
 from zincati_py.sandbox.rpmostree import RpmOstreeDouble  # noqa: E402
 
 #: A booted release and one newer release that the first update check finds.
@@ -61,6 +62,34 @@ def rpmostree_factory(
 def rpmostree_double(rpmostree_factory: Callable[..., RpmOstreeDouble]) -> RpmOstreeDouble:
     """The rpm-ostree double running ``RPMOSTREE_SCRIPT`` (no idle exit)."""
     return rpmostree_factory(idle_timeout=0)
+
+
+@pytest.fixture
+def logind_factory(system_bus: PrivateBus, tmp_path: Path) -> Iterator[Callable[..., LogindDouble]]:
+    """``logind_factory(**template_parameters)`` → dbusmock logind on ``system_bus``, logging
+    calls to ``tmp_path/"logind.log"``; stopped at teardown."""
+    if not logind_double_available():
+        pytest.skip("needs /usr/bin/python3 with python3-dbusmock")
+    made: list[LogindDouble] = []
+
+    def make(**parameters: object) -> LogindDouble:
+        double = LogindDouble(
+            system_bus.address,
+            log_path=tmp_path / f"logind{len(made) or ''}.log",
+            parameters=dict(parameters),
+        )
+        made.append(double)
+        return double.start()
+
+    yield make
+    for double in made:
+        double.stop()
+
+
+@pytest.fixture
+def logind_double(logind_factory: Callable[..., LogindDouble]) -> LogindDouble:
+    """The logind double with the template defaults (CanReboot=yes, no sessions)."""
+    return logind_factory()
 
 
 # ---- end D-Bus peers ----
