@@ -216,7 +216,7 @@ def resolve_time_zone(name: str, localtime: Path) -> zoneinfo.ZoneInfo:
         link = os.readlink(localtime) if localtime.is_symlink() else None
         try:
             target: Path | None = localtime.resolve(strict=True)
-        except (FileNotFoundError, RuntimeError):
+        except (OSError, RuntimeError):  # missing target or a loop (RuntimeError before 3.13)
             target = None  # dangling: Zincati fails here too, unless the link names a zone
         # The zone name is in the path ("…/zoneinfo/Europe/Berlin"); an image tree's link
         # ("../usr/share/zoneinfo/…") names it even when that tree has no zoneinfo of its own.
@@ -228,7 +228,7 @@ def resolve_time_zone(name: str, localtime: Path) -> zoneinfo.ZoneInfo:
                 except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                     pass
         if target is None:
-            raise ValueError(f"{localtime} links to {link!r}, which does not exist")
+            raise ValueError(f"{localtime} links to {link!r}, which does not resolve")
         with target.open("rb") as f:
             return zoneinfo.ZoneInfo.from_file(f, key="localtime")
     try:
