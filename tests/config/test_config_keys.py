@@ -365,3 +365,11 @@ def test_localtime_regular_file_that_is_not_tzif_is_an_error(tree) -> None:  # t
     _periodic_localtime(tree)
     (tree.root / "etc/localtime").write_text("Europe/Berlin\n")
     assert tree.problems(tree.load()) == [("error", F, "updates.periodic.time_zone")]
+
+
+def test_localtime_symlink_loop_is_an_error(tree) -> None:  # type: ignore[no-untyped-def]
+    _periodic_localtime(tree)
+    (tree.root / "etc/localtime").symlink_to("localtime")
+    result = tree.load()
+    assert tree.problems(result) == [("error", F, "updates.periodic.time_zone")]
+    assert "does not resolve" in result.problems[0].message
