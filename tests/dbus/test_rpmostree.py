@@ -174,6 +174,52 @@ def test_release_appears_after_n_checks(rpmostree_factory: Callable[..., RpmOstr
     run(body())
 
 
+def test_stage_a_given_revision(rpmostree_factory: Callable[..., RpmOstreeDouble]) -> None:
+    double = rpmostree_factory(
+        {
+            "booted": {"version": "1"},
+            "releases": [{"version": v, "available_after_checks": 0} for v in ("2", "3")],
+            "transaction_delay": 0,
+        }
+    )
+
+    async def body() -> None:
+        bus, ro = await connected(double.bus_address, double)
+        target = double.sysroot().script.release("2")
+        staged = await ro.stage_update(revision=f"revision={target.checksum}")
+        assert staged is not None and (staged.version, staged.checksum) == ("2", target.checksum)
+        with pytest.raises(TransactionFailed, match="no release"):
+            await ro.stage_update(revision="revision=" + "f" * 64)
+        await ro.close()
+        bus.disconnect()
+
+    run(body())
+
+
+def test_transaction_timeout_cancels_it(rpmostree_factory: Callable[..., RpmOstreeDouble]) -> None:
+    double = rpmostree_factory(
+        {
+            "booted": {"version": OLD},
+            "releases": [{"version": NEW, "available_after_checks": 0}],
+            "transaction_delay": 3,
+        }
+    )
+
+    async def body() -> None:
+        bus, ro = await connected(double.bus_address, double)
+        with pytest.raises(TimeoutError):
+            await ro.stage_update(timeout=0.2)
+        s = await state(bus)
+        assert s["clients"] == [] and s["staged"] is None
+        # The cancelled transaction is gone: a new one can start (no "in progress" error).
+        with pytest.raises(TimeoutError):
+            await ro.stage_update(timeout=0.2)
+        await ro.close()
+        bus.disconnect()
+
+    run(body())
+
+
 def test_failed_transaction_raises(rpmostree_double: RpmOstreeDouble) -> None:
     async def body() -> None:
         bus, ro = await connected(rpmostree_double.bus_address, rpmostree_double)

@@ -205,10 +205,11 @@ class RpmOstree:
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
         """Call ``callback(reason)`` whenever deployment state may have changed.
 
-        Sources: ``PropertiesChanged`` from rpm-ostreed, rpm-ostreed appearing/vanishing, and
-        inotify events on the deployments directories and ``/run/ostree``. Events of one burst
-        are coalesced into one call; callbacks run in the event loop and must not block — re-read
-        with :meth:`deployments` from a task. Returns a function that unsubscribes.
+        Sources: ``PropertiesChanged`` from rpm-ostreed (one call per signal), rpm-ostreed
+        appearing/vanishing, and inotify events on the deployments directories and
+        ``/run/ostree`` (one call per read burst). One change usually produces several calls:
+        treat them as "re-read state", e.g. by waking a task that calls :meth:`deployments`.
+        Callbacks run in the event loop and must not block. Returns an unsubscribe function.
         """
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
