@@ -7,6 +7,51 @@ from pathlib import Path
 
 import pytest
 
+# ---- systemd user manager (owner: generator/schedule CLI; zincati_py/sandbox/systemd.py) ----
+from zincati_py.sandbox.systemd import UserManager, user_manager_available
+
+requires_user_manager = pytest.mark.skipif(
+    not user_manager_available(), reason="needs root, unshare, dbus-daemon and systemd"
+)
+
+
+@pytest.fixture
+def config_root(tmp_path: Path) -> Path:
+    """An empty ``--root`` with the three config directories created."""
+    root = tmp_path / "root"
+    for rel in ("usr/lib/zincati/config.d", "run/zincati/config.d", "etc/zincati/config.d"):
+        (root / rel).mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def user_manager_factory() -> Iterator[Callable[..., UserManager]]:
+    """Start ``UserManager(config_root, ...)`` instances; all are stopped at teardown."""
+    if not user_manager_available():
+        pytest.skip("needs root, unshare, dbus-daemon and systemd")
+    started: list[UserManager] = []
+
+    def start(config_root: Path | None = None, **kwargs: object) -> UserManager:
+        manager = UserManager(config_root, **kwargs)  # type: ignore[arg-type]
+        started.append(manager)
+        return manager.start()
+
+    yield start
+    for manager in reversed(started):
+        manager.stop()
+
+
+@pytest.fixture
+def user_manager(
+    user_manager_factory: Callable[..., UserManager], config_root: Path
+) -> UserManager:
+    """A running user manager whose generator reads ``config_root``."""
+    return user_manager_factory(config_root)
+
+
+# ---- end systemd user manager ----
+
+
 # ---- D-Bus peers (owner: dbus adapters; zincati_py/sandbox/{bus,rpmostree,logind}.py) ----
 from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available  # noqa: E402
 from zincati_py.sandbox.logind import LogindDouble, logind_double_available  # noqa: E402
