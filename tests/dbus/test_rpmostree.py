@@ -269,7 +269,7 @@ def test_inotify_sees_changes_made_while_rpm_ostreed_was_idle(
     system_bus: PrivateBus, rpmostree_factory: Callable[..., RpmOstreeDouble]
 ) -> None:
     double = rpmostree_factory(idle_timeout=0.3)
-    install_activation(system_bus.directory, system_bus.directory / "bus.conf", double)
+    install_activation(system_bus, double)
     (double.root / "run/ostree").mkdir(parents=True)  # as on a booted ostree system
 
     async def body() -> None:

@@ -8,8 +8,8 @@ Talks to ``org.freedesktop.login1`` (see org.freedesktop.login1(5)) over dbus-fa
 - Interactive sessions: user-class sessions with a TTY (local consoles and SSH logins, which
   logind gives a ``pts/N``) or a graphical type (x11/wayland/mir). Remote sessions are
   included — an admin logged in over SSH is exactly who should be warned — and marked with
-  ``Session.remote`` so a caller can treat them differently. Greeter/background sessions and
-  sessions that are closing are excluded.
+  ``Session.remote`` so a caller can treat them differently. Only ``user*`` classes count
+  (not greeter, lock-screen, background, manager), and sessions that are closing do not.
 - Warnings: logind's own wall mechanism. :meth:`Logind.warn_sessions` sets the wall message
   and schedules a ``dry-reboot`` at the planned time, so logind broadcasts the message with
   the time to every TTY without ever rebooting by itself; :meth:`Logind.cancel_warning` drops
@@ -71,7 +71,7 @@ class Session:
     @property
     def interactive(self) -> bool:
         return (
-            self.session_class == "user"
+            self.session_class.startswith("user")  # user, user-early, user-incomplete
             and self.state != "closing"
             and (bool(self.tty) or self.type in GRAPHICAL_TYPES)
         )

@@ -73,6 +73,8 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.introspection import Interface, Node
 
+from zincati_py.sandbox.bus import PrivateBus
+
 BUS_NAME = "org.projectatomic.rpmostree1"
 SYSROOT_PATH = "/org/projectatomic/rpmostree1/Sysroot"
 OS_PATH_PREFIX = "/org/projectatomic/rpmostree1/"
@@ -916,8 +918,7 @@ class RpmOstreeDouble:
         if isinstance(self.script, Path):
             return self.script
         path = self.root.parent / f"{self.root.name}-rpmostree-script.json"
-        if not path.exists():
-            _write_json(path, self.script)
+        _write_json(path, self.script)  # always: a stale script from an earlier run must not win
         return path
 
     @property
@@ -980,26 +981,27 @@ class RpmOstreeDouble:
         return Sysroot(self.root, Script.load(self.script_path))
 
 
-def install_activation(bus_dir: Path, bus_config: Path, double: RpmOstreeDouble) -> Path:
+def install_activation(bus: PrivateBus, double: RpmOstreeDouble) -> Path:
     """Make dbus-daemon start the double on demand, as systemd activates rpm-ostreed.
 
-    Adds a ``<servicedir>`` to the running bus's config and reloads it (``ReloadConfig``);
-    works with :class:`zincati_py.sandbox.bus.PrivateBus` (``bus.directory``, its
-    ``bus.conf``). Returns the service file.
+    Adds a ``<servicedir>`` to the running :class:`PrivateBus`'s config and reloads it
+    (``ReloadConfig``); from then on any call to ``org.projectatomic.rpmostree1`` starts
+    ``double.command()`` if it is not running. Returns the service file.
     """
-    service_dir = bus_dir / "services"
+    service_dir = bus.directory / "services"
     service_dir.mkdir(exist_ok=True)
     service = service_dir / f"{BUS_NAME}.service"
     exec_line = " ".join(_quote(a) for a in double.command())
     service.write_text(f"[D-BUS Service]\nName={BUS_NAME}\nExec={exec_line}\n")
-    conf = bus_config.read_text()
+    config = bus.directory / "bus.conf"
+    text = config.read_text()
     tag = f"<servicedir>{service_dir}</servicedir>"
-    if tag not in conf:
-        bus_config.write_text(conf.replace("</busconfig>", f"  {tag}\n</busconfig>"))
+    if tag not in text:
+        config.write_text(text.replace("</busconfig>", f"  {tag}\n</busconfig>"))
     subprocess.run(
         [
             "dbus-send",
-            f"--bus={double.bus_address}",
+            f"--bus={bus.address}",
             "--print-reply",
             "--dest=org.freedesktop.DBus",
             "/org/freedesktop/DBus",
