@@ -1,0 +1,247 @@
+"""The systemd adapter for async code (the agent), over dbus-fast.
+
+Talks to ``org.freedesktop.systemd1`` (org.freedesktop.systemd1(5)). Facts it relies on:
+
+- ``Manager.Reload()`` replies only after the reload has finished, generators included, so the
+  new timers exist when ``reload_manager`` returns.
+- A unit's object path is its name escaped like ``sd_bus_path_encode``: ASCII letters and
+  digits stay, every other byte becomes ``_xx`` (hex). Reading properties through that path
+  loads the unit on demand; a unit without a file reports ``LoadState`` "not-found".
+- Timestamps are microseconds since the epoch (``...USecRealtime``) or since boot
+  (``...USecMonotonic``); 0 means "never" and 2^64-1 "infinity".
+
+The plain-Python part (names, paths, conversions, the state records, errors) is shared with the
+pystemd adapter (:mod:`zincati_py.dbus.systemd_sync`) and imports no D-Bus library, so the CLI
+can use it without loading dbus-fast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dbus_fast.aio import MessageBus
+
+BUS_NAME = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
+UNIT_IFACE = "org.freedesktop.systemd1.Unit"
+SERVICE_IFACE = "org.freedesktop.systemd1.Service"
+TIMER_IFACE = "org.freedesktop.systemd1.Timer"
+PROPS_IFACE = "org.freedesktop.DBus.Properties"
+
+_USEC_INFINITY = 2**64 - 1
+_BUSY_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
+
+# D-Bus errors meaning "systemd is not there", as opposed to "it said no".
+UNAVAILABLE_ERRORS = frozenset(
+    {
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+        "org.freedesktop.DBus.Error.NoReply",
+        "org.freedesktop.DBus.Error.TimedOut",
+        "org.freedesktop.DBus.Error.Disconnected",
+        "org.freedesktop.DBus.Error.NoServer",
+        "org.freedesktop.DBus.Error.FileNotFound",
+    }
+)
+
+
+class SystemdError(Exception):
+    """systemd answered with a D-Bus error (``name``, e.g. ``...systemd1.NoSuchUnit``)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{message} ({name})" if message else name)
+        self.name = name
+        self.message = message
+
+
+class SystemdUnavailable(SystemdError):
+    """No systemd manager could be reached on the bus."""
+
+
+def error_for(name: str, message: str) -> SystemdError:
+    if name in UNAVAILABLE_ERRORS:
+        return SystemdUnavailable(name, message)
+    return SystemdError(name, message)
+
+
+def unit_object_path(unit: str) -> str:
+    """The object path systemd gives ``unit`` (sd_bus_path_encode of the name)."""
+    label = "".join(
+        chr(b) if (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122) else f"_{b:02x}"
+        for b in unit.encode()
+    )
+    return f"{MANAGER_PATH}/unit/{label or '_'}"
+
+
+def usec_to_datetime(usec: int) -> datetime | None:
+    """A realtime ``...USec`` value as an aware UTC datetime; 0/infinity → ``None``."""
+    if usec <= 0 or usec >= _USEC_INFINITY:
+        return None
+    return datetime.fromtimestamp(usec / 1_000_000, tz=UTC)
+
+
+def monotonic_usec_to_datetime(usec: int) -> datetime | None:
+    """A ``CLOCK_MONOTONIC`` ``...USec`` value mapped to wall time (as ``systemctl`` does)."""
+    if usec <= 0 or usec >= _USEC_INFINITY:
+        return None
+    offset = usec / 1_000_000 - time.clock_gettime(time.CLOCK_MONOTONIC)
+    return datetime.fromtimestamp(time.time() + offset, tz=UTC)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """What systemd says about a unit right now."""
+
+    name: str
+    load_state: str  # "loaded", "not-found", "masked", "error", ...
+    active_state: str  # "active", "activating", "inactive", "failed", ...
+    sub_state: str
+    active_enter: datetime | None  # entered "active"
+    inactive_exit: datetime | None  # left "inactive" (start of "activating")
+    inactive_enter: datetime | None  # last stop finished
+    result: str | None  # services and timers: "success", "exit-code", "timeout", ...
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state not in ("not-found", "stub")
+
+    @property
+    def busy(self) -> bool:
+        """Running or in transition: starting it again would only queue or merge the job."""
+        return self.active_state in _BUSY_STATES
+
+    @property
+    def busy_since(self) -> datetime | None:
+        """When the current run began: a oneshot service stays "activating" while it runs."""
+        if self.active_state == "activating":
+            return self.inactive_exit
+        return self.active_enter or self.inactive_exit
+
+    @classmethod
+    def from_properties(
+        cls, name: str, unit: dict[str, Any], specific: dict[str, Any] | None = None
+    ) -> UnitState:
+        result = (specific or {}).get("Result")
+        return cls(
+            name=name,
+            load_state=str(unit.get("LoadState", "")),
+            active_state=str(unit.get("ActiveState", "")),
+            sub_state=str(unit.get("SubState", "")),
+            active_enter=usec_to_datetime(int(unit.get("ActiveEnterTimestamp", 0))),
+            inactive_exit=usec_to_datetime(int(unit.get("InactiveExitTimestamp", 0))),
+            inactive_enter=usec_to_datetime(int(unit.get("InactiveEnterTimestamp", 0))),
+            result=str(result) if result is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class TimerState:
+    """A timer's schedule as systemd computed it (what ``systemctl list-timers`` shows)."""
+
+    unit: UnitState
+    triggers: str  # the unit it starts
+    next_elapse: datetime | None
+    last_trigger: datetime | None
+
+    @classmethod
+    def from_properties(cls, name: str, unit: dict[str, Any], timer: dict[str, Any]) -> TimerState:
+        real = usec_to_datetime(int(timer.get("NextElapseUSecRealtime", 0)))
+        mono = monotonic_usec_to_datetime(int(timer.get("NextElapseUSecMonotonic", 0)))
+        candidates = [t for t in (real, mono) if t is not None]
+        triggers = unit.get("Triggers") or [""]
+        return cls(
+            unit=UnitState.from_properties(name, unit, timer),
+            triggers=str(triggers[0]),
+            next_elapse=min(candidates) if candidates else None,
+            last_trigger=usec_to_datetime(int(timer.get("LastTriggerUSec", 0))),
+        )
+
+
+# ---- async (dbus-fast) ----------------------------------------------------------------------
+
+
+async def connect(*, user: bool = False, address: str | None = None) -> MessageBus:
+    """A connected bus: ``address`` if given, else the system bus (session bus if ``user``)."""
+    from dbus_fast import BusType
+    from dbus_fast.aio import MessageBus
+
+    bus_type = BusType.SESSION if user else BusType.SYSTEM
+    try:
+        return await MessageBus(bus_address=address, bus_type=bus_type).connect()
+    except (OSError, ValueError) as exc:
+        raise SystemdUnavailable("org.freedesktop.DBus.Error.NoServer", str(exc)) from exc
+
+
+async def _call(
+    bus: MessageBus,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+) -> list[Any]:
+    from dbus_fast import Message, MessageType
+
+    reply = await bus.call(
+        Message(
+            destination=BUS_NAME,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    if reply is None:
+        raise SystemdUnavailable("org.freedesktop.DBus.Error.NoReply", "no reply from systemd")
+    if reply.message_type == MessageType.ERROR:
+        message = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+        raise error_for(reply.error_name or "", message)
+    return list(reply.body)
+
+
+async def reload_manager(bus: MessageBus) -> None:
+    """``systemctl daemon-reload``: returns after generators ran and units were reloaded."""
+    await _call(bus, MANAGER_PATH, MANAGER_IFACE, "Reload")
+
+
+async def start_unit(bus: MessageBus, name: str, mode: str = "replace") -> str:
+    """Queue a start job for ``name``; returns the job's object path (does not wait for it)."""
+    body = await _call(bus, MANAGER_PATH, MANAGER_IFACE, "StartUnit", "ss", [name, mode])
+    return str(body[0])
+
+
+async def get_properties(bus: MessageBus, name: str, interface: str) -> dict[str, Any]:
+    """All properties of ``interface`` on unit ``name``, unwrapped from their variants."""
+    body = await _call(bus, unit_object_path(name), PROPS_IFACE, "GetAll", "s", [interface])
+    return {key: variant.value for key, variant in body[0].items()}
+
+
+async def unit_state(bus: MessageBus, name: str) -> UnitState:
+    unit = await get_properties(bus, name, UNIT_IFACE)
+    specific: dict[str, Any] | None = None
+    if unit.get("LoadState") == "loaded" and name.endswith((".service", ".timer")):
+        iface = SERVICE_IFACE if name.endswith(".service") else TIMER_IFACE
+        specific = await get_properties(bus, name, iface)
+    return UnitState.from_properties(name, unit, specific)
+
+
+async def timer_state(bus: MessageBus, name: str) -> TimerState:
+    unit = await get_properties(bus, name, UNIT_IFACE)
+    timer = (
+        await get_properties(bus, name, TIMER_IFACE) if unit.get("LoadState") == "loaded" else {}
+    )
+    return TimerState.from_properties(name, unit, timer)
+
+
+async def list_unit_names(bus: MessageBus, patterns: list[str]) -> list[str]:
+    """Names of loaded units matching shell-style ``patterns`` (``ListUnitsByPatterns``)."""
+    body = await _call(
+        bus, MANAGER_PATH, MANAGER_IFACE, "ListUnitsByPatterns", "asas", [[], patterns]
+    )
+    return sorted(str(row[0]) for row in body[0])
