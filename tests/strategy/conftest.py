@@ -95,7 +95,12 @@ class Node:
         (self.root / "etc/zincati/config.d" / name).write_text(text)
 
     def fleet_lock(
-        self, url: str, *, group: str = "default", cap_secs: int = 8, strategy: str = "fleet_lock"
+        self,
+        url: str,
+        *,
+        group: str = "default",
+        cap_secs: int = 8,
+        strategy: str | list[str] = "fleet_lock",
     ) -> None:
         """Configure this node for ``strategy`` against the FleetLock server at ``url``;
         ``cap_secs`` (steady_interval_secs) caps the retry backoff."""
