@@ -91,7 +91,7 @@ def test_rules_grant_the_agent_user_exactly_what_it_uses() -> None:
 
 @pytest.mark.parametrize("user", ["root", "core", "zincati-py-fleetlock", "zincati"])
 def test_rules_grant_nothing_to_other_users(user: str) -> None:
-    cases = [{"action": a, "user": user} for a in GRANTED + NOT_GRANTED]
+    cases: list[dict[str, Any]] = [{"action": a, "user": user} for a in GRANTED + NOT_GRANTED]
     cases.append(
         {
             "action": "org.freedesktop.systemd1.manage-units",

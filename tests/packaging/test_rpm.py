@@ -4,6 +4,7 @@ on the default fragments)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shutil
@@ -53,6 +54,14 @@ def python_version() -> str:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     assert not missing, f"packaging tests need {missing} (apt-get install rpm rpmlint systemd)"
+    # The wheel is built without network against this interpreter's setuptools, as Fedora
+    # builds against python3-setuptools; pyproject's `license = "Apache-2.0"` (PEP 639) needs
+    # setuptools >= 77.
+    setuptools = importlib.metadata.version("setuptools")
+    assert int(setuptools.split(".")[0]) >= 77, (
+        f"{sys.executable} has setuptools {setuptools}; building the wheel from pyproject.toml "
+        "needs setuptools>=77 (pip install 'setuptools>=77')"
+    )
     out = tmp_path_factory.mktemp("rpms")
     proc = run(
         [

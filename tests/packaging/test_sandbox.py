@@ -1,0 +1,87 @@
+"""The shipped sandboxes, applied by a real systemd: what the services need still works and
+what they must not do is refused.
+
+A real systemd (a user manager from zincati_py/sandbox/systemd.py) runs
+``sandbox_probe.py`` with the ``[Service]`` sandbox of each unit as shipped, minus what only
+a system manager can apply here:
+
+- ``User=``/``Group=``: the probe runs as the manager's user (root here); with
+  ``CapabilityBoundingSet=`` empty it holds no capability, which the probe checks.
+- ``ProtectHome=yes``: the interpreter running the tests lives under /root/.pyenv, which
+  that setting hides (on a host the interpreter is /usr/bin/python3).
+- ``Type=notify``, ``WatchdogSec=``, ``Restart*=``, ``ExecStart=`` and ``Environment=``:
+  the probe is a oneshot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from zincati_py.sandbox.systemd import UserManager
+
+HERE = Path(__file__).resolve().parent
+UNITS = HERE.parent.parent / "units"
+NOT_APPLIED = re.compile(
+    r"^(Type|ExecStart|User|Group|Restart|RestartSec|WatchdogSec|Environment|ProtectHome)="
+)
+EROFS, EAFNOSUPPORT = 30, 97
+
+
+def probe(manager: UserManager, unit: str, modules: list[str]) -> dict[str, object]:
+    text = (UNITS / unit).read_text()
+    service = text.split("[Service]\n", 1)[1].split("\n[", 1)[0]
+    kept = [line for line in service.splitlines() if not NOT_APPLIED.match(line)]
+    assert any(line.startswith("SystemCallFilter=") for line in kept)
+    name = f"probe-{unit}"
+    exec_start = " ".join([sys.executable, str(HERE / "sandbox_probe.py"), *modules])
+    (manager.unit_dir / name).write_text(
+        "[Service]\nType=oneshot\n" + f"ExecStart={exec_start}\n" + "\n".join(kept) + "\n"
+    )
+    manager.daemon_reload()
+    manager.systemctl("start", name, check=False, timeout=60)
+    status = manager.systemctl("show", "-p", "Result", "-p", "ExecMainStatus", name)
+    log = manager.log_file.read_text()
+    assert "Result=success" in status, f"{status}\n{log[-3000:]}"
+    lines = [line for line in log.splitlines() if line.startswith("PROBE ")]
+    assert len(lines) == 1, log[-3000:]
+    result: dict[str, object] = json.loads(lines[0].removeprefix("PROBE "))
+    return result
+
+
+def common(result: dict[str, object]) -> None:
+    assert result["ctypes_callback"] == 7
+    assert result["AF_UNIX"] is True
+    assert result["AF_INET"] is True and result["AF_INET6"] is True
+    assert result["AF_NETLINK"] == EAFNOSUPPORT and result["AF_PACKET"] == EAFNOSUPPORT
+    assert result["getaddrinfo"] is True
+    assert result["state_write"] is True and result["sqlite_state"] is True
+    assert result["etc_write"] == EROFS and result["usr_write"] == EROFS
+    assert result["capabilities"] == 0
+
+
+@pytest.fixture
+def manager(user_manager_factory: Callable[..., UserManager]) -> UserManager:
+    return user_manager_factory(None)
+
+
+def test_agent_sandbox(manager: UserManager) -> None:
+    modules = ["zincati_py.agent.service", "dbus_fast", "pyinotify", "prometheus_client"]
+    result = probe(manager, "zincati-py.service", modules)
+    common(result)
+    assert result["imports"] == modules
+    assert result["inotify_etc"] is True
+    assert result["runtime_write"] is True and result["runtime_unix_listen"] is True
+
+
+def test_fleetlock_sandbox(manager: UserManager) -> None:
+    modules = ["zincati_py.fleetlock.server", "aiohttp", "aetcd"]
+    result = probe(manager, "zincati-py-fleetlock.service", modules)
+    common(result)
+    assert result["imports"] == modules
+    assert result["listen_tcp"] is True
