@@ -158,7 +158,7 @@ def test_non_protocol_answers() -> None:
         if node == "odd-json":
             return web.json_response({"kind": "busy", "value": {"n": 1}}, status=429)
         if node == "slow":
-            await asyncio.sleep(5)
+            await asyncio.sleep(1)
         if node == "no-content":
             return web.Response(status=204)
         return web.Response(text="OK")  # a 200 without JSON: success, no lease

@@ -6,9 +6,9 @@ request that changes nothing (re-lock early in the lease, unlock of a slot not h
 full group) writes nothing. The etcd client (aetcd, gRPC) is created once and reused.
 
 Races: writes of this process for one group are serialised by an asyncio lock (read-only
-outcomes skip it), so a CAS loses only to a read gone stale or to another server instance;
-then it takes the current value from the failed transaction and retries, a bounded number of
-times with jittered backoff. A client never sees the race.
+outcomes skip it), so a CAS loses only to a stale view or to another server instance; then
+it takes the current value from the failed transaction and retries, a bounded number of times
+with jittered backoff. A client never sees the race.
 """
 
 from __future__ import annotations
@@ -103,6 +103,9 @@ class EtcdBackend(Backend):
         self._clients: dict[int, Any] = {}
         self._current = 0
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # group -> (holders, mod_revision) as this process last saw them; a hint only: every
+        # write is a compare-and-swap against the revision, so a stale entry costs a retry.
+        self._cache: dict[str, tuple[dict[str, Holder], int]] = {}
 
     def _key(self, group: str) -> bytes:
         return self.prefix + b"groups/" + group.encode()
@@ -142,9 +145,9 @@ class EtcdBackend(Backend):
 
     async def _read(self, group: str) -> tuple[dict[str, Holder], int]:
         got = await self._call("get", self._key(group))
-        if got is None:
-            return {}, 0
-        return self._decode(got.value), got.mod_revision
+        state = ({}, 0) if got is None else (self._decode(got.value), int(got.mod_revision))
+        self._cache[group] = state
+        return state
 
     async def _swap(
         self, group: str, decide: Callable[[dict[str, Holder]], tuple[dict[str, Holder] | None, T]]
@@ -152,19 +155,32 @@ class EtcdBackend(Backend):
         """Read, decide, compare-and-swap; repeat on a lost race. ``decide(holders)`` returns
         ``(new holders or None, result)``."""
         key = self._key(group)
-        # Requests that change nothing (the common case under load: a full group polled by
-        # waiting nodes) need one linearizable read and no lock.
-        holders, revision = await self._read(group)
+        # Decide on the last state this process saw: when this server is the only writer (the
+        # usual case) a change costs one transaction and no read. An answer that changes
+        # nothing is only given from state read during this request (linearizable).
+        cached = self._cache.get(group)
+        if cached is None:
+            (holders, revision), confirmed = await self._read(group), True
+        else:
+            (holders, revision), confirmed = cached, False
         new, result = decide(holders)
+        if new is None and not confirmed:
+            (holders, revision), confirmed = await self._read(group), True
+            new, result = decide(holders)
         if new is None:
             return result
         async with self._locks[group]:
+            cached = self._cache.get(group)
+            if cached is not None and cached[1] != revision:
+                # Another request of ours wrote while we waited for the lock.
+                (holders, revision), confirmed = cached, False
             for attempt in range(CAS_ATTEMPTS):
-                if attempt > 0:
-                    new, result = decide(holders)
-                    if new is None:
+                new, result = decide(holders)
+                if new is None:
+                    if confirmed:
                         return result
-                assert new is not None
+                    (holders, revision), confirmed = await self._read(group), True
+                    continue
                 tx = self._client(self._current).transactions
                 if new:
                     doc = {"holders": [h.to_json() for h in new.values()]}
@@ -178,16 +194,20 @@ class EtcdBackend(Backend):
                     failure=[tx.get(key)],
                 )
                 if ok:
+                    # A deleted key compares as mod_revision 0.
+                    rev = int(responses[0].response_put.header.revision) if new else 0
+                    self._cache[group] = (new, rev)
                     return result
-                # Lost: the failure branch carries the current value, so no extra read.
+                # Lost to a stale view: the failure branch carries the current value.
                 current = responses[0] if responses else []
                 if current:
                     value, meta = current[0]
-                    holders, revision = self._decode(value), meta.mod_revision
+                    holders, revision = self._decode(value), int(meta.mod_revision)
                 else:
                     holders, revision = {}, 0
-                # A first failure is usually our own unlocked read gone stale (a local writer
-                # got in first); later ones mean another server instance: back off.
+                self._cache[group], confirmed = (holders, revision), True
+                # A first loss is usually a stale cache; more mean another server instance
+                # keeps writing: back off with jitter.
                 if attempt > 0:
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise BackendUnavailable(
