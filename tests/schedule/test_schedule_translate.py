@@ -88,6 +88,8 @@ def test_every_emitted_line_normalizes_in_systemd() -> None:
         ("H * * * *", None, "needs a hash id"),
         ("0 0 31 2 *", None, "never fires"),
         ("0 0 30,31 2 *", None, "never fires"),
+        ("0 0 29 2 * 0 2027", None, "never fires"),
+        ("0 0 29 2 * 0 2025-2027", None, "never fires"),
         ("garbage", None, "is not a valid cron expression"),
         ("61 * * * *", None, "is not a valid cron expression"),
         ("0 0 * * 5L", None, "is not a valid cron expression"),
@@ -102,6 +104,11 @@ def test_rejections(expr: str, hash_id: str | None, message: str) -> None:
     assert message in str(info.value)
     # user-facing: one line, no croniter traceback
     assert "\n" not in str(info.value)
+
+
+def test_feb_29_in_a_leap_year_is_fine() -> None:
+    assert translate("0 0 29 2 * 0 2027,2028") == ["2027,2028-02-29 00:00:00"]
+    assert translate("0 0 29,L 2 * 0 2027") == ["2027-02-29 00:00:00", "2027-02~01 00:00:00"]
 
 
 def test_impossible_day_side_of_an_or_is_dropped() -> None:

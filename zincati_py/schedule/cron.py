@@ -254,10 +254,21 @@ def _date_parts(expr: str, f: _Fields) -> list[_Part]:
         return [*parts, _Part(None if dow_all else f.dow, months, None)]
     if f.dom is not None:
         parts = _dom_parts(f.dom, months)
-        if not parts:
+        if not parts or (
+            f.years is not None and "l" not in f.dom and not _day_exists(f.dom, months, f.years)
+        ):
             raise CronError(f"{expr!r} never fires: no selected month has that day")
         return parts
     return [_Part(f.dow, months, None)]
+
+
+def _day_exists(
+    dom: Sequence[int | str], months: frozenset[int] | None, years: frozenset[int]
+) -> bool:
+    """Whether some listed year has one of these days in a listed month (Feb 29: leap years)."""
+    leap = any(y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) for y in years)
+    longest = max((29 if leap else 28) if m == 2 else _MAX_DAYS[m] for m in months or _ALL_MONTHS)
+    return min(d for d in dom if isinstance(d, int)) <= longest
 
 
 def _dom_parts(dom: Sequence[int | str], months: frozenset[int] | None) -> list[_Part]:
