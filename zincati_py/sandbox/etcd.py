@@ -7,11 +7,13 @@ import contextlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -24,10 +26,23 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """Serve clients over TLS with ``cert``/``key`` and require client certificates signed
+    by ``ca``; ``client_cert``/``client_key`` are what the health check presents."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+
+
 class PrivateEtcd:
     """Start with ``start()`` (or use as a context manager); ``url`` is the client URL."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, tls: EtcdTls | None = None) -> None:
+        self.tls = tls
         self._own_dir = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="zpy-etcd-"))
         self.client_port = 0
@@ -36,7 +51,8 @@ class PrivateEtcd:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 20.0, attempts: int = 3) -> PrivateEtcd:
         # A port picked free can be taken before etcd binds it: retry with fresh ports.
@@ -66,6 +82,7 @@ class PrivateEtcd:
                 f"--initial-cluster=zpy={peer}",
                 "--log-level=error",
                 "--logger=zap",
+                *self._tls_args(),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -84,9 +101,23 @@ class PrivateEtcd:
                 raise TimeoutError(f"etcd on {self.url} not healthy within {timeout}s")
             time.sleep(0.05)
 
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            f"--cert-file={self.tls.cert}",
+            f"--key-file={self.tls.key}",
+            f"--trusted-ca-file={self.tls.ca}",
+            "--client-cert-auth",
+        ]
+
     def _healthy(self) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=context) as resp:
                 return b'"true"' in resp.read()
         except (urllib.error.URLError, OSError):
             return False
