@@ -7,6 +7,7 @@ the agent then); inside, it is the closing time, so the agent notices when the w
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +33,9 @@ class Periodic(Strategy):
         if not self.calendar.windows:
             return Verdict(False, "no valid maintenance window is configured")
         tz = self.calendar.tz
-        pos = self.calendar.position(now)
+        # Usually microseconds, but a window chained from very frequent cron fires can take
+        # a good fraction of a second: keep the agent's loop free meanwhile.
+        pos = await asyncio.to_thread(self.calendar.position, now)
         details: dict[str, Any] = {
             "time_zone": self.ctx.config.updates.periodic.time_zone,
             "in_window": pos.in_window,

@@ -43,13 +43,13 @@ __all__ = ["Calendar", "Position", "Span", "calendar_from_config", "minutes_unti
 
 _DAY = timedelta(days=1)
 _HOUR = timedelta(hours=1)
-# |UTC offset| < 24 h for every tzinfo Python accepts: a margin that always suffices.
-_MAX_OFFSET = _DAY
 # How far to look. Weekly windows reopen within ~2 weeks even when DST skips one; cron windows
 # may be years apart (Feb 29 skips 2100).
 MAX_LOOKAHEAD = timedelta(days=4096)
 # An open window whose edge lies further than this away is reported as open-ended (None).
 MAX_EDGE_SEARCH = timedelta(days=8)
+# Window starts one search may enumerate: only cron windows firing every few minutes get near.
+MAX_STARTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -126,13 +126,17 @@ class Calendar:
                 yield s
             day += _DAY
 
-    def _wall_intervals(self, lo: datetime, hi: datetime) -> list[tuple[datetime, datetime]]:
+    def _wall_intervals(
+        self, lo: datetime, hi: datetime, budget: _Budget | None = None
+    ) -> list[tuple[datetime, datetime]]:
         """The union of every window's wall-clock intervals meeting ``[lo, hi)``, merged."""
-        raw = [
-            (s, s + timedelta(minutes=w.length_minutes))
-            for w in self.windows
-            for s in self._starts(w, lo, hi)
-        ]
+        raw = []
+        for w in self.windows:
+            length = timedelta(minutes=w.length_minutes)
+            for s in self._starts(w, lo, hi):
+                raw.append((s, s + length))
+                if budget is not None:
+                    budget.left -= 1
         return _merge(raw)
 
     # -- absolute side -------------------------------------------------------------------------
@@ -167,16 +171,18 @@ class Calendar:
         edges = [a, *cuts, b]
         return [(s, e, self._offset(s)) for s, e in itertools.pairwise(edges)]
 
-    def spans(self, a: datetime, b: datetime) -> list[Span]:
+    def spans(self, a: datetime, b: datetime, budget: _Budget | None = None) -> list[Span]:
         """The absolute stretches inside the windows, within ``[a, b)`` (clipped to it)."""
         a, b = a.astimezone(UTC), b.astimezone(UTC)
         if b <= a or not self.windows:
             return []
+        segments = self._segments(a, b)
+        offsets = [off for _, _, off in segments]
+        # Exactly the wall times instants in [a, b) show (no margin to enumerate needlessly).
         naive_a, naive_b = a.replace(tzinfo=None), b.replace(tzinfo=None)
-        # Every instant in [a, b) has its wall time strictly inside this range.
-        walls = self._wall_intervals(naive_a - _MAX_OFFSET, naive_b + _MAX_OFFSET)
+        walls = self._wall_intervals(naive_a + min(offsets), naive_b + max(offsets), budget)
         pieces: list[tuple[datetime, datetime]] = []
-        for seg_start, seg_end, off in self._segments(a, b):
+        for seg_start, seg_end, off in segments:
             for ws, we in walls:
                 start = max(seg_start, (ws - off).replace(tzinfo=UTC))
                 end = min(seg_end, (we - off).replace(tzinfo=UTC))
@@ -185,22 +191,43 @@ class Calendar:
         return [Span(s, e) for s, e in _merge(pieces)]
 
     def position(self, at: datetime) -> Position:
-        """Is ``at`` inside a window; when does it close, or when does the next one open?"""
+        """Is ``at`` inside a window; when does it close, or when does the next one open?
+
+        The search grows outwards from ``at`` in doubling steps, each step computing only the
+        new stretch. A window chained from very frequent cron fires stops the search after
+        :data:`MAX_STARTS` window starts; its unknown edges are then reported as None.
+        """
         if at.tzinfo is None:
             raise ValueError("at must be timezone-aware")
         at = at.astimezone(UTC)
-        back = fwd = _DAY
+        budget = _Budget(MAX_STARTS)
+        # Start small: a frequent cron window costs per start, a weekly one nothing.
+        lo, hi = at - _HOUR, at + _HOUR
+        known = self.spans(lo, hi, budget)
+
+        def grow_forward(limit: timedelta) -> None:
+            nonlocal hi, known
+            new_hi = min(hi + (hi - at), at + limit)
+            known = _join(known, self.spans(hi, new_hi, budget))
+            hi = new_hi
+
+        def grow_back() -> None:
+            nonlocal lo, known
+            new_lo = max(lo - (at - lo), at - MAX_EDGE_SEARCH)
+            known = _join(self.spans(new_lo, lo, budget), known)
+            lo = new_lo
+
         while True:
-            spans = self.spans(at - back, at + fwd)
-            current = next((s for s in spans if s.start <= at < s.end), None)
+            current = next((s for s in known if s.start <= at < s.end), None)
             if current is not None:
-                open_before = current.start <= at - back
-                open_after = current.end >= at + fwd
-                grow_back = open_before and back < MAX_EDGE_SEARCH
-                grow_fwd = open_after and fwd < MAX_EDGE_SEARCH
-                if grow_back or grow_fwd:
-                    back = min(back * 2, MAX_EDGE_SEARCH) if grow_back else back
-                    fwd = min(fwd * 2, MAX_EDGE_SEARCH) if grow_fwd else fwd
+                open_before, open_after = current.start <= lo, current.end >= hi
+                more_back = open_before and at - lo < MAX_EDGE_SEARCH and budget.left > 0
+                more_fwd = open_after and hi - at < MAX_EDGE_SEARCH and budget.left > 0
+                if more_back:
+                    grow_back()
+                if more_fwd:
+                    grow_forward(MAX_EDGE_SEARCH)
+                if more_back or more_fwd:
                     continue
                 return Position(
                     at,
@@ -208,20 +235,33 @@ class Calendar:
                     None if open_before else current.start,
                     None if open_after else current.end,
                 )
-            upcoming = next((s for s in spans if s.start > at), None)
+            upcoming = next((s for s in known if s.start > at), None)
             if upcoming is not None:
-                end = None if upcoming.end >= at + fwd else upcoming.end
+                open_after = upcoming.end >= hi
                 if (
-                    end is None
-                    and fwd < MAX_LOOKAHEAD
-                    and fwd < MAX_EDGE_SEARCH + (upcoming.start - at)
+                    open_after
+                    and hi - upcoming.start < MAX_EDGE_SEARCH
+                    and hi - at < MAX_LOOKAHEAD
+                    and budget.left > 0
                 ):
-                    fwd = min(fwd * 2, MAX_LOOKAHEAD)
+                    grow_forward(MAX_LOOKAHEAD)
                     continue
-                return Position(at, False, upcoming.start, end)
-            if fwd >= MAX_LOOKAHEAD:
+                return Position(at, False, upcoming.start, None if open_after else upcoming.end)
+            if hi - at >= MAX_LOOKAHEAD or budget.left <= 0:
                 return Position(at, False, None, None)
-            fwd = min(fwd * 2, MAX_LOOKAHEAD)
+            grow_forward(MAX_LOOKAHEAD)
+
+
+class _Budget:
+    """Window starts a search may still enumerate (croniter costs ~25 us per fire)."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+
+def _join(first: list[Span], second: list[Span]) -> list[Span]:
+    """Spans of two adjacent ranges; pieces touching at the shared edge become one."""
+    return [Span(s, e) for s, e in _merge([(x.start, x.end) for x in first + second])]
 
 
 def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
