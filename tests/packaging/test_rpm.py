@@ -134,14 +134,17 @@ def test_files_land_where_fedora_expects_them(built: Built) -> None:
         "/usr/share/polkit-1/rules.d/zincati-py.rules",
         "/usr/share/polkit-1/actions/io.github.zincatipy.policy",
         "/usr/share/dbus-1/system.d/io.github.zincatipy.Agent1.conf",
+        "/etc/zincati-py/fleetlock.toml",
         f"{sitelib()}/zincati_py/__init__.py",
         f"{sitelib()}/zincati_py/cli/__init__.py",
         f"{sitelib()}/zincati_py-{_version()}.dist-info/METADATA",
     }
     assert expected <= files, f"missing: {sorted(expected - files)}"
     # Nothing outside the FHS places a Fedora package may use, and nothing from the build tree.
-    allowed = ("/usr/bin/", "/usr/lib/", "/usr/share/")
+    allowed = ("/usr/bin/", "/usr/lib/", "/usr/share/", "/etc/zincati-py")
     assert [f for f in files if not f.startswith(allowed)] == []
+    config = set(query(built, "--configfiles").split())
+    assert config == {"/etc/zincati-py/fleetlock.toml"}
     assert not any("BUILDROOT" in f or "/tmp/" in f or ".venv" in f for f in files)
     # Every file of the package tree is shipped (pip installed nothing we do not list).
     modules = {
@@ -165,6 +168,26 @@ def _tracked(repo: Path) -> set[str]:
         check=True,
     ).stdout.split()
     return {f"{sitelib()}/{f}" for f in out if f.endswith(".py") and (repo / f).is_file()}
+
+
+def test_installed_fleetlock_config_is_valid_and_uses_the_state_directory(
+    installed: Installed,
+) -> None:
+    unit = (installed.root / UNITDIR.lstrip("/") / "zincati-py-fleetlock.service").read_text()
+    assert "--config /etc/zincati-py/fleetlock.toml" in unit
+    assert "StateDirectory=zincati-py-fleetlock" in unit
+    proc = run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from zincati_py.fleetlock.config import load; "
+            "print(load(Path(sys.argv[1])).backend)",
+            str(installed.root / "etc/zincati-py/fleetlock.toml"),
+        ],
+        cwd=installed.root,
+    )
+    # The only place the unit's sandbox lets the server write.
+    assert proc.stdout.strip() == "sqlite:/var/lib/zincati-py-fleetlock/locks.db"
 
 
 def test_generator_link_points_at_the_console_script(built: Built) -> None:
@@ -322,10 +345,11 @@ def _run_generator(installed: Installed, out: Path) -> subprocess.CompletedProce
     generator = installed.root / "usr/lib/systemd/system-generators/zincati-py-generator"
     # The installed script's shebang is Fedora's /usr/bin/python3; run it with this
     # interpreter, which has the runtime dependencies, and the installed package first on
-    # sys.path.
+    # sys.path (cwd elsewhere than the work tree, which `-c` would put first).
     where = subprocess.run(
         [sys.executable, "-c", "import zincati_py.generator as g; print(g.__file__)"],
         env=env,
+        cwd=out,
         capture_output=True,
         text=True,
         timeout=60,
@@ -335,6 +359,7 @@ def _run_generator(installed: Installed, out: Path) -> subprocess.CompletedProce
     return subprocess.run(
         [sys.executable, str(generator), str(normal), str(early), str(late)],
         env=env,
+        cwd=out,
         capture_output=True,
         text=True,
         timeout=60,
