@@ -1,0 +1,374 @@
+"""``zincati-py-generator``: the merged configuration as systemd timers (systemd.generator(7)).
+
+Called by systemd as ``zincati-py-generator NORMAL EARLY LATE`` on every boot and every
+daemon-reload (one argument, the output directory, is accepted too). Everything is written to
+the LATE directory, so a unit of the same name in /etc or /usr/lib wins over ours:
+
+``zincati-py-check.timer`` + ``.service``
+    Asks the running agent to check for updates (``zincati-py check --from-timer``) every
+    ``steady_interval_secs`` (``OnBootSec=`` + ``OnUnitActiveSec=``), or on ``check_cron``
+    (``OnCalendar=``, host local time, ``H`` hashed with the node id). Only when updates are
+    enabled. ``rollout_wariness`` W spreads the checks: ``RandomizedDelaySec=`` is W times the
+    check interval (``check_cron``: W times one hour), capped at one hour, so a wary node tends
+    to check later and never falls a whole interval behind. ``AccuracySec=1s``.
+``zincati-py-window-N.timer`` + ``.service`` (N = 1, 2, ... in merge order)
+    One per maintenance window when the strategy includes ``periodic`` and updates are
+    enabled: fires when the window opens and wakes the agent (``zincati-py wake window``), so
+    ``systemctl list-timers`` shows the next window. ``days`` + ``start_time`` become
+    ``Mon,Wed *-*-* 03:00:00 ZONE``; a cron window is translated; ZONE is the periodic time
+    zone (none for ``localtime``: the host's zone).
+``zincati-py-schedule-NAME.timer`` + ``.service``
+    One per enabled ``[[schedule]]`` job. ``OnCalendar=`` from the cron translation (job time
+    zone, ``H`` hashed with the node id); ``Persistent=`` from ``catch_up`` (a run missed while
+    the machine was down happens once at boot, never piled up); ``RandomizedDelaySec=`` and
+    ``TimeoutStartSec=`` from the job. The service is ``Type=oneshot`` and runs the command as
+    ``/bin/sh -c COMMAND`` (so it is written exactly as in a crontab); the command is quoted for
+    systemd so ``$``, ``%``, ``\\``, quotes and newlines reach the shell unchanged.
+    ``ExecStopPost=`` runs ``zincati-py schedule _record NAME`` after every run (timer, trigger
+    or manual start): it appends one JSON line (start, end, result, exit code/status as systemd
+    reports them) to ``<state_dir>/history/NAME.jsonl``, which ``schedule history`` reads.
+``timers.target.wants/*.timer``
+    Symlinks that start every generated timer.
+
+Schedule names are validated by the config loader (``[A-Za-z0-9][A-Za-z0-9_-]{0,63}``), which
+keeps every unit name valid without escaping; names failing that check here are skipped.
+
+A generator must never break boot: problems in the fragments are printed to stderr (the
+journal) and only the valid parts are emitted; an unexpected exception is logged and the exit
+status is still 0. It imports only the config loader and the cron translation (no D-Bus, no
+pystemd); ``bench/generator_walltime.py`` measures it against a bare interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zincati_py.config import Config, Schedule, Window
+
+PREFIX = "zincati-py-"
+CHECK_UNIT = "zincati-py-check"
+WINDOW_UNIT = "zincati-py-window-{n}"
+SCHEDULE_UNIT = "zincati-py-schedule-{name}"
+WANTS_DIR = "timers.target.wants"
+MAX_CHECK_DELAY_SECS = 3600
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9/._+:=,@-]+")
+
+
+def schedule_unit(name: str, suffix: str = "service") -> str:
+    return f"{SCHEDULE_UNIT.format(name=name)}.{suffix}"
+
+
+def _problem(message: str) -> None:
+    print(f"zincati-py-generator: {message}", file=sys.stderr)
+
+
+def escape_specifiers(text: str) -> str:
+    """``%`` starts a specifier in every unit setting; ``%%`` is a literal ``%``."""
+    return text.replace("%", "%%")
+
+
+def quote_exec_arg(arg: str) -> str:
+    """One ``ExecStart=`` word that systemd turns back into exactly ``arg``.
+
+    systemd resolves ``%`` specifiers on the whole line, splits it into words (honouring double
+    quotes and C escapes inside them), then substitutes ``$VAR``/``${VAR}`` with ``$$`` as a
+    literal ``$`` (systemd.service(5), "Command lines").
+    """
+    out = []
+    for ch in arg:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "%":
+            out.append("%%")
+        elif ch == "$":
+            out.append("$$")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def exec_word(arg: str) -> str:
+    """``arg`` as an ``ExecStart=`` word: bare when it needs no quoting (readable units)."""
+    return arg if _PLAIN_WORD.fullmatch(arg) else quote_exec_arg(arg)
+
+
+def _description(text: str) -> str:
+    # One line, no specifiers: control characters would end or corrupt the setting.
+    return escape_specifiers("".join(ch if ch.isprintable() else " " for ch in text))
+
+
+def _executable() -> str:
+    """The ``zincati-py`` next to this generator (a venv, /usr/bin), else /usr/bin/zincati-py."""
+    candidates = []
+    if sys.argv and sys.argv[0]:
+        candidates.append(Path(sys.argv[0]).resolve().parent / "zincati-py")
+    candidates.append(Path(sys.executable).parent / "zincati-py")
+    for path in candidates:
+        if os.access(path, os.X_OK):
+            return str(path)
+    return "/usr/bin/zincati-py"
+
+
+def _header(fragments: Sequence[Path]) -> str:
+    lines = ["# Generated by zincati-py-generator; edit the configuration, not this file."]
+    if fragments:
+        lines.append("# Configuration fragments (merge order):")
+        lines += [f"#   {f}" for f in fragments]
+    return "\n".join(lines) + "\n"
+
+
+def _zone_suffix(tz: str | None) -> str | None:
+    """What to append to calendar lines for ``tz``: ``localtime``/None mean the host's zone."""
+    return None if tz in (None, "localtime") else tz
+
+
+def check_delay_secs(config: Config) -> int:
+    wariness = config.identity.rollout_wariness
+    if not wariness:
+        return 0
+    timing = config.agent.timing
+    interval = MAX_CHECK_DELAY_SECS if timing.check_cron else timing.steady_interval_secs
+    return min(round(wariness * interval), MAX_CHECK_DELAY_SECS)
+
+
+def window_calendar(window: Window, tz: str, hash_id: str | None) -> list[str]:
+    zone = _zone_suffix(tz)
+    if window.cron is not None:
+        from zincati_py.schedule import translate
+
+        return translate(window.cron, tz=zone, hash_id=hash_id)
+    assert window.start_time is not None
+    days = ",".join(_WEEKDAYS[d] for d in window.days)
+    line = f"{days} *-*-* {window.start_time.strftime('%H:%M')}:00"
+    return [f"{line} {zone}" if zone else line]
+
+
+def schedule_calendar(job: Schedule, hash_id: str | None) -> list[str]:
+    from zincati_py.schedule import translate
+
+    return translate(job.cron, tz=_zone_suffix(job.time_zone), hash_id=hash_id)
+
+
+class Rendered:
+    """Unit files (name → text) and the timers ``timers.target`` should want."""
+
+    def __init__(self) -> None:
+        self.units: dict[str, str] = {}
+        self.timers: list[str] = []
+
+    def add_pair(self, base: str, timer: str, service: str) -> None:
+        self.units[f"{base}.timer"] = timer
+        self.units[f"{base}.service"] = service
+        self.timers.append(f"{base}.timer")
+
+
+def render(
+    config: Config,
+    *,
+    fragments: Sequence[Path] = (),
+    executable: str = "/usr/bin/zincati-py",
+    root: Path = Path("/"),
+    user: bool = False,
+) -> Rendered:
+    """The units for ``config``. ``root``/``user`` are passed on to the history hook so it
+    writes where the CLI reads and asks the same manager for the run's start time."""
+    out = Rendered()
+    header = _header(fragments)
+    exe = exec_word(executable)
+    hash_id = config.identity.node_uuid
+
+    if config.updates.enabled:
+        _render_check(out, config, header, exe, hash_id)
+        if "periodic" in config.updates.strategy:
+            _render_windows(out, config, header, exe, hash_id)
+    hook_args = ""
+    if root != Path("/"):
+        hook_args += f" --root {exec_word(str(root))}"
+    if user:
+        hook_args += " --user"
+    for job in config.schedules:
+        if not job.enabled:
+            continue
+        if not _SAFE_NAME.fullmatch(job.name):
+            _problem(f"schedule {job.name!r}: not a valid unit name part; job skipped")
+            continue
+        _render_schedule(out, job, header, exe, hash_id, hook_args)
+    return out
+
+
+def _render_check(
+    out: Rendered, config: Config, header: str, exe: str, hash_id: str | None
+) -> None:
+    timing = config.agent.timing
+    if timing.check_cron:
+        from zincati_py.schedule import CronError, translate
+
+        try:
+            lines = translate(timing.check_cron, hash_id=hash_id)
+        except CronError as exc:
+            _problem(f"agent.timing.check_cron: {exc}; using steady_interval_secs")
+            lines = []
+    else:
+        lines = []
+    if lines:
+        when = "".join(f"OnCalendar={line}\n" for line in lines)
+        what = f"on cron {timing.check_cron}"
+    else:
+        secs = timing.steady_interval_secs
+        when = f"OnBootSec={secs}s\nOnUnitActiveSec={secs}s\n"
+        what = f"every {secs}s"
+    delay = check_delay_secs(config)
+    timer = (
+        f"{header}\n[Unit]\nDescription={_description(f'zincati-py update check ({what})')}\n"
+        f"\n[Timer]\n{when}"
+        + (f"RandomizedDelaySec={delay}s\n" if delay else "")
+        + "AccuracySec=1s\n"
+    )
+    service = (
+        f"{header}\n[Unit]\nDescription=zincati-py update check\n"
+        "\n[Service]\nType=oneshot\n"
+        f"ExecStart={exe} check --from-timer\n"
+    )
+    out.add_pair(CHECK_UNIT, timer, service)
+
+
+def _render_windows(
+    out: Rendered, config: Config, header: str, exe: str, hash_id: str | None
+) -> None:
+    from zincati_py.schedule import CronError
+
+    periodic = config.updates.periodic
+    for n, window in enumerate(periodic.windows, start=1):
+        try:
+            lines = window_calendar(window, periodic.time_zone, hash_id)
+        except CronError as exc:
+            _problem(f"{window.source}: updates.periodic.window: {exc}; window skipped")
+            continue
+        if window.cron is not None:
+            what = f"cron {window.cron}"
+        else:
+            assert window.start_time is not None
+            days = ",".join(_WEEKDAYS[d] for d in window.days)
+            what = f"{days} {window.start_time.strftime('%H:%M')}"
+        what += f" {periodic.time_zone}, {window.length_minutes} min"
+        base = WINDOW_UNIT.format(n=n)
+        timer = (
+            f"{header}\n[Unit]\n"
+            f"Description={_description(f'zincati-py maintenance window {n} opens ({what})')}\n"
+            "\n[Timer]\n" + "".join(f"OnCalendar={line}\n" for line in lines) + "AccuracySec=1s\n"
+        )
+        service = (
+            f"{header}\n[Unit]\nDescription=zincati-py maintenance window {n} opens\n"
+            "\n[Service]\nType=oneshot\n"
+            f"ExecStart={exe} wake window\n"
+        )
+        out.add_pair(base, timer, service)
+
+
+def _render_schedule(
+    out: Rendered,
+    job: Schedule,
+    header: str,
+    exe: str,
+    hash_id: str | None,
+    hook_args: str,
+) -> None:
+    from zincati_py.schedule import CronError
+
+    try:
+        lines = schedule_calendar(job, hash_id)
+    except CronError as exc:
+        _problem(f"{job.source}: schedule[{job.name}].cron: {exc}; job skipped")
+        return
+    base = SCHEDULE_UNIT.format(name=job.name)
+    zone = f" {job.time_zone}" if job.time_zone else ""
+    source = f"SourcePath={escape_specifiers(str(job.source))}\n" if job.source else ""
+    delay = job.randomized_delay_secs
+    timer = (
+        f"{header}\n[Unit]\n"
+        f"Description={_description(f'zincati-py schedule {job.name} (cron {job.cron}{zone})')}\n"
+        f"{source}"
+        "\n[Timer]\n"
+        + "".join(f"OnCalendar={line}\n" for line in lines)
+        + f"Persistent={'yes' if job.catch_up else 'no'}\n"
+        + (f"RandomizedDelaySec={delay}s\n" if delay else "")
+        + "AccuracySec=1s\n"
+    )
+    service = (
+        f"{header}\n[Unit]\nDescription={_description(f'zincati-py schedule {job.name}')}\n"
+        f"{source}"
+        "\n[Service]\nType=oneshot\n"
+        f"ExecStart=/bin/sh -c {quote_exec_arg(job.command)}\n"
+        + (f"TimeoutStartSec={job.timeout_secs}s\n" if job.timeout_secs else "")
+        # "-": recording history must never turn a run into a failure.
+        + f"ExecStopPost=-{exe} schedule _record {job.name}{hook_args}\n"
+    )
+    out.add_pair(base, timer, service)
+
+
+def write(rendered: Rendered, directory: Path) -> None:
+    """Write the units and ``timers.target.wants`` links into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.units.items():
+        (directory / name).write_text(text)
+    if rendered.timers:
+        wants = directory / WANTS_DIR
+        wants.mkdir(exist_ok=True)
+        for timer in rendered.timers:
+            link = wants / timer
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(f"../{timer}")
+
+
+def generate(directory: Path, root: str | None = None, *, user: bool | None = None) -> int:
+    """Load the configuration under ``root`` and write its units; returns the error count."""
+    from zincati_py.config import load
+
+    result = load(root)
+    for problem in result.problems:
+        _problem(str(problem))
+    if user is None:
+        user = os.environ.get("SYSTEMD_SCOPE") == "user"
+    rendered = render(
+        result.config,
+        fragments=result.fragments,
+        executable=_executable(),
+        root=result.paths.root,
+        user=user,
+    )
+    write(rendered, directory)
+    return len(result.errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) not in (1, 3):
+        _problem("usage: zincati-py-generator NORMAL_DIR EARLY_DIR LATE_DIR (or OUTPUT_DIR)")
+        return os.EX_USAGE
+    try:
+        generate(Path(args[-1]))
+    except Exception as exc:
+        # Never break boot: the timers from the previous run are gone either way, say why.
+        _problem(f"internal error, no units generated: {type(exc).__name__}: {exc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
