@@ -53,6 +53,9 @@ def user_manager(
 
 
 # ---- D-Bus peers (owner: dbus adapters; zincati_py/sandbox/{bus,rpmostree,logind}.py) ----
+import socket  # noqa: E402
+import time  # noqa: E402
+
 from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available  # noqa: E402
 from zincati_py.sandbox.logind import LogindDouble, logind_double_available  # noqa: E402
 from zincati_py.sandbox.rpmostree import RpmOstreeDouble  # noqa: E402
@@ -72,7 +75,23 @@ def system_bus() -> Iterator[PrivateBus]:
     if not dbus_daemon_available():
         pytest.skip("needs dbus-daemon")
     with PrivateBus("system") as bus:
+        _wait_listening(bus.socket)
         yield bus
+
+
+def _wait_listening(path: Path, timeout: float = 5.0) -> None:
+    # PrivateBus returns once the socket file exists, which is a moment before dbus-daemon
+    # listen()s on it; a client connecting in that window gets ECONNREFUSED.
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.005)
 
 
 @pytest.fixture
