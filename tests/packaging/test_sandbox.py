@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,3 +89,51 @@ def test_fleetlock_sandbox(manager: UserManager) -> None:
     common(result)
     assert result["imports"] == modules
     assert result["listen_tcp"] is True
+
+
+def test_fleetlock_server_serves_inside_its_sandbox(manager: UserManager) -> None:
+    """The real server under the shipped sandbox: it listens, takes a lock, stores it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Everything of the test manager is under /tmp, which PrivateTmp= hides, except what
+    # systemd mounts in: the state directory. A user manager puts it under ~/.config
+    # (systemd < 254) or ~/.local/state; the config goes into both candidates and names the
+    # database relative to itself.
+    candidates = [manager.config_home, manager.home / ".local" / "state"]
+    for base in candidates:
+        (base / "zincati-py-fleetlock").mkdir(parents=True, exist_ok=True)
+        (base / "zincati-py-fleetlock" / "fleetlock.toml").write_text(
+            f'listen = ["127.0.0.1:{port}"]\nbackend = "sqlite:locks.db"\n'
+        )
+    config = "${STATE_DIRECTORY}/fleetlock.toml"
+    text = (UNITS / "zincati-py-fleetlock.service").read_text()
+    service = text.split("[Service]\n", 1)[1].split("\n[", 1)[0]
+    kept = [line for line in service.splitlines() if not NOT_APPLIED.match(line)]
+    exe = Path(sys.executable).parent / "zincati-py"
+    (manager.unit_dir / "lockserver.service").write_text(
+        f"[Service]\nExecStart={exe} fleetlock serve --config {config}\n" + "\n".join(kept) + "\n"
+    )
+    manager.daemon_reload()
+    manager.systemctl("start", "lockserver.service")
+    body = json.dumps({"client_params": {"id": "node-1", "group": "default"}}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/pre-reboot",
+        data=body,
+        headers={"fleet-lock-protocol": "true", "content-type": "application/json"},
+        method="POST",
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == 200
+            break
+        except (ConnectionError, urllib.error.URLError) as exc:
+            state_now = manager.systemctl("show", "-p", "ActiveState", "lockserver.service")
+            assert "ActiveState=active" in state_now, manager.log_file.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"no answer on port {port}: {exc}"
+            time.sleep(0.2)
+    stored = [base for base in candidates if (base / "zincati-py-fleetlock/locks.db").is_file()]
+    assert len(stored) == 1
+    manager.systemctl("stop", "lockserver.service")
