@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 # Modules under zincati_py.cli, each providing register(subparsers).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -32,8 +33,16 @@ class CliError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; sysexits (and our contract) say 64."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zincati-py",
         description="Update and reboot coordination for image-based hosts.",
     )

@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-__all__ = ["CronError", "translate", "validate_time_zone"]
+__all__ = ["CronError", "expand_alias", "translate", "validate_time_zone"]
 
 
 class CronError(ValueError):
@@ -54,6 +54,14 @@ _ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
+
+
+
+def expand_alias(expr: str) -> str:
+    """``@daily`` and friends as their crontab(5) five-field form; other text stripped as is."""
+    text = expr.strip()
+    return _ALIASES.get(text.lower(), text)
+
 
 _RANDOM_RE = re.compile(r"r(\(\d+-\d+\))?(/\d+)?", re.ASCII)
 

@@ -91,9 +91,9 @@ def minutes_until(at: datetime, then: datetime) -> int:
 def _normalized_cron(expr: str) -> str:
     # Aliases keep their crontab(5) meaning, exactly as the generated timers translate them
     # (croniter would hash them when given a hash id).
-    from zincati_py.schedule.cron import _ALIASES
+    from zincati_py.schedule.cron import expand_alias
 
-    return _ALIASES.get(expr.strip().lower(), expr.strip())
+    return expand_alias(expr)
 
 
 class Calendar:
