@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -53,15 +54,24 @@ class PrivateBus:
             ["dbus-daemon", "--nofork", "--nopidfile", f"--config-file={config}"],
             stdin=subprocess.DEVNULL,
         )
+        # The socket file appears just before dbus-daemon listens: ready means a connect works.
         deadline = time.monotonic() + timeout
-        while not self.socket.exists():
+        while not self._accepts():
             if self.process.poll() is not None:
                 raise RuntimeError(f"dbus-daemon exited with {self.process.returncode}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise TimeoutError(f"dbus-daemon did not create {self.socket}")
+                raise TimeoutError(f"dbus-daemon did not listen on {self.socket}")
             time.sleep(0.01)
         return self
+
+    def _accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
