@@ -7,6 +7,11 @@ Talks to ``org.freedesktop.systemd1`` (org.freedesktop.systemd1(5)). Facts it re
 - A unit's object path is its name escaped like ``sd_bus_path_encode``: ASCII letters and
   digits stay, every other byte becomes ``_xx`` (hex). Reading properties through that path
   loads the unit on demand; a unit without a file reports ``LoadState`` "not-found".
+- A daemon-reload alone neither starts a timer the generator just added (``timers.target`` is
+  already active) nor stops one it no longer emits (the unit stays loaded as "not-found" and
+  keeps firing). :func:`reload_manager` therefore also stops such orphaned ``zincati-py-*``
+  timers and starts ``timers.target`` again, which pulls in every timer it wants; starting an
+  already running timer is a no-op, and a changed timer re-arms on the reload itself.
 - Timestamps are microseconds since the epoch (``...USecRealtime``) or since boot
   (``...USecMonotonic``); 0 means "never" and 2^64-1 "infinity".
 
@@ -33,6 +38,7 @@ SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 TIMER_IFACE = "org.freedesktop.systemd1.Timer"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
+GENERATED_TIMERS = "zincati-py-*.timer"
 _USEC_INFINITY = 2**64 - 1
 _BUSY_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
 
@@ -205,9 +211,30 @@ async def _call(
     return list(reply.body)
 
 
-async def reload_manager(bus: MessageBus) -> None:
-    """``systemctl daemon-reload``: returns after generators ran and units were reloaded."""
+def orphaned_timers(rows: list[Any]) -> list[str]:
+    """From ``ListUnitsByPatterns`` rows: timers still running whose unit file is gone."""
+    return sorted(
+        str(row[0])
+        for row in rows
+        if str(row[2]) != "loaded" and str(row[3]) in ("active", "activating", "reloading")
+    )
+
+
+async def reload_manager(bus: MessageBus, *, apply: bool = True) -> None:
+    """``systemctl daemon-reload``: returns after generators ran and units were reloaded.
+
+    With ``apply`` (the default) the generated timers then match the new configuration:
+    orphaned ``zincati-py-*`` timers are stopped and new ones started (see module docstring).
+    """
     await _call(bus, MANAGER_PATH, MANAGER_IFACE, "Reload")
+    if not apply:
+        return
+    body = await _call(
+        bus, MANAGER_PATH, MANAGER_IFACE, "ListUnitsByPatterns", "asas", [[], [GENERATED_TIMERS]]
+    )
+    for name in orphaned_timers(body[0]):
+        await _call(bus, MANAGER_PATH, MANAGER_IFACE, "StopUnit", "ss", [name, "replace"])
+    await start_unit(bus, "timers.target")
 
 
 async def start_unit(bus: MessageBus, name: str, mode: str = "replace") -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from zincati_py.dbus.systemd import (
     BUS_NAME,
+    GENERATED_TIMERS,
     MANAGER_IFACE,
     MANAGER_PATH,
     PROPS_IFACE,
@@ -31,6 +32,7 @@ from zincati_py.dbus.systemd import (
     TimerState,
     UnitState,
     error_for,
+    orphaned_timers,
     unit_object_path,
 )
 
@@ -127,9 +129,23 @@ class Systemd:
             raise _convert(exc) from None
         return _text(reply.body)
 
-    def reload(self) -> None:
-        """``daemon-reload``; returns once generators ran and units were re-read."""
+    def reload(self, *, apply: bool = True) -> None:
+        """``daemon-reload``; returns once generators ran and units were re-read.
+
+        With ``apply``, orphaned ``zincati-py-*`` timers are stopped and new ones started, as
+        :func:`zincati_py.dbus.systemd.reload_manager` does.
+        """
         self._call(MANAGER_PATH, MANAGER_IFACE, "Reload", [])
+        if not apply:
+            return
+        for name in orphaned_timers(self._list_units([GENERATED_TIMERS])):
+            self._call(
+                MANAGER_PATH,
+                MANAGER_IFACE,
+                "StopUnit",
+                [(_S, name.encode()), (_S, b"replace")],
+            )
+        self.start_unit("timers.target")
 
     def start_unit(self, name: str, mode: str = "replace") -> str:
         """Queue a start job; returns its object path. Does not wait for the job."""
@@ -156,10 +172,13 @@ class Systemd:
         timer = self.properties(name, TIMER_IFACE) if loaded else {}
         return TimerState.from_properties(name, unit, timer)
 
-    def list_unit_names(self, patterns: list[str]) -> list[str]:
-        """Loaded units matching shell-style ``patterns`` (``ListUnitsByPatterns``)."""
+    def _list_units(self, patterns: list[str]) -> list[Any]:
         args: list[Any] = [(ord("a"), b"s"), (-1, None), (ord("a"), b"s")]
         args += [(_S, p.encode()) for p in patterns]
         args.append((-1, None))
         body = self._call(MANAGER_PATH, MANAGER_IFACE, "ListUnitsByPatterns", args)
-        return sorted(str(row[0]) for row in body)
+        return list(body)
+
+    def list_unit_names(self, patterns: list[str]) -> list[str]:
+        """Loaded units matching shell-style ``patterns`` (``ListUnitsByPatterns``)."""
+        return sorted(str(row[0]) for row in self._list_units(patterns))
