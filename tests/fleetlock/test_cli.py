@@ -185,3 +185,34 @@ def test_missing_config_file(zpy: Run, tmp_path: Path) -> None:
     r = zpy("fleetlock", "serve", "--config", str(tmp_path / "none.toml"))
     assert r.returncode == 65
     assert r.stderr.startswith(f"zincati-py: {tmp_path / 'none.toml'}: (file): ")
+
+
+def test_unix_socket_and_sd_notify(zpy: Run, command: list[str], tmp_path: Path) -> None:
+    sock, notify = tmp_path / "fleetlock.sock", tmp_path / "notify"
+    config = tmp_path / "fleetlock.toml"
+    config.write_text(f'listen = "unix:{sock}"\nbackend = "sqlite:{tmp_path / "db"}"\n')
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(notify))
+        listener.settimeout(20)
+        proc = subprocess.Popen(
+            [*command, "fleetlock", "serve", "--config", str(config)],
+            env={**os.environ, "NOTIFY_SOCKET": str(notify)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            # READY=1 only once it listens: the very next request must work.
+            assert listener.recv(64) == b"READY=1"
+            via = ["--url", "http://localhost/", "--unix-socket", str(sock)]
+            r = zpy("fleetlock", "lock", *via, "--group", "default", "--id", "n1")
+            assert r.returncode == 0, r.stderr
+            r = zpy("fleetlock", "status", *via, "--json")
+            assert json.loads(r.stdout)["groups"][0]["holders"][0]["id"] == "n1"
+            proc.send_signal(signal.SIGTERM)
+            assert listener.recv(64) == b"STOPPING=1"
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not sock.exists()

@@ -106,6 +106,8 @@ class EtcdBackend(Backend):
         # group -> (holders, mod_revision) as this process last saw them; a hint only: every
         # write is a compare-and-swap against the revision, so a stale entry costs a retry.
         self._cache: dict[str, tuple[dict[str, Holder], int]] = {}
+        # Compare-and-swaps lost (and retried), for tests and diagnostics.
+        self.conflicts = 0
 
     def _key(self, group: str) -> bytes:
         return self.prefix + b"groups/" + group.encode()
@@ -199,6 +201,7 @@ class EtcdBackend(Backend):
                     self._cache[group] = (new, rev)
                     return result
                 # Lost to a stale view: the failure branch carries the current value.
+                self.conflicts += 1
                 current = responses[0] if responses else []
                 if current:
                     value, meta = current[0]
