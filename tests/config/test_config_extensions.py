@@ -54,6 +54,17 @@ def test_schedule_defaults(tree) -> None:  # type: ignore[no-untyped-def]
 
 JOB = '[[schedule]]\nname = "job"\ncron = "0 * * * *"\ncommand = "/bin/true"\n'
 
+
+def test_schedule_localtime_means_no_zone(tree) -> None:  # type: ignore[no-untyped-def]
+    # OnCalendar= without a suffix is the local zone; a literal "localtime" suffix would only
+    # work where /usr/share/zoneinfo/localtime happens to exist.
+    tree.write("etc", "50-test.toml", JOB + 'time_zone = "localtime"\n')
+    result = tree.load()
+    assert result.problems == ()
+    (job,) = result.config.schedules
+    assert job.time_zone is None
+
+
 # (id, fragment, problems as (severity, key)); every row's job is dropped
 BAD_JOBS = [
     ("name-with-space", JOB.replace('"job"', '"my job"'), [("error", "schedule[my job].name")]),

@@ -513,6 +513,8 @@ class _Validator:
                 bad("command", "empty", v["command"].file)
                 continue
             tz = v["time_zone"].value if "time_zone" in v else None
+            if tz == "localtime":
+                tz = None  # systemd's OnCalendar= without a zone suffix is the local zone
             if tz is not None and self._tz_problem(tz) is not None:
                 bad("time_zone", f"unknown time zone {tz!r}", v["time_zone"].file)
                 continue
