@@ -22,6 +22,7 @@ can use it without loading dbus-fast.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -211,12 +212,17 @@ async def _call(
     return list(reply.body)
 
 
-def orphaned_timers(rows: list[Any]) -> list[str]:
-    """From ``ListUnitsByPatterns`` rows: timers still running whose unit file is gone."""
+def orphaned_timers(rows: list[Any]) -> list[tuple[str, bool]]:
+    """From ``ListUnitsByPatterns`` rows: (name, still running) of timers whose file is gone.
+
+    On the reload such a timer either keeps running or fails ("resources": the service it
+    triggers is gone too); both are cleaned up (stop, reset-failed) so nothing fires and no
+    failed unit is left behind for ``systemctl --failed``.
+    """
     return sorted(
-        str(row[0])
+        (str(row[0]), str(row[3]) in ("active", "activating", "reloading"))
         for row in rows
-        if str(row[2]) != "loaded" and str(row[3]) in ("active", "activating", "reloading")
+        if str(row[2]) != "loaded"
     )
 
 
@@ -232,8 +238,11 @@ async def reload_manager(bus: MessageBus, *, apply: bool = True) -> None:
     body = await _call(
         bus, MANAGER_PATH, MANAGER_IFACE, "ListUnitsByPatterns", "asas", [[], [GENERATED_TIMERS]]
     )
-    for name in orphaned_timers(body[0]):
-        await _call(bus, MANAGER_PATH, MANAGER_IFACE, "StopUnit", "ss", [name, "replace"])
+    for name, running in orphaned_timers(body[0]):
+        with contextlib.suppress(SystemdError):  # it may be gone (garbage-collected) already
+            if running:
+                await _call(bus, MANAGER_PATH, MANAGER_IFACE, "StopUnit", "ss", [name, "replace"])
+            await _call(bus, MANAGER_PATH, MANAGER_IFACE, "ResetFailedUnit", "s", [name])
     await start_unit(bus, "timers.target")
 
 

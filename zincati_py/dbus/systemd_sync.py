@@ -14,6 +14,7 @@ conversions, the state records and the errors are shared with the async adapter
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 from typing import Any
 
@@ -138,13 +139,16 @@ class Systemd:
         self._call(MANAGER_PATH, MANAGER_IFACE, "Reload", [])
         if not apply:
             return
-        for name in orphaned_timers(self._list_units([GENERATED_TIMERS])):
-            self._call(
-                MANAGER_PATH,
-                MANAGER_IFACE,
-                "StopUnit",
-                [(_S, name.encode()), (_S, b"replace")],
-            )
+        for name, running in orphaned_timers(self._list_units([GENERATED_TIMERS])):
+            with contextlib.suppress(SystemdError):  # it may be gone (garbage-collected) already
+                if running:
+                    self._call(
+                        MANAGER_PATH,
+                        MANAGER_IFACE,
+                        "StopUnit",
+                        [(_S, name.encode()), (_S, b"replace")],
+                    )
+                self._call(MANAGER_PATH, MANAGER_IFACE, "ResetFailedUnit", [(_S, name.encode())])
         self.start_unit("timers.target")
 
     def start_unit(self, name: str, mode: str = "replace") -> str:

@@ -1,0 +1,255 @@
+"""``zincati-py schedule`` commands that write fragments: contents, refusals, bad input.
+
+No systemd here (the bus address points nowhere): the reload step is skipped with
+--no-reload or must fail with 69 while keeping the written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.cli.schedule_helpers import (
+    assert_clean_error,
+    make_root,
+    tree,
+    zpy,
+    zpy_json,
+)
+
+
+def _etc(root: Path) -> Path:
+    return root / "etc" / "zincati" / "config.d"
+
+
+def _vendor(root: Path, name: str, text: str) -> Path:
+    path = root / "usr" / "lib" / "zincati" / "config.d" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+VENDOR_JOB = '[[schedule]]\nname = "vendor-job"\ncron = "0 3 * * *"\ncommand = "true"\n'
+
+
+def _config_jobs(root: Path) -> dict[str, dict[str, object]]:
+    doc = zpy_json("config", "show", "--root", str(root))
+    return {job["name"]: job for job in doc["schedule"]}
+
+
+def test_create_writes_a_fragment_the_loader_reads(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    proc = zpy(
+        "schedule", "create", "backup",
+        "--cron", "30 2 * * 1-5",
+        "--command", "tar -cf /backup/x.tar /srv",
+        "--tz", "Europe/Berlin",
+        "--no-catch-up",
+        "--randomized-delay", "60",
+        "--timeout", "900",
+        "--no-reload",
+        "--root", str(root),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    target = _etc(root) / "70-schedule-backup.toml"
+    assert str(target) in proc.stdout
+    assert "OnCalendar=Mon..Fri *-*-* 02:30:00 Europe/Berlin" in proc.stdout
+    assert tomllib.loads(target.read_text()) == {
+        "schedule": [
+            {
+                "name": "backup",
+                "cron": "30 2 * * 1-5",
+                "command": "tar -cf /backup/x.tar /srv",
+                "time_zone": "Europe/Berlin",
+                "catch_up": False,
+                "randomized_delay_secs": 60,
+                "timeout_secs": 900,
+                "enabled": True,
+            }
+        ]
+    }
+    assert not list(_etc(root).glob(".*"))  # no temp file left behind
+    job = _config_jobs(root)["backup"]
+    assert job["source"] == str(target) and job["timeout_secs"] == 900
+
+
+def test_existing_name_needs_replace(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    args = ("--no-reload", "--root", str(root))
+    assert (
+        zpy("schedule", "create", "job", "--cron", "@daily", "--command", "a", *args).returncode
+        == 0
+    )
+    before = tree(root)
+    proc = zpy("schedule", "create", "job", "--cron", "@hourly", "--command", "b", *args)
+    assert_clean_error(proc, 65, "already exists", "--replace")
+    assert tree(root) == before
+    proc = zpy(
+        "schedule", "create", "job", "--cron", "@hourly", "--command", "b", "--replace", *args
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _config_jobs(root)["job"]["command"] == "b"
+    # A job defined only in a vendor fragment exists too.
+    _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    proc = zpy("schedule", "create", "vendor-job", "--cron", "@daily", "--command", "x", *args)
+    assert_clean_error(proc, 65, "already exists", "50-vendor.toml")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        (["bad name", "--cron", "@daily", "--command", "x"], 65, "schedule name"),
+        (["-lead", "--cron", "@daily", "--command", "x"], 0, ""),  # argparse: an option
+        (["x" * 65, "--cron", "@daily", "--command", "x"], 65, "schedule name"),
+        (["ok", "--cron", "61 * * * *", "--command", "x"], 65, "--cron"),
+        (["ok", "--cron", "@reboot", "--command", "x"], 65, "--cron"),
+        (["ok", "--cron", "@daily", "--command", "  "], 65, "--command"),
+        (["ok", "--cron", "@daily", "--command", "x", "--tz", "Mars/Base"], 65, "--tz"),
+        (["ok", "--cron", "@daily", "--command", "x", "--timeout", "0"], 64, "--timeout"),
+        (["ok", "--cron", "@daily", "--command", "x", "--timeout", "ten"], 64, "--timeout"),
+        (["ok", "--cron", "@daily", "--command", "x", "--randomized-delay", "-1"], 64, "delay"),
+    ],
+)
+def test_bad_input_writes_nothing(tmp_path: Path, argv: list[str], code: int, needle: str) -> None:
+    root = make_root(tmp_path)
+    before = tree(root)
+    proc = zpy("schedule", "create", *argv, "--no-reload", "--root", str(root))
+    if code == 0:  # rejected by argparse: a usage error, with its usage text
+        assert proc.returncode == 64 and "Traceback" not in proc.stderr
+    else:
+        assert_clean_error(proc, code, needle)
+    assert tree(root) == before
+
+
+def test_unreachable_systemd_keeps_the_file_and_exits_69(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    proc = zpy("schedule", "create", "j", "--cron", "@daily", "--command", "x", "--root", str(root))
+    assert proc.returncode == 69
+    assert "unreachable" in proc.stderr and "daemon-reload" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (_etc(root) / "70-schedule-j.toml").exists()
+
+
+def test_enable_disable_vendor_job_writes_an_override(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    vendor = _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    vendor_text = vendor.read_text()
+    args = ("--no-reload", "--root", str(root))
+    assert zpy("schedule", "disable", "vendor-job", *args).returncode == 0
+    override = _etc(root) / "70-schedule-vendor-job.toml"
+    assert tomllib.loads(override.read_text()) == {
+        "schedule": [{"name": "vendor-job", "enabled": False}]
+    }
+    assert vendor.read_text() == vendor_text
+    job = _config_jobs(root)["vendor-job"]
+    assert job["enabled"] is False and job["cron"] == "0 3 * * *"
+    assert zpy("schedule", "enable", "vendor-job", *args).returncode == 0
+    assert _config_jobs(root)["vendor-job"]["enabled"] is True
+    assert_clean_error(zpy("schedule", "enable", "nope", *args), 65, "no schedule nope")
+
+
+def test_override_goes_after_a_later_fragment(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    _vendor(root, "80-vendor-tweak.toml", '[[schedule]]\nname = "vendor-job"\nenabled = true\n')
+    assert (
+        zpy("schedule", "disable", "vendor-job", "--no-reload", "--root", str(root)).returncode == 0
+    )
+    assert (_etc(root) / "99-schedule-vendor-job.toml").exists()
+    assert not (_etc(root) / "70-schedule-vendor-job.toml").exists()
+    assert _config_jobs(root)["vendor-job"]["enabled"] is False
+
+
+def test_delete(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    args = ("--no-reload", "--root", str(root))
+    assert (
+        zpy("schedule", "create", "mine", "--cron", "@daily", "--command", "x", *args).returncode
+        == 0
+    )
+    proc = zpy("schedule", "delete", "mine", *args)
+    assert proc.returncode == 0 and "deleted" in proc.stdout
+    assert "mine" not in _config_jobs(root)
+    assert not (_etc(root) / "70-schedule-mine.toml").exists()
+    assert_clean_error(zpy("schedule", "delete", "mine", *args), 65, "no schedule mine")
+    # A vendor job cannot be deleted from its file: it is disabled by an override instead.
+    vendor = _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    proc = zpy("schedule", "delete", "vendor-job", *args)
+    assert proc.returncode == 0 and "not edited" in proc.stdout and str(vendor) in proc.stdout
+    assert _config_jobs(root)["vendor-job"]["enabled"] is False
+    # A hand-written fragment holding more than the job is not deleted.
+    (_etc(root) / "70-schedule-x.toml").write_text(
+        '[updates]\nenabled = true\n[[schedule]]\nname = "x"\ncron = "@daily"\ncommand = "x"\n'
+    )
+    assert_clean_error(zpy("schedule", "delete", "x", *args), 65, "edit it by hand")
+
+
+def test_list_without_systemd_has_nulls_and_a_note(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    doc = zpy_json("schedule", "list", "--root", str(root), "--user")
+    (row,) = doc["schedules"]
+    assert row["name"] == "vendor-job" and row["on_calendar"] == ["*-*-* 03:00:00"]
+    assert row["next_run"] is None and row["last_run"] is None
+    assert doc["systemd"] == {"manager": "user", "reachable": False}
+    assert "not reachable" in doc["note"]
+    text = zpy("schedule", "list", "--root", str(root))
+    assert text.returncode == 0 and "vendor-job" in text.stdout and "not reachable" in text.stderr
+
+
+def test_record_hook_appends_and_history_reads(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    env = {
+        "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus",
+        "SERVICE_RESULT": "exit-code",
+        "EXIT_CODE": "exited",
+        "EXIT_STATUS": "3",
+        "INVOCATION_ID": "abc",
+    }
+    for _ in range(2):
+        proc = zpy("schedule", "_record", "vendor-job", "--root", str(root), "--user", env=env)
+        assert proc.returncode == 0  # systemd unreachable: recorded without a start time
+    path = root / "var" / "lib" / "zincati-py" / "history" / "vendor-job.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 2
+    assert records[0]["result"] == "exit-code" and records[0]["exit_status"] == "3"
+    assert records[0]["start"] is None and records[0]["end"]
+    doc = zpy_json("schedule", "history", "vendor-job", "--root", str(root), "--limit", "1")
+    assert doc == {"name": "vendor-job", "runs": records[-1:]}
+    assert_clean_error(zpy("schedule", "history", "nope", "--root", str(root)), 65, "no schedule")
+
+
+def test_record_trims_history(tmp_path: Path) -> None:
+    from zincati_py.cli import schedule_cmd
+
+    root = make_root(tmp_path)
+    path = root / "var" / "lib" / "zincati-py" / "history" / "j.jsonl"
+    path.parent.mkdir(parents=True)
+    pad = schedule_cmd.HISTORY_MAX_BYTES // (schedule_cmd.HISTORY_KEEP + 100) - 30
+    line = json.dumps({"name": "j", "pad": "x" * pad}) + "\n"
+    count = schedule_cmd.HISTORY_MAX_BYTES // len(line) + 1
+    assert count > schedule_cmd.HISTORY_KEEP
+    path.write_text(line * count)
+    env = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"}
+    assert zpy("schedule", "_record", "j", "--root", str(root), "--user", env=env).returncode == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == schedule_cmd.HISTORY_KEEP
+    assert json.loads(lines[-1])["unit"] == "zincati-py-schedule-j.service"
+
+
+def test_generator_and_cli_agree_on_the_history_path(tmp_path: Path) -> None:
+    """The hook the generator writes names the root the CLI reads history from."""
+    from zincati_py.config import load
+    from zincati_py.generator import render
+
+    root = make_root(tmp_path)
+    _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    rendered = render(load(root).config, root=root, executable="/x/zincati-py")
+    service = rendered.units["zincati-py-schedule-vendor-job.service"]
+    assert f"ExecStopPost=-/x/zincati-py schedule _record vendor-job --root {root}\n" in service
+    assert os.path.isabs(str(root))

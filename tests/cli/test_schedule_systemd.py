@@ -1,0 +1,259 @@
+"""Generated timers and the schedule/trigger commands against a real systemd --user manager."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.cli.schedule_helpers import assert_clean_error, make_root, wait_for, zpy, zpy_json
+from zincati_py.config import load
+from zincati_py.dbus.systemd import TIMER_IFACE
+from zincati_py.dbus.systemd_sync import Systemd
+from zincati_py.sandbox.systemd import UserManager
+from zincati_py.schedule import translate
+from zincati_py.schedule.preview import next_elapses
+
+CONFIG = """
+[updates]
+strategy = "periodic"
+[updates.periodic]
+time_zone = "UTC"
+[[updates.periodic.window]]
+days = ["Sat", "Sun"]
+start_time = "22:30"
+length_minutes = 120
+
+[[schedule]]
+name = "nightly"
+cron = "15 3 * * *"
+command = "true"
+time_zone = "Europe/Berlin"
+randomized_delay_secs = 45
+
+[[schedule]]
+name = "quarter"
+cron = "*/15 * * * *"
+command = "true"
+catch_up = false
+"""
+
+
+def _write(root: Path, name: str, text: str) -> Path:
+    path = root / "etc" / "zincati" / "config.d" / name
+    path.write_text(text)
+    return path
+
+
+def _timers(manager: UserManager) -> dict[str, str]:
+    """list-timers: unit → NEXT column (as printed), for loaded timers."""
+    out = manager.systemctl("list-timers", "--all", "--no-legend", "--plain")
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        unit = next(p for p in parts if p.endswith(".timer"))
+        rows[unit] = " ".join(parts[:4]) if parts[0] != "-" else "-"
+    return rows
+
+
+def _start(
+    factory: Callable[..., UserManager], tmp_path: Path, config: str
+) -> tuple[Path, UserManager]:
+    root = make_root(tmp_path)
+    _write(root, "50-test.toml", config)
+    return root, factory(root)
+
+
+def test_generated_timers_load_and_match_the_translation(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    root, manager = _start(user_manager_factory, tmp_path, CONFIG)
+    expected = {
+        "zincati-py-check.timer",
+        "zincati-py-window-1.timer",
+        "zincati-py-schedule-nightly.timer",
+        "zincati-py-schedule-quarter.timer",
+    }
+    assert set(_timers(manager)) == expected
+    node = load(root).config.identity.node_uuid
+    with Systemd(address=manager.bus_address) as systemd:
+        assert set(systemd.list_unit_names(["zincati-py-*.timer"])) == expected
+        for unit, cron, tz in (
+            ("zincati-py-schedule-quarter.timer", "*/15 * * * *", None),
+            ("zincati-py-window-1.timer", None, "UTC"),
+        ):
+            state = systemd.timer_state(unit)
+            assert state.unit.active_state == "active"
+            lines = translate(cron, tz=tz, hash_id=node) if cron else ["Sat,Sun *-*-* 22:30:00 UTC"]
+            # systemd computed the next elapse from the same lines systemd-analyze evaluates.
+            (want,) = next_elapses(lines, 1, after=datetime.now(UTC).replace(microsecond=0))
+            if state.next_elapse != want:  # the minute may have turned between the two reads
+                (want,) = next_elapses(lines, 1)
+            assert state.next_elapse == want, (unit, state.next_elapse, want)
+        nightly = systemd.properties("zincati-py-schedule-nightly.timer", TIMER_IFACE)
+        quarter = systemd.properties("zincati-py-schedule-quarter.timer", TIMER_IFACE)
+        assert nightly["Persistent"] is True and nightly["RandomizedDelayUSec"] == 45_000_000
+        assert quarter["Persistent"] is False and quarter["RandomizedDelayUSec"] == 0
+        calendars = [c[1] for c in nightly["TimersCalendar"]]
+        assert calendars == ["*-*-* 03:15:00 Europe/Berlin"]
+    # And what the CLI reports is what systemd says.
+    doc = zpy_json("schedule", "list", "--root", str(root), "--user", env=manager.env())
+    assert doc["systemd"]["reachable"] is True
+    rows = {row["name"]: row for row in doc["schedules"]}
+    assert rows["quarter"]["timer_loaded"] is True and rows["quarter"]["next_run"]
+
+
+def test_create_and_reload_makes_a_new_timer_appear(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    root, manager = _start(user_manager_factory, tmp_path, "")
+    assert "zincati-py-schedule-fresh.timer" not in _timers(manager)
+    proc = zpy(
+        "schedule", "create", "fresh", "--cron", "0 5 * * *", "--command", "true",
+        "--tz", "UTC", "--root", str(root), "--user", env=manager.env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    row = _timers(manager)["zincati-py-schedule-fresh.timer"]
+    (want,) = next_elapses(["*-*-* 05:00:00 UTC"], 1)
+    assert row.endswith(want.strftime("%Y-%m-%d %H:%M:%S UTC"))  # started, not just loaded
+    # Changing the cron re-arms it; disabling stops and removes it.
+    proc = zpy(
+        "schedule", "create", "fresh", "--cron", "0 6 * * *", "--command", "true",
+        "--tz", "UTC", "--replace", "--root", str(root), "--user", env=manager.env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (want,) = next_elapses(["*-*-* 06:00:00 UTC"], 1)
+    assert _timers(manager)["zincati-py-schedule-fresh.timer"].endswith(
+        want.strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
+    assert (
+        zpy(
+            "schedule", "disable", "fresh", "--root", str(root), "--user", env=manager.env()
+        ).returncode
+        == 0
+    )
+    state = manager.systemctl("is-active", "zincati-py-schedule-fresh.timer", check=False).strip()
+    assert state == "inactive"
+    assert "zincati-py-schedule-fresh.timer" not in _timers(manager)
+    assert manager.systemctl("list-units", "--failed", "--plain", "--no-legend").strip() == ""
+
+
+def test_broken_fragments_leave_the_other_timers(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    root, manager = _start(user_manager_factory, tmp_path, CONFIG)
+    before = set(_timers(manager))
+    _write(root, "60-broken.toml", "[updates\nenabled = false\n")
+    _write(
+        root, "61-bad-cron.toml", '[[schedule]]\nname = "bad"\ncron = "* * * 13 *"\ncommand = "x"\n'
+    )
+    manager.daemon_reload()
+    assert set(_timers(manager)) == before
+    log = manager.log()
+    assert "60-broken.toml" in log and "schedule[bad].cron" in log
+
+
+def test_trigger_runs_refuses_a_second_start_and_history_records_it(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    config = (
+        '[[schedule]]\nname = "slow"\ncron = "0 0 1 1 *"\ncommand = "sleep 3"\n'
+        '[[schedule]]\nname = "fails"\ncron = "0 0 1 1 *"\ncommand = "exit 3"\n'
+        '[[schedule]]\nname = "off"\ncron = "0 0 1 1 *"\ncommand = "true"\nenabled = false\n'
+    )
+    root, manager = _start(user_manager_factory, tmp_path, config)
+    env = manager.env()
+    common = ("--root", str(root), "--user")
+    started = datetime.now(UTC)
+    proc = zpy("schedule", "trigger", "slow", *common, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("started zincati-py-schedule-slow.service (job ")
+    again = zpy("schedule", "trigger", "slow", *common, env=env)
+    assert_clean_error(again, 75, "already running (since ", "not started again")
+    wait_for(
+        lambda: (
+            manager.systemctl("is-active", "zincati-py-schedule-slow.service", check=False).strip()
+            == "inactive"
+        ),
+        timeout=20,
+        what="the slow job to finish",
+    )
+    runs = wait_for(
+        lambda: zpy_json("schedule", "history", "slow", "--root", str(root))["runs"],
+        what="a history record",
+    )
+    (run,) = runs
+    assert run["result"] == "success" and run["exit_code"] == "exited" and run["exit_status"] == "0"
+    start, end = datetime.fromisoformat(run["start"]), datetime.fromisoformat(run["end"])
+    assert abs((start - started).total_seconds()) < 5
+    assert 2.5 < (end - start).total_seconds() < 10  # sleep 3
+
+    assert zpy("schedule", "trigger", "fails", *common, env=env).returncode == 0
+    runs = wait_for(
+        lambda: zpy_json("schedule", "history", "fails", "--root", str(root))["runs"],
+        what="a history record",
+    )
+    assert runs[0]["result"] == "exit-code" and runs[0]["exit_status"] == "3"
+    status = zpy_json("schedule", "status", "fails", *common, env=env)
+    assert status["last_result"] == "exit-code" and status["last_recorded_run"] == runs[0]
+
+    assert_clean_error(zpy("schedule", "trigger", "off", *common, env=env), 65, "disabled")
+    assert_clean_error(zpy("schedule", "trigger", "nope", *common, env=env), 65, "no schedule nope")
+    down = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"}
+    assert_clean_error(zpy("schedule", "trigger", "slow", *common, env=down), 69, "unreachable")
+
+
+def test_top_level_trigger_command(user_manager: UserManager, config_root: Path) -> None:
+    """``zincati-py trigger`` as trigger_cmd.register() defines it."""
+    from zincati_py.cli import CliError, trigger_cmd
+
+    parser = argparse.ArgumentParser()
+    trigger_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["trigger", "nope", "--root", str(config_root), "--user"])
+    import os
+
+    saved = {k: os.environ.get(k) for k in user_manager.env()}
+    os.environ.update(user_manager.env())
+    try:
+        try:
+            args.func(args)
+        except CliError as exc:
+            assert exc.code == 65 and "no schedule nope" in str(exc)
+        else:
+            raise AssertionError("trigger of an unknown job succeeded")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_command_reaches_the_shell_unchanged(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.txt"
+    command = (
+        "v='a b'; printf '%s|' \"$v\" 100% 'back\\slash' '\"dq\"' \"${v}\" '%n' "
+        f"> {out}; printf 'line1\\nline2' >> {out}"
+    )
+    toml = (
+        '[[schedule]]\nname = "quoting"\ncron = "0 0 1 1 *"\ncommand = \'\'\'' + command + "'''\n"
+    )
+    root, manager = _start(user_manager_factory, tmp_path, toml)
+    assert (
+        zpy(
+            "schedule", "trigger", "quoting", "--root", str(root), "--user", env=manager.env()
+        ).returncode
+        == 0
+    )
+    wait_for(
+        lambda: zpy_json("schedule", "history", "quoting", "--root", str(root))["runs"], what="run"
+    )
+    via_systemd = out.read_text()
+    out.unlink()
+    subprocess.run(["/bin/sh", "-c", command], check=True, timeout=10)
+    assert via_systemd == out.read_text()
+    assert via_systemd.startswith('a b|100%|back\\slash|"dq"|a b|%n|')
