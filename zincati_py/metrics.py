@@ -162,6 +162,20 @@ class AgentMetrics(Collector):
         return generate_latest(self.registry)
 
 
+@contextlib.contextmanager
+def short_path(path: Path) -> Iterator[str]:
+    """``path`` usable for bind/connect even beyond sun_path's 108 bytes (deep --root trees):
+    through the ``/proc/self/fd`` link of an open descriptor of its directory."""
+    if len(os.fsencode(path)) < 100:
+        yield str(path)
+        return
+    dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dirfd}/{path.name}"
+    finally:
+        os.close(dirfd)
+
+
 class Exporter:
     """Serves ``metrics.render()`` on a Unix socket and, optionally, on TCP as HTTP."""
 
@@ -176,7 +190,8 @@ class Exporter:
         os.chmod(self.socket_path.parent, 0o755)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        server = await asyncio.start_unix_server(self._dump, path=str(self.socket_path))
+        with short_path(self.socket_path) as path:
+            server = await asyncio.start_unix_server(self._dump, path=path)
         # Public like Zincati's: connecting to a Unix socket needs write permission.
         os.chmod(self.socket_path, 0o666)
         self._servers.append(server)

@@ -21,7 +21,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from zincati_py import config as config_mod
 from zincati_py.agent import machine, persist, status
@@ -30,6 +30,7 @@ from zincati_py.agent.configwatch import ConfigWatcher
 from zincati_py.agent.machine import Action, Decision, Deployment, Facts, Gate, State, Step
 from zincati_py.agent.notify import Notifier
 from zincati_py.backoff import Backoff
+from zincati_py.dbus.logind import Inhibitor, Logind
 from zincati_py.metrics import AgentMetrics, Exporter
 from zincati_py.paths import Paths
 from zincati_py.strategy import Strategy, StrategyContext, build
@@ -43,18 +44,6 @@ log = logging.getLogger("zincati_py.agent")
 
 OSTREE_COMMAND_ENV = "ZINCATI_PY_OSTREE_COMMAND"
 BUS_NAME_ENV = "ZINCATI_PY_BUS_NAME"
-
-
-class LogindLike(Protocol):
-    """What the agent needs from logind (``zincati_py.dbus.logind.Logind``)."""
-
-    async def can_reboot(self) -> str: ...
-    async def block_inhibitors(self) -> list[Any]: ...
-    async def wait_block_released(self, timeout: float | None = None) -> bool: ...
-    async def interactive_sessions(self) -> list[Any]: ...
-    async def warn_sessions(self, message: str) -> None: ...
-    async def reboot(self) -> None: ...
-    async def close(self) -> None: ...
 
 
 class StartupError(Exception):
@@ -89,15 +78,8 @@ class Options:
         )
 
 
-def _describe(item: Any) -> str:
-    """A logind inhibitor/session as text, whatever shape the adapter returns."""
-    if isinstance(item, str):
-        return item
-    for attrs in (("who", "why"), ("name", "tty"), ("user", "tty")):
-        values = [getattr(item, a, None) for a in attrs]
-        if values[0] is not None:
-            return f"{values[0]} ({values[1]})" if values[1] else str(values[0])
-    return str(item)
+def _inhibitor(i: Inhibitor) -> str:
+    return f"{i.who} ({i.why}, pid {i.pid})" if i.why else f"{i.who} (pid {i.pid})"
 
 
 def _dep(d: Any) -> Deployment | None:
@@ -140,7 +122,7 @@ class Agent:
         self.strategy: Strategy | None = None
         self.bus: MessageBus | None = None
         self.rpm: RpmOstree | None = None
-        self.logind: LogindLike | None = None
+        self.logind: Logind | None = None
         self.iface: AgentInterface | None = None
         self.exporter: Exporter | None = None
         self.watcher: ConfigWatcher | None = None
@@ -305,6 +287,9 @@ class Agent:
         post = st.postponed
         if post is not None and (staged is None or staged.checksum != post.checksum):
             self.store.update(postponed=None)
+            if booted.checksum != post.checksum and self.logind is not None:
+                # The update users were warned about is gone: withdraw the announcement.
+                self._spawn(self._cancel_warning())
 
     async def _run(self) -> None:
         """The evaluation loop: one evaluation at a time, woken by events and the timer."""
@@ -440,8 +425,8 @@ class Agent:
         if allowed:
             try:
                 can = await self.logind.can_reboot()
-                inhibitors = tuple(_describe(i) for i in await self.logind.block_inhibitors())
-                sessions = tuple(_describe(s) for s in await self.logind.interactive_sessions())
+                inhibitors = tuple(_inhibitor(i) for i in await self.logind.block_inhibitors())
+                sessions = tuple(s.describe() for s in await self.logind.interactive_sessions())
             except Exception as exc:
                 if not force:
                     await self._abort(f"logind unreachable: {exc}")
@@ -476,7 +461,8 @@ class Agent:
             self._await_inhibitors()
             return (result.reason, None)
         if result.warn:
-            await self._warn(dep, result.decision is Decision.POSTPONE)
+            postponed = result.decision is Decision.POSTPONE
+            await self._warn(dep, result.recheck_at if postponed else None)
         if result.decision is Decision.POSTPONE:
             self.metrics.blocked("active_usersessions")
             if result.start_postponement:
@@ -526,20 +512,27 @@ class Agent:
         except Exception as exc:
             log.warning("strategy %s abort failed: %s", self.strategy.name, exc)
 
-    async def _warn(self, dep: Deployment, postponed: bool) -> None:
+    async def _warn(self, dep: Deployment, reboot_at: float | None) -> None:
         assert self.logind is not None
-        limit = self.config.agent.reboot.max_postpone_secs
         msg = (
-            f"zincati-py: this host will reboot into update {dep.label} in at most "
-            f"{limit // 60 or 1} minute(s). Please save your work and log out."
-            if postponed
+            f"zincati-py: this host will reboot into update {dep.label} at "
+            f"{status.iso(reboot_at)} at the latest. Please save your work and log out."
+            if reboot_at is not None
             else f"zincati-py: this host reboots now into update {dep.label}."
         )
         try:
-            await self.logind.warn_sessions(msg)
+            await self.logind.warn_sessions(msg, reboot_at)
             log.info("warned interactive sessions: %s", msg)
         except Exception as exc:
             log.warning("could not warn interactive sessions: %s", exc)
+
+    async def _cancel_warning(self) -> None:
+        assert self.logind is not None
+        try:
+            if await self.logind.cancel_warning():
+                log.info("withdrew the reboot warning: the staged update is gone")
+        except Exception as exc:
+            log.warning("could not withdraw the reboot warning: %s", exc)
 
     def _await_inhibitors(self) -> None:
         if self._inhibitor_wait is not None and not self._inhibitor_wait.done():
@@ -549,15 +542,16 @@ class Agent:
 
         async def wait() -> None:
             try:
-                released = await logind.wait_block_released(None)
+                # Released on the BlockInhibited PropertiesChanged signal; the hour bound only
+                # re-evaluates in case a signal was lost (e.g. logind restarted meanwhile).
+                released = await logind.wait_block_released(3600.0)
             except Exception as exc:
                 log.warning("waiting for inhibitors failed: %s", exc)
                 self.rt.not_before[Action.FINALIZE] = (
                     time.time() + self.backoffs[Action.FINALIZE].next_delay()
                 )
                 released = True
-            if released:
-                self.wake("block inhibitor released")
+            self.wake("block inhibitor released" if released else "inhibitor wait expired")
 
         self._inhibitor_wait = self._spawn(wait())
 
@@ -744,10 +738,9 @@ class Agent:
             )
         return bus
 
-    async def _connect_logind(self, bus: MessageBus) -> LogindLike:
-        logind_mod = importlib.import_module("zincati_py.dbus.logind")
-        logind: LogindLike = logind_mod.Logind()
-        await logind.connect(bus)  # type: ignore[attr-defined]
+    async def _connect_logind(self, bus: MessageBus) -> Logind:
+        logind = Logind()
+        await logind.connect(bus)
         return logind
 
     async def run(self) -> int:
@@ -761,6 +754,9 @@ class Agent:
                 log.error("configuration: %s", problem)
             log.error("configuration invalid at startup: running, but never rebooting until fixed")
         self.metrics.config_valid = int(self.config_result.ok)
+        # The bus name first: a second agent for the same node must exit before it touches
+        # the first one's metrics socket or status file.
+        self.bus = await self._connect_bus()
         self.exporter = Exporter(
             self.metrics, self.paths.metrics_socket, self.config.agent.metrics.listen
         )
@@ -768,7 +764,6 @@ class Agent:
             await self.exporter.start()
         except OSError as exc:
             log.error("metrics socket %s: %s", self.paths.metrics_socket, exc)
-        self.bus = await self._connect_bus()
         self.rpm = RpmOstree(self.paths.root, ostree_command=self.opts.ostree_command)
         await self.rpm.connect(self.bus)
         self.rpm.on_change(self._on_deployments)

@@ -1,0 +1,53 @@
+"""Fixtures for agent tests: sandboxed nodes (see agent_harness.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from zincati_py.sandbox.bus import PrivateBus
+from zincati_py.sandbox.rpmostree import RpmOstreeDouble
+
+if TYPE_CHECKING:
+    # Imported lazily in the fixture, like the sandbox modules.
+    from tests.agent.agent_harness import Node
+
+
+@pytest.fixture
+def node_factory(
+    system_bus: PrivateBus, rpmostree_factory: Callable[..., RpmOstreeDouble], tmp_path: Path
+) -> Iterator[Callable[..., Node]]:
+    """``node_factory(script=None)`` → a Node; agents and logind are stopped at teardown."""
+    from tests.agent.agent_harness import Node
+    from zincati_py.sandbox import logind as logind_sandbox
+
+    nodes: list[Node] = []
+    mocks: list[Any] = []
+
+    def make(script: dict[str, object] | None = None) -> Node:
+        double = rpmostree_factory(script, idle_timeout=0)
+        if not logind_sandbox.logind_double_available():
+            pytest.skip("needs python3-dbusmock under /usr/bin/python3")
+        mock = logind_sandbox.LogindDouble(
+            system_bus.address, tmp_path / f"logind-{len(mocks)}.log"
+        ).start()
+        mocks.append(mock)
+        n = Node(system_bus, double, mock, tmp_path)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        for a in n.agents:
+            if a.alive():
+                a.stop()
+    for mock in mocks:
+        mock.stop()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., Node]) -> Node:
+    return node_factory()

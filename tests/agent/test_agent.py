@@ -1,0 +1,290 @@
+"""``zincati-py agent`` end to end: a real subprocess, the rpm-ostree double, dbusmock's logind
+and a private system bus. Nothing of ours is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from tests.agent.agent_harness import AGENT_BUS_NAME, Node, dbus_call, wait_for
+
+NEW = "40.20240115.3.0"
+OLD = "40.20240101.3.0"
+
+
+def reboots(node: Node) -> int:
+    return len(node.logind_calls("Reboot")) + len(node.logind_calls("RebootWithFlags"))
+
+
+def assert_stays(predicate: object, seconds: float, what: str) -> None:
+    """``predicate`` holds for the whole of ``seconds`` (a "nothing happens" check)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), what  # type: ignore[operator]
+        time.sleep(0.02)
+
+
+def test_staged_update_detected_fast_and_reboots_exactly_once(node: Node) -> None:
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    assert reboots(node) == 0
+    # Another tool stages the update: the agent learns it from PropertiesChanged/inotify.
+    t0 = time.monotonic()
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: reboots(node) >= 1, 10, "logind Reboot")
+    elapsed = time.monotonic() - t0
+    # The double reboots on logind's Reboot: the agent sees the new boot and reports steady.
+    doc = node.wait_state("reported steady", agent=agent)
+    assert doc["booted"]["version"] == NEW
+    assert node.booted_version() == NEW
+    latency = node.metric("zincati_py_decision_latency_seconds")
+    assert latency is not None and latency < 0.5, latency
+    assert elapsed < 3.0, elapsed
+    assert_stays(lambda: reboots(node) == 1, 1.0, "exactly one reboot")
+    assert node.metric("zincati_py_reboots_requested_total") == 1
+    log = agent.log()
+    assert "decision: rebooting: strategy immediate" in log
+    assert "the update we rebooted into" in log
+
+
+def test_check_now_from_the_cli_stages_and_reboots(node: Node) -> None:
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    r = node.cli("check", "--system-bus", node.bus.address)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: reboots(node) == 1, 15, "logind Reboot")
+    doc = node.wait_state("reported steady", agent=agent)
+    assert doc["booted"]["version"] == NEW
+    # A second check finds nothing newer.
+    r = node.cli("check", "--from-timer", "--system-bus", node.bus.address)
+    assert r.returncode == 0, r.stderr
+    doc = node.wait_state("no new update", agent=agent)
+    assert doc["last_check_result"] == "no new update"
+    assert reboots(node) == 1
+    props = dbus_call(
+        node.bus.address,
+        AGENT_BUS_NAME,
+        "/io/github/zincatipy/Agent1",
+        "org.freedesktop.DBus.Properties",
+        "GetAll",
+        "s",
+        "io.github.zincatipy.Agent1",
+    )[0]
+    assert props["State"].value == "no new update"
+    assert props["BootedVersion"].value == NEW
+    assert props["LastCheck"].value
+
+
+def test_interactive_session_postpones_and_warns(node: Node) -> None:
+    node.write_config("50-reboot.toml", "[agent.reboot]\nmax_postpone_secs = 2\n")
+    node.add_session("c1", tty="pts/0", type="tty", user="alice")
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    doc = node.wait_state("update staged", agent=agent)
+    wait_for(lambda: "interactive sessions" in (node.status() or {}).get("reason", ""), 5, "why")
+    wait_for(lambda: node.logind_calls("SetWallMessage"), 5, "wall message")
+    t_warned = time.monotonic()
+    assert reboots(node) == 0
+    wall = node.logind_calls("SetWallMessage")[0].args[0]
+    assert NEW in wall
+    doc = node.status() or {}
+    assert doc["postponed"] is not None
+    wait_for(lambda: reboots(node) == 1, 10, "reboot after the postponement")
+    waited = time.monotonic() - t_warned
+    assert 1.0 < waited < 5.0, waited
+    assert "postponement of 2 s for interactive sessions" in agent.log()
+
+
+def test_block_inhibitor_holds_the_reboot_until_released(node: Node) -> None:
+    fd = node.inhibit("shutdown", "backup", "nightly")
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: "inhibitor" in (node.status() or {}).get("reason", ""), 10, "inhibitor")
+    assert "backup" in (node.status() or {})["reason"]
+    assert_stays(lambda: reboots(node) == 0, 1.0, "held by the inhibitor")
+    t0 = time.monotonic()
+    os.close(fd)
+    wait_for(lambda: reboots(node) == 1, 5, "reboot after release")
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_updates_disabled_never_reboots(node: Node) -> None:
+    node.write_config("50-off.toml", "[updates]\nenabled = false\n")
+    agent = node.agent()
+    doc = node.wait_state("disabled", agent=agent)
+    assert doc["updates_enabled"] is False
+    node.control("Stage", "sb", NEW, True)
+    r = node.cli("check", "--system-bus", node.bus.address)
+    assert r.returncode == 0
+    assert_stays(
+        lambda: reboots(node) == 0 and (node.status() or {}).get("state") == "disabled",
+        1.5,
+        "disabled: no reboot",
+    )
+    assert node.metric("zincati_update_agent_updates_enabled") == 0
+
+
+def test_invalid_config_edit_keeps_last_good_config(node: Node) -> None:
+    node.write_config("50-off.toml", "[updates]\nenabled = false\n")
+    agent = node.agent()
+    node.wait_state("disabled", agent=agent)
+    # Invalid: the last good config (updates disabled) stays in force, visibly.
+    node.write_config("50-off.toml", '[updates]\nenabled = true\nstrategy = "nope"\n')
+    wait_for(
+        lambda: (node.status() or {}).get("config", {}).get("valid") is False, 5, "invalid config"
+    )
+    doc = node.status() or {}
+    assert doc["config"]["in_force"] == "last good configuration"
+    assert any("nope" in p for p in doc["config"]["problems"])
+    assert doc["state"] == "disabled"
+    node.control("Stage", "sb", NEW, True)
+    assert_stays(lambda: reboots(node) == 0 and agent.alive(), 1.0, "old config in force")
+    human = node.cli("status", "--root", str(node.root))
+    assert "INVALID" in human.stdout and "nope" in human.stdout
+    # Fixed: applies without restart, and the staged update is handled at once.
+    node.write_config("50-off.toml", "[updates]\nenabled = true\n")
+    wait_for(lambda: reboots(node) == 1, 10, "reboot with the fixed config")
+    assert agent.alive()
+    assert "configuration changed: applying it" in agent.log()
+
+
+def test_invalid_config_at_startup_runs_but_never_reboots(node: Node) -> None:
+    node.write_config("50-bad.toml", '[updates]\nstrategy = "nope"\n')
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    node.wait_state("update staged", agent=agent)
+    doc = node.status() or {}
+    assert "configuration is invalid" in doc["reason"]
+    assert_stays(lambda: reboots(node) == 0, 1.0, "no reboot while invalid")
+    node.write_config("50-bad.toml", '[updates]\nstrategy = "immediate"\n')
+    wait_for(lambda: reboots(node) == 1, 10, "reboot once valid")
+
+
+def _sessions_node_with_pending_postponement(node: Node, secs: int) -> None:
+    node.write_config("50-reboot.toml", f"[agent.reboot]\nmax_postpone_secs = {secs}\n")
+    node.add_session("c1", tty="tty1", type="tty", user="alice")
+
+
+def test_sigkill_during_postponement_keeps_the_deadline_and_warns_once(node: Node) -> None:
+    _sessions_node_with_pending_postponement(node, 3)
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: node.logind_calls("SetWallMessage"), 5, "warning")
+    t_warned = time.monotonic()
+    agent.kill()
+    again = node.agent()
+    wait_for(lambda: reboots(node) == 1, 10, "reboot at the original deadline")
+    # The restarted agent resumed the persisted postponement: no new warning, no new 3 s.
+    assert time.monotonic() - t_warned < 4.5
+    assert len(node.logind_calls("SetWallMessage")) == 1
+    node.wait_state("reported steady", agent=again)
+    assert_stays(lambda: reboots(node) == 1, 0.5, "one reboot")
+
+
+def test_sigkill_in_every_state_never_reboots_twice(node_factory: object) -> None:
+    # The double does not reboot by itself here, so the agent stays "update finalized".
+    from zincati_py.sandbox.rpmostree import Script  # noqa: F401  (script keys documented there)
+
+    node: Node = node_factory(  # type: ignore[operator]
+        {
+            "osname": "fedora-coreos",
+            "booted": {"version": OLD},
+            "releases": [{"version": NEW, "available_after_checks": 0}],
+            "transaction_delay": 0.02,
+            "reboot_on_logind": False,
+        }
+    )
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    agent.kill()
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
+    node.wait_state("update finalized", agent=agent)
+    assert reboots(node) == 1
+    state = json.loads((node.root / "var/lib/zincati-py/state.json").read_text())
+    assert state["reboot_requested"]["version"] == NEW
+    assert state["reboot_requested"]["called"] is True
+    for _ in range(3):
+        agent.kill()
+        agent = node.agent()
+        doc = node.wait_state("update finalized", agent=agent)
+        assert "waiting for it" in doc["reason"]
+        assert_stays(lambda: reboots(node) == 1, 0.5, "no second reboot after restart")
+    # The simulated reboot happens now; the agent recognises the update it asked for.
+    assert node.control("Reboot") == [NEW]
+    doc = node.wait_state("reported steady", agent=agent)
+    assert doc["booted"]["version"] == NEW and doc["reboot_requested"] is None
+    agent.kill()
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    assert_stays(lambda: reboots(node) == 1, 0.5, "still one reboot")
+
+
+def test_reboot_now_skips_the_postponement(node: Node) -> None:
+    _sessions_node_with_pending_postponement(node, 600)
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    nothing = node.cli("reboot-now", "--system-bus", node.bus.address)
+    assert nothing.returncode == 75, nothing.stderr
+    assert "no update is staged" in nothing.stderr
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: node.logind_calls("SetWallMessage"), 5, "warning")
+    assert reboots(node) == 0
+    r = node.cli("reboot-now", "--system-bus", node.bus.address)
+    assert r.returncode == 0, r.stderr
+    assert NEW in r.stdout
+    wait_for(lambda: reboots(node) == 1, 5, "reboot")
+    assert "RebootNow requested by" in agent.log()
+
+
+def test_sd_notify_ready_status_watchdog_stopping(node: Node, tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(10)
+        agent = node.agent(NOTIFY_SOCKET=str(path), WATCHDOG_USEC="200000")
+        seen: list[str] = []
+
+        def recv_until(key: str) -> None:
+            deadline = time.monotonic() + 10
+            while not any(key in m for m in seen):
+                assert time.monotonic() < deadline, f"no {key} in {seen}"
+                seen.append(sock.recv(4096).decode())
+
+        recv_until("READY=1")
+        ready = next(m for m in seen if "READY=1" in m)
+        assert "STATUS=" in ready
+        recv_until("STATUS=reported steady")
+        before = sum("WATCHDOG=1" in m for m in seen)
+        drain_until = time.monotonic() + 0.6
+        while (left := drain_until - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                seen.append(sock.recv(4096).decode())
+            except TimeoutError:
+                break
+        sock.settimeout(10)
+        # 200 ms WatchdogSec → a ping every 100 ms.
+        assert sum("WATCHDOG=1" in m for m in seen) - before >= 3
+        agent.process.send_signal(15)
+        recv_until("STOPPING=1")
+        assert agent.process.wait(10) == 0
+    doc = node.status() or {}
+    assert doc["state"] == "end"
+    assert node.cli("status", "--root", str(node.root)).returncode == 0
+
+
+def test_second_agent_on_the_same_bus_name_exits_75(node: Node) -> None:
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    other = node.agent()
+    assert other.process.wait(30) == 75
+    assert "another agent is running" in other.log()
