@@ -1,19 +1,22 @@
 """etcd v3 backend (for HA: several servers can share one etcd cluster).
 
 One key per group, ``{key_prefix}groups/{group}``, holding ``{"holders": [...]}``. A change is
-one transaction comparing the key's ``mod_revision`` with the one read (compare-and-swap); a
+one transaction comparing the key's ``mod_revision`` with the one seen (compare-and-swap); a
 request that changes nothing (re-lock early in the lease, unlock of a slot not held, lock of a
 full group) writes nothing. The etcd client (aetcd, gRPC) is created once and reused.
 
-Races: writes of this process for one group are serialised by an asyncio lock (read-only
-outcomes skip it), so a CAS loses only to a stale view or to another server instance; then
-it takes the current value from the failed transaction and retries, a bounded number of times
-with jittered backoff. A client never sees the race.
+Writes of this process for one group are group-committed: while one transaction is in flight,
+further changes queue and then go into the next transaction together (decided in order on the
+same state), so concurrent requests do not race each other and throughput does not collapse
+to one round trip per request. A CAS can then only lose to a stale view or to another server
+instance; it takes the current value from the failed transaction and retries, a bounded number
+of times with jittered backoff. A client never sees the race.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections import defaultdict
@@ -37,6 +40,8 @@ from zincati_py.fleetlock.backends import (
 )
 
 T = TypeVar("T")
+# holders -> (new holders, or None for "write nothing"; the caller's result)
+Decide = Callable[[dict[str, Holder]], tuple[dict[str, Holder] | None, T]]
 
 CAS_ATTEMPTS = 32
 RPC_TIMEOUT = 5
@@ -102,7 +107,11 @@ class EtcdBackend(Backend):
             )
         self._clients: dict[int, Any] = {}
         self._current = 0
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Changes waiting for the group's next transaction, and the task committing them.
+        self._pending: defaultdict[str, list[tuple[Decide[Any], asyncio.Future[Any]]]] = (
+            defaultdict(list)
+        )
+        self._flushers: dict[str, asyncio.Task[None]] = {}
         # group -> (holders, mod_revision) as this process last saw them; a hint only: every
         # write is a compare-and-swap against the revision, so a stale entry costs a retry.
         self._cache: dict[str, tuple[dict[str, Holder], int]] = {}
@@ -151,68 +160,107 @@ class EtcdBackend(Backend):
         self._cache[group] = state
         return state
 
-    async def _swap(
-        self, group: str, decide: Callable[[dict[str, Holder]], tuple[dict[str, Holder] | None, T]]
-    ) -> T:
-        """Read, decide, compare-and-swap; repeat on a lost race. ``decide(holders)`` returns
-        ``(new holders or None, result)``."""
+    async def _swap(self, group: str, decide: Decide[T]) -> T:
+        """Apply ``decide`` (holders -> (new holders or None, result)) to the group atomically.
+
+        Decides first on the last state this process saw: when this server is the only writer
+        (the usual case) a change then costs one transaction and no read. An answer that
+        changes nothing is only given from state read during this request (linearizable).
+        Changes go through the group's batch (see :meth:`_flush`).
+        """
+        cached = self._cache.get(group)
+        if cached is None:
+            holders, _ = await self._read(group)
+            confirmed = True
+        else:
+            holders, confirmed = cached[0], False
+        new, result = decide(holders)
+        if new is None and not confirmed:
+            holders, _ = await self._read(group)
+            new, result = decide(holders)
+        if new is None:
+            return result
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[group].append((decide, future))
+        if group not in self._flushers:
+            self._flushers[group] = asyncio.create_task(self._flush(group))
+        outcome: T = await future
+        return outcome
+
+    async def _flush(self, group: str) -> None:
+        """Group commit: every change queued for the group while a transaction was in flight
+        goes into the next one, decided in arrival order, one compare-and-swap for all."""
+        batch: list[tuple[Decide[Any], asyncio.Future[Any]]] = []
+        try:
+            while self._pending.get(group):
+                batch = self._pending.pop(group)
+                try:
+                    results = await self._commit(group, [d for d, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+                batch = []
+        finally:
+            del self._flushers[group]
+            # Only on cancellation (shutdown) can requests be left waiting.
+            for _, future in batch + self._pending.pop(group, []):
+                if not future.done():
+                    future.set_exception(BackendUnavailable("etcd backend closed"))
+
+    async def _commit(self, group: str, decides: list[Decide[Any]]) -> list[Any]:
         key = self._key(group)
-        # Decide on the last state this process saw: when this server is the only writer (the
-        # usual case) a change costs one transaction and no read. An answer that changes
-        # nothing is only given from state read during this request (linearizable).
         cached = self._cache.get(group)
         if cached is None:
             (holders, revision), confirmed = await self._read(group), True
         else:
             (holders, revision), confirmed = cached, False
-        new, result = decide(holders)
-        if new is None and not confirmed:
-            (holders, revision), confirmed = await self._read(group), True
-            new, result = decide(holders)
-        if new is None:
-            return result
-        async with self._locks[group]:
-            cached = self._cache.get(group)
-            if cached is not None and cached[1] != revision:
-                # Another request of ours wrote while we waited for the lock.
-                (holders, revision), confirmed = cached, False
-            for attempt in range(CAS_ATTEMPTS):
-                new, result = decide(holders)
-                if new is None:
-                    if confirmed:
-                        return result
-                    (holders, revision), confirmed = await self._read(group), True
-                    continue
-                tx = self._client(self._current).transactions
-                if new:
-                    doc = {"holders": [h.to_json() for h in new.values()]}
-                    write = tx.put(key, json.dumps(doc, separators=(",", ":")).encode())
-                else:
-                    write = tx.delete(key)
-                ok, responses = await self._call(
-                    "transaction",
-                    compare=[tx.mod(key) == revision],
-                    success=[write],
-                    failure=[tx.get(key)],
-                )
-                if ok:
-                    # A deleted key compares as mod_revision 0.
-                    rev = int(responses[0].response_put.header.revision) if new else 0
-                    self._cache[group] = (new, rev)
-                    return result
-                # Lost to a stale view: the failure branch carries the current value.
-                self.conflicts += 1
-                current = responses[0] if responses else []
-                if current:
-                    value, meta = current[0]
-                    holders, revision = self._decode(value), int(meta.mod_revision)
-                else:
-                    holders, revision = {}, 0
-                self._cache[group], confirmed = (holders, revision), True
-                # A first loss is usually a stale cache; more mean another server instance
-                # keeps writing: back off with jitter.
-                if attempt > 0:
-                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        for attempt in range(CAS_ATTEMPTS):
+            state: dict[str, Holder] | None = None
+            results = []
+            for decide in decides:
+                new, result = decide(holders if state is None else state)
+                state = new if new is not None else state
+                results.append(result)
+            if state is None:
+                if confirmed:
+                    return results
+                (holders, revision), confirmed = await self._read(group), True
+                continue
+            tx = self._client(self._current).transactions
+            if state:
+                doc = {"holders": [h.to_json() for h in state.values()]}
+                write = tx.put(key, json.dumps(doc, separators=(",", ":")).encode())
+            else:
+                write = tx.delete(key)
+            ok, responses = await self._call(
+                "transaction",
+                compare=[tx.mod(key) == revision],
+                success=[write],
+                failure=[tx.get(key)],
+            )
+            if ok:
+                # A deleted key compares as mod_revision 0.
+                rev = int(responses[0].response_put.header.revision) if state else 0
+                self._cache[group] = (state, rev)
+                return results
+            # Lost to a stale view: the failure branch carries the current value.
+            self.conflicts += 1
+            current = responses[0] if responses else []
+            if current:
+                value, meta = current[0]
+                holders, revision = self._decode(value), int(meta.mod_revision)
+            else:
+                holders, revision = {}, 0
+            self._cache[group], confirmed = (holders, revision), True
+            # A first loss is usually a stale cache; more mean another server instance keeps
+            # writing: back off with jitter.
+            if attempt > 0:
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise BackendUnavailable(
             f"etcd: group {group!r} still contended after {CAS_ATTEMPTS} tries"
         )
@@ -247,6 +295,10 @@ class EtcdBackend(Backend):
         await self._call("get", self.prefix + b"ping")
 
     async def close(self) -> None:
+        for task in list(self._flushers.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
