@@ -234,7 +234,7 @@ def test_no_write_for_noop_requests(
 
 def test_backend_unavailable_is_503(tmp_path: Path, backend: Any) -> None:
     from zincati_py.fleetlock.server import FleetLockServer
-    from zincati_py.sandbox.etcd import PrivateEtcd
+    from zincati_py.sandbox.etcd import free_port
 
     async def scenario(spec: str) -> None:
         path = tmp_path / "c.toml"
@@ -260,10 +260,7 @@ def test_backend_unavailable_is_503(tmp_path: Path, backend: Any) -> None:
         blocker.write_text("a file where the database directory should be")
         run(scenario(f"sqlite:{blocker}/sub/db"))
     else:
-        dead = PrivateEtcd().start()
-        url = dead.url
-        dead.stop()
-        run(scenario(f"etcd:{url}"))
+        run(scenario(f"etcd:http://127.0.0.1:{free_port()}"))
 
 
 def test_slots_follow_config_and_shrinking_evicts_nobody(serve: Callable[..., Any]) -> None:
