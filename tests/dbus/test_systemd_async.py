@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +104,36 @@ def test_timestamps() -> None:
     )
     assert soon is not None
     assert abs(soon - (datetime.now(UTC) + timedelta(seconds=60))) < timedelta(seconds=1)
+
+
+def test_reload_manager_applies_generated_timers(
+    user_manager_factory: Callable[..., UserManager], config_root: Path
+) -> None:
+    """What the agent relies on after a config change: new timers run, removed ones are gone."""
+    (config_root / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    fragment = config_root / "etc" / "zincati" / "config.d" / "70-schedule-a.toml"
+    fragment.write_text('[[schedule]]\nname = "a"\ncron = "0 4 * * *"\ncommand = "true"\n')
+    manager = user_manager_factory(config_root)
+    timer = "zincati-py-schedule-a.timer"
+
+    async def active_state(bus: Any, name: str) -> str:
+        return (await systemd.unit_state(bus, name)).active_state
+
+    async def scenario() -> None:
+        bus = await systemd.connect(address=manager.bus_address)
+        try:
+            assert await active_state(bus, timer) == "active"
+            fragment.unlink()
+            await systemd.reload_manager(bus)
+            state = await systemd.unit_state(bus, timer)
+            assert not state.exists and state.active_state == "inactive"  # stopped, not failed
+            fragment.write_text('[[schedule]]\nname = "a"\ncron = "0 5 * * *"\ncommand = "x"\n')
+            # Without apply, the reload loads the timer but nothing starts it.
+            await systemd.reload_manager(bus, apply=False)
+            assert await active_state(bus, timer) == "inactive"
+            await systemd.reload_manager(bus)
+            assert await active_state(bus, timer) == "active"
+        finally:
+            bus.disconnect()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -10,8 +10,9 @@ Talks to ``org.freedesktop.systemd1`` (org.freedesktop.systemd1(5)). Facts it re
 - A daemon-reload alone neither starts a timer the generator just added (``timers.target`` is
   already active) nor stops one it no longer emits (the unit stays loaded as "not-found" and
   keeps firing). :func:`reload_manager` therefore also stops such orphaned ``zincati-py-*``
-  timers and starts ``timers.target`` again, which pulls in every timer it wants; starting an
-  already running timer is a no-op, and a changed timer re-arms on the reload itself.
+  timers and starts ``timers.target`` again, which pulls in every timer it wants (and waits for
+  that job: timers are ordered before the target); starting an already running timer is a
+  no-op, and a changed timer re-arms on the reload itself.
 - Timestamps are microseconds since the epoch (``...USecRealtime``) or since boot
   (``...USecMonotonic``); 0 means "never" and 2^64-1 "infinity".
 
@@ -37,6 +38,7 @@ MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
 UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 TIMER_IFACE = "org.freedesktop.systemd1.Timer"
+JOB_IFACE = "org.freedesktop.systemd1.Job"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
 GENERATED_TIMERS = "zincati-py-*.timer"
@@ -241,9 +243,30 @@ async def reload_manager(bus: MessageBus, *, apply: bool = True) -> None:
     for name, running in orphaned_timers(body[0]):
         with contextlib.suppress(SystemdError):  # it may be gone (garbage-collected) already
             if running:
-                await _call(bus, MANAGER_PATH, MANAGER_IFACE, "StopUnit", "ss", [name, "replace"])
+                body = await _call(
+                    bus, MANAGER_PATH, MANAGER_IFACE, "StopUnit", "ss", [name, "replace"]
+                )
+                await wait_job(bus, str(body[0]))
             await _call(bus, MANAGER_PATH, MANAGER_IFACE, "ResetFailedUnit", "s", [name])
-    await start_unit(bus, "timers.target")
+    await wait_job(bus, await start_unit(bus, "timers.target"))
+
+
+async def wait_job(bus: MessageBus, job: str, timeout: float = 10.0) -> bool:
+    """Wait (bounded) until the job at object path ``job`` has finished; False on timeout.
+
+    A finished job's object disappears; polling it avoids a signal subscription (and the race
+    of subscribing after the job may already be gone).
+    """
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            await _call(bus, job, PROPS_IFACE, "Get", "ss", [JOB_IFACE, "State"])
+        except SystemdError:
+            return True
+        await asyncio.sleep(0.02)
+    return False
 
 
 async def start_unit(bus: MessageBus, name: str, mode: str = "replace") -> str:

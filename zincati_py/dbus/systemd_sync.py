@@ -15,12 +15,14 @@ conversions, the state records and the errors are shared with the async adapter
 from __future__ import annotations
 
 import contextlib
+import time
 from types import TracebackType
 from typing import Any
 
 from zincati_py.dbus.systemd import (
     BUS_NAME,
     GENERATED_TIMERS,
+    JOB_IFACE,
     MANAGER_IFACE,
     MANAGER_PATH,
     PROPS_IFACE,
@@ -142,14 +144,26 @@ class Systemd:
         for name, running in orphaned_timers(self._list_units([GENERATED_TIMERS])):
             with contextlib.suppress(SystemdError):  # it may be gone (garbage-collected) already
                 if running:
-                    self._call(
+                    job = self._call(
                         MANAGER_PATH,
                         MANAGER_IFACE,
                         "StopUnit",
                         [(_S, name.encode()), (_S, b"replace")],
                     )
+                    self.wait_job(str(job))
                 self._call(MANAGER_PATH, MANAGER_IFACE, "ResetFailedUnit", [(_S, name.encode())])
-        self.start_unit("timers.target")
+        self.wait_job(self.start_unit("timers.target"))
+
+    def wait_job(self, job: str, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until the job at object path ``job`` has finished; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._call(job, PROPS_IFACE, "Get", [(_S, JOB_IFACE.encode()), (_S, b"State")])
+            except SystemdError:
+                return True
+            time.sleep(0.02)
+        return False
 
     def start_unit(self, name: str, mode: str = "replace") -> str:
         """Queue a start job; returns its object path. Does not wait for the job."""
