@@ -101,21 +101,31 @@ class Throughput:
     requests: int
     seconds: float
     latencies: list[float]
+    errors: int
 
     def row(self, backend: str, scenario: str) -> str:
         lat = sorted(self.latencies)
         p50 = statistics.median(lat) * 1000
         p99 = lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)] * 1000
         rate = self.requests / self.seconds
-        return f"| {backend} | {scenario} | {self.requests} | {rate:.0f} | {p50:.2f} | {p99:.2f} |"
+        return (
+            f"| {backend} | {scenario} | {self.requests} | {rate:.0f} | {p50:.2f} | {p99:.2f} "
+            f"| {self.errors} |"
+        )
 
 
-async def _cycle(client: FleetLockClient, latencies: list[float], cycles: int) -> None:
+async def _cycle(client: FleetLockClient, latencies: list[float], cycles: int) -> int:
+    """``cycles`` lock+release pairs; returns how many requests failed (any error)."""
+    errors = 0
     for _ in range(cycles):
         for op in (client.pre_reboot, client.steady_state):
             t = time.perf_counter()
-            await op()
+            try:
+                await op()
+            except FleetLockError:
+                errors += 1
             latencies.append(time.perf_counter() - t)
+    return errors
 
 
 async def lock_release(url: str, group: str, clients: int, cycles: int) -> Throughput:
@@ -125,11 +135,11 @@ async def lock_release(url: str, group: str, clients: int, cycles: int) -> Throu
         # Warm-up: connections opened, code paths hot.
         await asyncio.gather(*(_cycle(c, [], 2) for c in nodes))
         start = time.perf_counter()
-        await asyncio.wait_for(
+        errors = await asyncio.wait_for(
             asyncio.gather(*(_cycle(c, latencies, cycles) for c in nodes)), BUDGET
         )
         elapsed = time.perf_counter() - start
-    return Throughput(len(latencies), elapsed, latencies)
+    return Throughput(len(latencies), elapsed, latencies, sum(errors))
 
 
 @dataclass
@@ -204,8 +214,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="sqlite,etcd")
     parser.add_argument("--sequential", type=int, default=1000, help="lock+release cycles")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent clients")
-    parser.add_argument("--cycles", type=int, default=40, help="cycles per concurrent client")
+    parser.add_argument("--clients", type=int, default=100, help="concurrent clients")
+    parser.add_argument("--cycles", type=int, default=20, help="cycles per concurrent client")
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--slots", type=int, default=10)
     parser.add_argument("--reboot", type=float, default=2.0, help="simulated reboot seconds")
@@ -239,8 +249,8 @@ def main() -> int:
         if etcd is not None:
             etcd.stop()
 
-    print("| backend | scenario | requests | req/s | p50 ms | p99 ms |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| backend | scenario | requests | req/s | p50 ms | p99 ms | errors |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     print("\n".join(throughput_rows))
     print()
     print(
