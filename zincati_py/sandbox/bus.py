@@ -32,14 +32,22 @@ class PrivateBus:
     """Start with ``start()`` (or use as a context manager); ``address`` is the bus address.
 
     The daemon runs in the foreground of its own process so it can be killed by PID; its
-    directory (socket + config) is removed on ``stop()``.
+    directory (socket + config) is removed on ``stop()``. ``log_file``: where the daemon's
+    output goes (default: inherited; the demo keeps its terminal free of dbus-daemon's
+    "Failed to set fd limit" warnings that way).
     """
 
-    def __init__(self, bus_type: str = "system", directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        bus_type: str = "system",
+        directory: Path | None = None,
+        log_file: Path | None = None,
+    ) -> None:
         self.bus_type = bus_type
         self._own_dir = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix=f"zpy-{bus_type}-bus-"))
         self.socket = self.directory / "bus"
+        self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,10 +58,17 @@ class PrivateBus:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "bus.conf"
         config.write_text(_CONFIG.format(bus_type=self.bus_type, socket=self.socket))
-        self.process = subprocess.Popen(
-            ["dbus-daemon", "--nofork", "--nopidfile", f"--config-file={config}"],
-            stdin=subprocess.DEVNULL,
-        )
+        log = None if self.log_file is None else self.log_file.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                ["dbus-daemon", "--nofork", "--nopidfile", f"--config-file={config}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        finally:
+            if log is not None:
+                log.close()
         # The socket file appears just before dbus-daemon listens: ready means a connect works.
         deadline = time.monotonic() + timeout
         while not self._accepts():
