@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import shlex
@@ -44,6 +43,7 @@ log = logging.getLogger("zincati_py.agent")
 
 OSTREE_COMMAND_ENV = "ZINCATI_PY_OSTREE_COMMAND"
 BUS_NAME_ENV = "ZINCATI_PY_BUS_NAME"
+SYSTEMD_BUS_ENV = "ZINCATI_PY_SYSTEMD_BUS"
 
 
 class StartupError(Exception):
@@ -60,6 +60,7 @@ class Options:
     bus_address: str | None = None
     bus_name: str = BUS_NAME
     ostree_command: tuple[str, ...] = ("ostree",)
+    systemd_bus: str | None = None  # None: systemd on the system bus
 
     @classmethod
     def from_env(
@@ -68,6 +69,7 @@ class Options:
         bus_address: str | None,
         bus_name: str | None,
         ostree_command: str | None,
+        systemd_bus: str | None = None,
     ) -> Options:
         cmd = ostree_command or os.environ.get(OSTREE_COMMAND_ENV) or "ostree"
         return cls(
@@ -75,6 +77,7 @@ class Options:
             bus_address=bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or None,
             bus_name=bus_name or os.environ.get(BUS_NAME_ENV) or BUS_NAME,
             ostree_command=tuple(shlex.split(cmd)),
+            systemd_bus=systemd_bus or os.environ.get(SYSTEMD_BUS_ENV) or None,
         )
 
 
@@ -129,6 +132,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._wake_reasons: list[str] = []
         self._wake_since: float | None = None  # monotonic time of the oldest pending wake
+        self._eval_since: float | None = None  # the same, for the evaluation running now
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -309,6 +313,7 @@ class Agent:
     async def _evaluate(self, reasons: list[str], since: float | None) -> None:
         log.debug("evaluating (%s)", "; ".join(reasons) or "no reason")
         self.metrics.last_refresh = time.time()
+        self._eval_since = since
         step: Step | None = None
         detail: tuple[str, float | None] | None = None
         # Each action either progresses (re-evaluate at once) or leaves a waiting reason.
@@ -321,7 +326,8 @@ class Agent:
                 break
         assert step is not None
         reason, recheck = detail if detail is not None else (step.reason, step.recheck_at)
-        if since is not None:
+        if since is not None and self._eval_since is not None:
+            # No reboot decision in this evaluation: the decision is the state published now.
             self.metrics.decision_latency = time.monotonic() - since
         self._publish(step, reason, recheck)
         self._arm(recheck, reason)
@@ -460,13 +466,14 @@ class Agent:
             self.metrics.blocked("block_inhibitor")
             self._await_inhibitors()
             return (result.reason, None)
+        postponed = result.decision is Decision.POSTPONE
+        if result.start_postponement:
+            # Recorded before warning: a restart resumes this deadline and never warns twice.
+            self.store.update(postponed=persist.Postponement(dep.checksum, now))
         if result.warn:
-            postponed = result.decision is Decision.POSTPONE
             await self._warn(dep, result.recheck_at if postponed else None)
-        if result.decision is Decision.POSTPONE:
+        if postponed:
             self.metrics.blocked("active_usersessions")
-            if result.start_postponement:
-                self.store.update(postponed=persist.Postponement(dep.checksum, now))
             return (result.reason, result.recheck_at)
         return await self._reboot(staged, dep, force)
 
@@ -556,9 +563,14 @@ class Agent:
         self._inhibitor_wait = self._spawn(wait())
 
     def _log_decision(self, reason: str) -> None:
-        # Every decision is logged, each distinct one once (re-evaluations repeat it).
+        """Log a reboot decision (each distinct one once) and its latency from the event."""
+        since, self._eval_since = self._eval_since, None
+        after = ""
+        if since is not None:
+            self.metrics.decision_latency = time.monotonic() - since
+            after = f" ({self.metrics.decision_latency * 1000:.1f} ms after the event)"
         if reason != self.rt.last_reason:
-            log.info("decision: %s", reason)
+            log.info("decision: %s%s", reason, after)
             self.rt.last_reason = reason
 
     async def reboot_now(self) -> str:
@@ -629,14 +641,24 @@ class Agent:
         )
 
     async def _reload_systemd(self) -> None:
-        """Ask systemd to reload so the generator re-renders the timers from the new config."""
-        try:
-            # Imported here: the adapter is only needed when a configuration change applies.
-            systemd = importlib.import_module("zincati_py.dbus.systemd")
+        """Ask systemd to reload so the generator re-renders the timers from the new config.
 
-            assert self.bus is not None
-            await systemd.reload_manager(self.bus)
-            log.info("asked systemd to reload (generator re-runs)")
+        systemd is reached on the agent's system bus, or on ``--systemd-bus`` (the sandbox's
+        user manager, whose bus is not the private "system" bus the doubles live on).
+        """
+        from zincati_py.dbus import systemd
+
+        try:
+            if self.opts.systemd_bus:
+                bus = await systemd.connect(address=self.opts.systemd_bus)
+                try:
+                    await systemd.reload_manager(bus)
+                finally:
+                    bus.disconnect()
+            else:
+                assert self.bus is not None
+                await systemd.reload_manager(self.bus)
+            log.info("asked systemd to reload (the generator re-renders the timers)")
         except Exception as exc:
             log.warning("could not ask systemd to reload (timers keep the old schedule): %s", exc)
 

@@ -1,7 +1,8 @@
 """``zincati-py agent|status|check|wake|reboot-now``: run the agent and talk to it.
 
-* ``agent [--root DIR] [--system-bus ADDRESS] [--bus-name NAME] [--ostree-command CMD]``:
-  the daemon (``Type=notify``). Exit 69 if the bus is unreachable, 75 if the bus name is taken.
+* ``agent [--root DIR] [--system-bus ADDRESS] [--bus-name NAME] [--ostree-command CMD]
+  [--systemd-bus ADDRESS]``: the daemon (``Type=notify``). Exit 69 if the bus is unreachable,
+  75 if the bus name is taken.
 * ``status [--root DIR] [--json]``: reads ``/run/zincati-py/status.json`` (no D-Bus); exit 69 if
   no agent status exists. ``--json`` prints the document plus ``agent_running``.
 * ``check [--from-timer]``: ``CheckNow()`` on the running agent (what zincati-py-check.timer
@@ -62,6 +63,13 @@ def register(sub: Any) -> None:
         help="ostree command line for lock-finalization (default: $ZINCATI_PY_OSTREE_COMMAND "
         "or ostree)",
     )
+    p.add_argument(
+        "--systemd-bus",
+        metavar="ADDRESS",
+        default=None,
+        help="where to ask systemd to reload after a config change (default: "
+        "$ZINCATI_PY_SYSTEMD_BUS or the system bus)",
+    )
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("status", help="what the agent is doing, why it waits, what comes next")
@@ -91,7 +99,11 @@ def register(sub: Any) -> None:
 def cmd_agent(args: argparse.Namespace) -> int:
     from zincati_py.agent.service import Options, main
 
-    return main(Options.from_env(args.root, args.system_bus, args.bus_name, args.ostree_command))
+    return main(
+        Options.from_env(
+            args.root, args.system_bus, args.bus_name, args.ostree_command, args.systemd_bus
+        )
+    )
 
 
 def _pid_alive(pid: Any) -> bool:

@@ -1,0 +1,255 @@
+"""Benchmark: the agent's idle cost and how fast it reacts.
+
+Runs ``zincati-py agent`` against the sandbox (private system bus, rpm-ostree double,
+dbusmock logind) and reports:
+
+* idle RSS (VmRSS) once the agent reached "reported steady";
+* wakeups over a quiet period: context switches of all its threads (``voluntary_ctxt_switches``
+  + ``nonvoluntary_ctxt_switches`` in /proc/PID/task/*/status). Expect 0 without a watchdog,
+  and about seconds / (WatchdogSec / 2) with ``--watchdog-sec``;
+* signal-to-decision latency: from the double staging an update (its PropertiesChanged) to
+  logind's ``Reboot`` call, observed on the bus (dbusmock's ``MethodCalled`` signal), plus the
+  agent's own event-to-decision time (``zincati_py_decision_latency_seconds``);
+* the resident-memory cost of importing aiohttp vs httpx on top of the agent's own modules
+  (the HTTP client the fleet-lock strategy would load).
+
+Usage: ``python bench/agent_idle.py [--seconds 60] [--rounds 5] [--watchdog-sec S] [--json]``
+(needs dbus-daemon and python3-dbusmock, like the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from zincati_py.sandbox.bus import PrivateBus
+from zincati_py.sandbox.logind import LogindDouble
+from zincati_py.sandbox.rpmostree import RpmOstreeDouble, control
+
+BOOTED = "40.20240101.3.0"
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS (kB), thread count and context switches summed over threads."""
+    out = {"rss_kb": 0, "threads": 0, "ctxt": 0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            out["rss_kb"] = int(line.split()[1])
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out["threads"] += 1
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                out["ctxt"] += int(line.split()[1])
+    return out
+
+
+def wait_state(root: Path, state: str, timeout: float, version: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    path = root / "run/zincati-py/status.json"
+    while time.monotonic() < deadline:
+        try:
+            doc = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            doc = {}
+        booted = (doc.get("booted") or {}).get("version")
+        if doc.get("state") == state and (version is None or booted == version):
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"agent did not reach {state!r} ({version}) in {timeout} s")
+
+
+async def latency_rounds(address: str, root: Path, versions: list[str]) -> list[dict[str, float]]:
+    """Stage each version; time until logind's Reboot call is seen on the bus."""
+    from dbus_fast import BusType, Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+    rebooted: asyncio.Queue[float] = asyncio.Queue()
+
+    def on_message(msg: Message) -> None:
+        if (
+            msg.message_type is MessageType.SIGNAL
+            and msg.member == "MethodCalled"
+            and msg.path == "/org/freedesktop/login1"
+            and msg.body[0] in ("Reboot", "RebootWithFlags")
+        ):
+            rebooted.put_nowait(time.monotonic())
+
+    bus.add_message_handler(on_message)
+    await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=["type='signal',interface='org.freedesktop.DBus.Mock',member='MethodCalled'"],
+        )
+    )
+    rounds = []
+    try:
+        for version in versions:
+            t0 = time.monotonic()
+            await control(bus, "Stage", "sb", version, True)
+            t1 = await asyncio.wait_for(rebooted.get(), 30)
+            await asyncio.to_thread(wait_state, root, "reported steady", 30, version)
+            rounds.append({"stage_to_reboot_call_ms": (t1 - t0) * 1000})
+    finally:
+        bus.disconnect()
+    return rounds
+
+
+def decision_latencies(log: str) -> list[float]:
+    """The agent's own event-to-decision times for its reboot decisions, from its log."""
+    return [
+        float(line.rsplit("(", 1)[1].split(" ms after the event", 1)[0])
+        for line in log.splitlines()
+        if "decision: rebooting:" in line and " ms after the event)" in line
+    ]
+
+
+def import_cost() -> dict[str, int]:
+    """Marginal VmRSS (kB) of importing each HTTP client after the agent's own modules."""
+    code = (
+        "import gc, sys\n"
+        "import zincati_py.agent.service, zincati_py.dbus.rpmostree, zincati_py.dbus.logind\n"
+        "def rss():\n"
+        "    gc.collect()\n"
+        "    for l in open('/proc/self/status'):\n"
+        "        if l.startswith('VmRSS'): return int(l.split()[1])\n"
+        "base = rss()\n"
+        "__import__(sys.argv[1])\n"
+        "print(rss() - base, base)\n"
+    )
+    out: dict[str, int] = {}
+    for mod in ("aiohttp", "httpx"):
+        r = subprocess.run(
+            [sys.executable, "-c", code, mod],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        delta, base = (int(x) for x in r.stdout.split())
+        out[mod] = delta
+        out["agent_modules_kb"] = base
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="quiet period (default 60)")
+    p.add_argument("--rounds", type=int, default=5, help="latency rounds (default 5)")
+    p.add_argument("--watchdog-sec", type=float, default=0.0, help="simulate WatchdogSec=")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    args = p.parse_args(argv)
+
+    versions = [f"40.202402{d:02d}.3.0" for d in range(1, args.rounds + 1)]
+    script = {
+        "osname": "fedora-coreos",
+        "booted": {"version": BOOTED},
+        "releases": [{"version": v} for v in versions],
+        "transaction_delay": 0.02,
+    }
+    result: dict[str, Any] = {"python": sys.version.split()[0], "quiet_seconds": args.seconds}
+    with tempfile.TemporaryDirectory(prefix="zpy-bench-") as tmp, PrivateBus("system") as bus:
+        root = Path(tmp) / "root"
+        double = RpmOstreeDouble(bus.address, root, script, idle_timeout=0).start()
+        logind = LogindDouble(bus.address, Path(tmp) / "logind.log").start()
+        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+        env.pop("NOTIFY_SOCKET", None)
+        notify = None
+        if args.watchdog_sec > 0:
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            notify.bind(str(Path(tmp) / "notify"))
+            env["NOTIFY_SOCKET"] = str(Path(tmp) / "notify")
+            env["WATCHDOG_USEC"] = str(int(args.watchdog_sec * 1_000_000))
+        log_path = Path(tmp) / "agent.log"
+        with log_path.open("wb") as log:
+            agent = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from zincati_py.cli import main; sys.exit(main())",
+                    "-v",
+                    "agent",
+                    "--root",
+                    str(root),
+                    "--ostree-command",
+                    " ".join(double.ostree_command),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_state(root, "reported steady", 30)
+            time.sleep(1.0)  # let start-up work (imports, first evaluation) settle
+            before = proc_status(agent.pid)
+            time.sleep(args.seconds)
+            after = proc_status(agent.pid)
+            result["idle_rss_kb"] = after["rss_kb"]
+            result["threads"] = after["threads"]
+            result["wakeups"] = after["ctxt"] - before["ctxt"]
+            result["watchdog_sec"] = args.watchdog_sec or None
+            rounds = asyncio.run(latency_rounds(bus.address, root, versions))
+            e2e = [r["stage_to_reboot_call_ms"] for r in rounds]
+            inside = decision_latencies(log_path.read_text())
+            result["stage_to_reboot_call_ms"] = {
+                "median": statistics.median(e2e),
+                "max": max(e2e),
+                "samples": [round(x, 1) for x in e2e],
+            }
+            if inside:
+                result["agent_event_to_decision_ms"] = {
+                    "median": statistics.median(inside),
+                    "max": max(inside),
+                }
+        finally:
+            agent.terminate()
+            agent.wait(10)
+            logind.stop()
+            double.stop()
+            if notify is not None:
+                notify.close()
+    result["http_client_import_kb"] = import_cost()
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"python {result['python']}")
+    print(
+        f"idle RSS:            {result['idle_rss_kb'] / 1024:.1f} MiB ({result['threads']} threads)"
+    )
+    print(
+        f"wakeups in {args.seconds:g} s:  {result['wakeups']}"
+        + (f" (watchdog {args.watchdog_sec:g} s)" if args.watchdog_sec else "")
+    )
+    s = result["stage_to_reboot_call_ms"]
+    print(
+        f"stage → Reboot call: median {s['median']:.1f} ms, max {s['max']:.1f} ms "
+        f"over {len(e2e)} rounds"
+    )
+    if "agent_event_to_decision_ms" in result:
+        a = result["agent_event_to_decision_ms"]
+        print(f"agent event → reboot decision: median {a['median']:.1f} ms, max {a['max']:.1f} ms")
+    h = result["http_client_import_kb"]
+    print(
+        f"import on top of the agent ({h['agent_modules_kb'] / 1024:.1f} MiB): "
+        f"aiohttp +{h['aiohttp'] / 1024:.1f} MiB, httpx +{h['httpx'] / 1024:.1f} MiB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
