@@ -216,3 +216,23 @@ def test_unix_socket_and_sd_notify(zpy: Run, command: list[str], tmp_path: Path)
                 proc.kill()
                 proc.wait()
     assert not sock.exists()
+
+
+def test_unusable_tls_files_exit_65(command: list[str], tmp_path: Path) -> None:
+    (tmp_path / "c.crt").write_text("not a certificate\n")
+    (tmp_path / "c.key").write_text("not a key\n")
+    config = tmp_path / "fleetlock.toml"
+    port = free_port()
+    config.write_text(
+        f'listen = "127.0.0.1:{port}"\nbackend = "sqlite:db"\n'
+        '[tls]\ncert_file = "c.crt"\nkey_file = "c.key"\n'
+    )
+    r = subprocess.run(
+        [*command, "fleetlock", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 65
+    assert r.stderr.startswith(f"zincati-py: {config}: tls: ")
+    assert not _port_open(port)

@@ -68,8 +68,13 @@ def run_serve(args: argparse.Namespace) -> int:
         config = load(args.config)
     except ConfigError as exc:
         raise CliError(str(exc), os.EX_DATAERR) from None
+    import ssl
+
     try:
         asyncio.run(serve(config))
+    except ssl.SSLError as exc:
+        # The certificate and key don't load (wrong format, not a pair).
+        raise CliError(f"{args.config}: tls: {exc}", os.EX_DATAERR) from None
     except OSError as exc:
         # Cannot listen (address in use, permissions) or open the store.
         raise CliError(f"{args.config}: listen: {exc}", os.EX_UNAVAILABLE) from None
