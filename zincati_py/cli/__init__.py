@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fleetlock_cmd",
     "windows_cmd",
     "agent_cmd",
+    "demo_cmd",
 )
 
 
