@@ -134,6 +134,14 @@ def test_unreachable_systemd_keeps_the_file_and_exits_69(tmp_path: Path) -> None
     assert (_etc(root) / "70-schedule-j.toml").exists()
 
 
+def test_unwritable_config_dir_is_a_clean_error(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    _etc(root).rmdir()
+    _etc(root).write_text("")  # a file where the directory should be
+    proc = zpy("schedule", "create", "j", "--cron", "@daily", "--command", "x", "--root", str(root))
+    assert_clean_error(proc, 73, "70-schedule-j.toml")
+
+
 def test_enable_disable_vendor_job_writes_an_override(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     vendor = _vendor(root, "50-vendor.toml", VENDOR_JOB)

@@ -215,11 +215,15 @@ def _write_checked(
     from zincati_py.config import load
     from zincati_py.fsutil import atomic_write
 
-    previous = target.read_bytes() if target.exists() else None
-    if text is None:
-        target.unlink(missing_ok=True)
-    else:
-        atomic_write(target, text)
+    try:
+        previous = target.read_bytes() if target.exists() else None
+        if text is None:
+            target.unlink(missing_ok=True)
+        else:
+            atomic_write(target, text)
+    except OSError as exc:
+        code = os.EX_NOPERM if isinstance(exc, PermissionError) else os.EX_CANTCREAT
+        raise CliError(f"{target}: {exc.strerror or exc}", code) from None
     result = load(paths)
     problem = check(result)
     if problem is not None:
