@@ -296,9 +296,9 @@ def test_slots_follow_config_and_shrinking_evicts_nobody(serve: Callable[..., An
 
 def test_lease_expiry_frees_a_vanished_nodes_slot(serve: Callable[..., Any]) -> None:
     async def scenario() -> None:
-        cfg = "lease_seconds = 1800\n[groups]\ndefault = { slots = 1, lease_seconds = 1 }\n"
+        cfg = "lease_seconds = 1800\n[groups]\ndefault = { slots = 1, lease_seconds = 2 }\n"
         async with serve(cfg) as srv, aiohttp.ClientSession() as s:
-            assert await lock(s, srv.url, "gone") == (200, {"lease_seconds": 1})
+            assert await lock(s, srv.url, "gone") == (200, {"lease_seconds": 2})
             assert (await lock(s, srv.url, "b"))[0] == 409
             deadline = time.monotonic() + 10
             while (await lock(s, srv.url, "b"))[0] != 200:
@@ -330,21 +330,21 @@ def test_sweeper_frees_expired_slots_without_requests(serve: Callable[..., Any])
 
 def test_lease_renewal(serve: Callable[..., Any]) -> None:
     async def scenario() -> None:
-        async with serve("lease_seconds = 2\n") as srv, aiohttp.ClientSession() as s:
-            assert await lock(s, srv.url, "a") == (200, {"lease_seconds": 2})
+        async with serve("lease_seconds = 4\n") as srv, aiohttp.ClientSession() as s:
+            assert await lock(s, srv.url, "a") == (200, {"lease_seconds": 4})
             first = (await get(s, srv.url + "v1/groups/default"))[1]["holders"][0]
             # Early re-lock: no renewal, the body says how long is left.
             status, doc = await lock(s, srv.url, "a")
-            assert status == 200 and doc["lease_seconds"] in (1, 2)
+            assert status == 200 and doc["lease_seconds"] in (3, 4)
             again = (await get(s, srv.url + "v1/groups/default"))[1]["holders"][0]
             assert again["expires_at"] == first["expires_at"]
-            await asyncio.sleep(1.2)
+            await asyncio.sleep(2.2)
             # Less than half left: renewed to a full lease, acquisition time kept.
-            assert await lock(s, srv.url, "a") == (200, {"lease_seconds": 2})
+            assert await lock(s, srv.url, "a") == (200, {"lease_seconds": 4})
             renewed = (await get(s, srv.url + "v1/groups/default"))[1]["holders"][0]
-            assert renewed["expires_at"] > first["expires_at"] + 1
+            assert renewed["expires_at"] > first["expires_at"] + 2
             assert renewed["acquired_at"] == first["acquired_at"]
-            await asyncio.sleep(1.2)
+            await asyncio.sleep(2.2)
             # Still held thanks to the renewal, past the original expiry.
             assert await holders(s, srv.url) == ["a"]
 
