@@ -28,7 +28,7 @@ from zincati_py.config.problems import Problem, Severity
 
 # Zincati's application id for deriving the node id from /etc/machine-id.
 ZINCATI_APP_ID = "de35106b6ec24688b63afddaa156679b"
-STRATEGIES = ("immediate", "periodic", "fleet_lock", "file")
+STRATEGIES = ("immediate", "periodic", "fleet_lock", "file", "marker_file")
 GROUP_RE = re.compile(r"^[a-zA-Z0-9.-]+$")
 SCHEDULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_WINDOW_MINUTES = 7 * 24 * 60

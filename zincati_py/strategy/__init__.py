@@ -17,6 +17,7 @@ _CLASSES = {
     "periodic": "zincati_py.strategy.periodic:Periodic",
     "fleet_lock": "zincati_py.strategy.fleet_lock:FleetLock",
     "file": "zincati_py.strategy.file:FileGate",
+    "marker_file": "zincati_py.strategy.marker_file:MarkerFile",
 }
 
 
