@@ -137,3 +137,23 @@ def test_reload_manager_applies_generated_timers(
             bus.disconnect()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_apply_steps() -> None:
+    def row(name: str, load: str, active: str) -> tuple[str, ...]:
+        return (name, "", load, active, "", "", "/", 0, "", "/")
+
+    rows = [
+        row("zincati-py-window-1.timer", "loaded", "active"),  # unchanged: nothing
+        row("zincati-py-schedule-new.timer", "loaded", "inactive"),  # new: start
+        row("zincati-py-schedule-old.timer", "not-found", "active"),  # removed, running
+        row("zincati-py-schedule-gone.timer", "not-found", "failed"),  # removed, failed
+        row("zincati-py-schedule-again.timer", "loaded", "failed"),  # failed before: start
+    ]
+    assert systemd.apply_steps(rows) == [
+        ("start", "zincati-py-schedule-again.timer"),
+        ("reset-failed", "zincati-py-schedule-gone.timer"),
+        ("start", "zincati-py-schedule-new.timer"),
+        ("stop", "zincati-py-schedule-old.timer"),
+        ("reset-failed", "zincati-py-schedule-old.timer"),
+    ]

@@ -9,10 +9,10 @@ Talks to ``org.freedesktop.systemd1`` (org.freedesktop.systemd1(5)). Facts it re
   loads the unit on demand; a unit without a file reports ``LoadState`` "not-found".
 - A daemon-reload alone neither starts a timer the generator just added (``timers.target`` is
   already active) nor stops one it no longer emits (the unit stays loaded as "not-found" and
-  keeps firing). :func:`reload_manager` therefore also stops such orphaned ``zincati-py-*``
-  timers and starts ``timers.target`` again, which pulls in every timer it wants (and waits for
-  that job: timers are ordered before the target); starting an already running timer is a
-  no-op, and a changed timer re-arms on the reload itself.
+  keeps firing, or fails). :func:`reload_manager` therefore also starts new ``zincati-py-*``
+  timers and stops/resets orphaned ones (:func:`apply_steps`); a changed timer re-arms on the
+  reload itself. For an unprivileged caller (the agent) polkit must allow ``manage-units``
+  verbs start, stop and reset-failed on ``zincati-py-*.timer`` besides ``reload-daemon``.
 - Timestamps are microseconds since the epoch (``...USecRealtime``) or since boot
   (``...USecMonotonic``); 0 means "never" and 2^64-1 "infinity".
 
@@ -23,7 +23,7 @@ can use it without loading dbus-fast.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +40,8 @@ SERVICE_IFACE = "org.freedesktop.systemd1.Service"
 TIMER_IFACE = "org.freedesktop.systemd1.Timer"
 JOB_IFACE = "org.freedesktop.systemd1.Job"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
+
+log = logging.getLogger(__name__)
 
 GENERATED_TIMERS = "zincati-py-*.timer"
 _USEC_INFINITY = 2**64 - 1
@@ -214,25 +216,44 @@ async def _call(
     return list(reply.body)
 
 
-def orphaned_timers(rows: list[Any]) -> list[tuple[str, bool]]:
-    """From ``ListUnitsByPatterns`` rows: (name, still running) of timers whose file is gone.
+_RUNNING = ("active", "activating", "reloading")
+# Manager method for each step of apply_steps(); all are polkit "manage-units" verbs.
+_STEP_METHODS = {"stop": "StopUnit", "start": "StartUnit", "reset-failed": "ResetFailedUnit"}
 
-    On the reload such a timer either keeps running or fails ("resources": the service it
-    triggers is gone too); both are cleaned up (stop, reset-failed) so nothing fires and no
-    failed unit is left behind for ``systemctl --failed``.
+
+def apply_steps(rows: list[Any]) -> list[tuple[str, str]]:
+    """From ``ListUnitsByPatterns`` rows of our timers after a reload: (verb, unit) to apply.
+
+    A timer whose file is gone is stopped if it still runs and reset (on the reload it either
+    keeps running or fails with "resources", its service being gone too), so nothing fires and
+    no failed unit is left for ``systemctl --failed``. A loaded timer that does not run (new,
+    or re-enabled) is started. Each unit is named, so polkit can allow exactly
+    ``zincati-py-*.timer`` (no broader target start).
     """
-    return sorted(
-        (str(row[0]), str(row[3]) in ("active", "activating", "reloading"))
-        for row in rows
-        if str(row[2]) != "loaded"
-    )
+    steps: list[tuple[str, str]] = []
+    for row in sorted(rows, key=lambda r: str(r[0])):
+        name, load, active = str(row[0]), str(row[2]), str(row[3])
+        if load != "loaded":
+            if active in _RUNNING:
+                steps.append(("stop", name))
+            steps.append(("reset-failed", name))
+        elif active not in _RUNNING:
+            steps.append(("start", name))
+    return steps
+
+
+def step_failed(verb: str, unit: str, exc: SystemdError) -> None:
+    if verb == "reset-failed" and exc.name.endswith("NoSuchUnit"):
+        return  # stopped and garbage-collected already: nothing to reset
+    log.warning("after daemon-reload: cannot %s %s: %s", verb, unit, exc)
 
 
 async def reload_manager(bus: MessageBus, *, apply: bool = True) -> None:
     """``systemctl daemon-reload``: returns after generators ran and units were reloaded.
 
-    With ``apply`` (the default) the generated timers then match the new configuration:
-    orphaned ``zincati-py-*`` timers are stopped and new ones started (see module docstring).
+    With ``apply`` (the default) the generated timers then match the new configuration
+    (:func:`apply_steps`), waiting (bounded) for each job. A step systemd refuses (e.g. polkit)
+    is logged as a warning, not raised: the reload itself has happened.
     """
     await _call(bus, MANAGER_PATH, MANAGER_IFACE, "Reload")
     if not apply:
@@ -240,15 +261,17 @@ async def reload_manager(bus: MessageBus, *, apply: bool = True) -> None:
     body = await _call(
         bus, MANAGER_PATH, MANAGER_IFACE, "ListUnitsByPatterns", "asas", [[], [GENERATED_TIMERS]]
     )
-    for name, running in orphaned_timers(body[0]):
-        with contextlib.suppress(SystemdError):  # it may be gone (garbage-collected) already
-            if running:
-                body = await _call(
-                    bus, MANAGER_PATH, MANAGER_IFACE, "StopUnit", "ss", [name, "replace"]
+    for verb, unit in apply_steps(body[0]):
+        try:
+            if verb == "reset-failed":
+                await _call(bus, MANAGER_PATH, MANAGER_IFACE, _STEP_METHODS[verb], "s", [unit])
+            else:
+                reply = await _call(
+                    bus, MANAGER_PATH, MANAGER_IFACE, _STEP_METHODS[verb], "ss", [unit, "replace"]
                 )
-                await wait_job(bus, str(body[0]))
-            await _call(bus, MANAGER_PATH, MANAGER_IFACE, "ResetFailedUnit", "s", [name])
-    await wait_job(bus, await start_unit(bus, "timers.target"))
+                await wait_job(bus, str(reply[0]))
+        except SystemdError as exc:
+            step_failed(verb, unit, exc)
 
 
 async def wait_job(bus: MessageBus, job: str, timeout: float = 10.0) -> bool:

@@ -14,7 +14,6 @@ conversions, the state records and the errors are shared with the async adapter
 
 from __future__ import annotations
 
-import contextlib
 import time
 from types import TracebackType
 from typing import Any
@@ -34,8 +33,9 @@ from zincati_py.dbus.systemd import (
     SystemdUnavailable,
     TimerState,
     UnitState,
+    apply_steps,
     error_for,
-    orphaned_timers,
+    step_failed,
     unit_object_path,
 )
 
@@ -135,24 +135,30 @@ class Systemd:
     def reload(self, *, apply: bool = True) -> None:
         """``daemon-reload``; returns once generators ran and units were re-read.
 
-        With ``apply``, orphaned ``zincati-py-*`` timers are stopped and new ones started, as
-        :func:`zincati_py.dbus.systemd.reload_manager` does.
+        With ``apply``, new ``zincati-py-*`` timers are started and orphaned ones stopped and
+        reset, as :func:`zincati_py.dbus.systemd.reload_manager` does (refusals are warnings).
         """
         self._call(MANAGER_PATH, MANAGER_IFACE, "Reload", [])
         if not apply:
             return
-        for name, running in orphaned_timers(self._list_units([GENERATED_TIMERS])):
-            with contextlib.suppress(SystemdError):  # it may be gone (garbage-collected) already
-                if running:
+        for verb, unit in apply_steps(self._list_units([GENERATED_TIMERS])):
+            try:
+                if verb == "reset-failed":
+                    self._call(
+                        MANAGER_PATH, MANAGER_IFACE, "ResetFailedUnit", [(_S, unit.encode())]
+                    )
+                elif verb == "stop":
                     job = self._call(
                         MANAGER_PATH,
                         MANAGER_IFACE,
                         "StopUnit",
-                        [(_S, name.encode()), (_S, b"replace")],
+                        [(_S, unit.encode()), (_S, b"replace")],
                     )
                     self.wait_job(str(job))
-                self._call(MANAGER_PATH, MANAGER_IFACE, "ResetFailedUnit", [(_S, name.encode())])
-        self.wait_job(self.start_unit("timers.target"))
+                else:
+                    self.wait_job(self.start_unit(unit))
+            except SystemdError as exc:
+                step_failed(verb, unit, exc)
 
     def wait_job(self, job: str, timeout: float = 10.0) -> bool:
         """Wait (bounded) until the job at object path ``job`` has finished; False on timeout."""
