@@ -4,7 +4,7 @@ Example::
 
     listen = ["127.0.0.1:8080", "unix:/run/zincati-py/fleetlock.sock"]
     prefix = ""                      # HTTP path prefix, e.g. "/fleetlock"
-    backend = "sqlite:/var/lib/zincati-py/fleetlock.db"   # or "etcd:http://h1:2379,http://h2:2379"
+    backend = "sqlite:/var/lib/zincati-py-fleetlock/locks.db"   # or "etcd:http://h1:2379,http://h2:2379"
     default_slots = 1
     lease_seconds = 1800             # 0: leases never expire
     unknown_groups = "create"        # or "reject"
@@ -43,7 +43,7 @@ from zincati_py.fleetlock.protocol import GROUP_RE
 
 DEFAULT_LEASE_SECONDS = 1800
 DEFAULT_LISTEN = "127.0.0.1:8080"
-DEFAULT_BACKEND = "sqlite:/var/lib/zincati-py/fleetlock.db"
+DEFAULT_BACKEND = "sqlite:/var/lib/zincati-py-fleetlock/locks.db"
 DEFAULT_ETCD_KEY_PREFIX = "/zincati-py/fleetlock/"
 
 
