@@ -324,7 +324,14 @@ class UserManager:
                 raise RuntimeError(
                     f"systemd --user exited early; see {self.log_file}:\n{self.log()}"
                 )
-            state = self.system_state()
+            # Ask over the bus only once the bus daemon runs: a call to a socket nobody serves
+            # would block for sd-bus's 25 s method timeout. The private socket answers at once.
+            bus = self.systemctl("is-active", "dbus.service", check=False, timeout=5).strip()
+            if bus == "failed":
+                raise RuntimeError(f"the sandbox's dbus.service failed; see {self.log_file}")
+            if bus == "inactive":  # socket-activated: nobody has connected yet
+                self.systemctl("start", "--no-block", "dbus.service", check=False, timeout=5)
+            state = self.system_state() if bus == "active" else None
             if state in ("running", "degraded"):
                 return state
             time.sleep(0.05)
