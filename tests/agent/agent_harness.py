@@ -162,13 +162,22 @@ class Node:
             return None
 
     def wait_state(
-        self, *states: str, timeout: float = 15.0, agent: AgentProcess | None = None
+        self,
+        *states: str,
+        timeout: float = 15.0,
+        agent: AgentProcess | None = None,
+        booted: str | None = None,
     ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             if agent is not None and not agent.alive():
                 raise AssertionError(f"agent exited:\n{agent.log()}")
             doc = self.status()
-            if doc and doc["state"] in states and (agent is None or doc["pid"] == agent.pid):
+            if (
+                doc
+                and doc["state"] in states
+                and (agent is None or doc["pid"] == agent.pid)
+                and (booted is None or (doc.get("booted") or {}).get("version") == booted)
+            ):
                 return doc
             return None
 

@@ -37,8 +37,7 @@ def test_staged_update_detected_fast_and_reboots_exactly_once(node: Node) -> Non
     wait_for(lambda: reboots(node) >= 1, 10, "logind Reboot")
     elapsed = time.monotonic() - t0
     # The double reboots on logind's Reboot: the agent sees the new boot and reports steady.
-    doc = node.wait_state("reported steady", agent=agent)
-    assert doc["booted"]["version"] == NEW
+    node.wait_state("reported steady", agent=agent, booted=NEW)
     assert node.booted_version() == NEW
     latency = node.metric("zincati_py_decision_latency_seconds")
     assert latency is not None and latency < 0.5, latency
@@ -56,8 +55,7 @@ def test_check_now_from_the_cli_stages_and_reboots(node: Node) -> None:
     r = node.cli("check", "--system-bus", node.bus.address)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: reboots(node) == 1, 15, "logind Reboot")
-    doc = node.wait_state("reported steady", agent=agent)
-    assert doc["booted"]["version"] == NEW
+    node.wait_state("reported steady", agent=agent, booted=NEW)
     # A second check finds nothing newer.
     r = node.cli("check", "--from-timer", "--system-bus", node.bus.address)
     assert r.returncode == 0, r.stderr
@@ -184,7 +182,7 @@ def test_sigkill_during_postponement_keeps_the_deadline_and_warns_once(node: Nod
     # The restarted agent resumed the persisted postponement: no new warning, no new 3 s.
     assert time.monotonic() - t_warned < 4.5
     assert len(node.logind_calls("SetWallMessage")) == 1
-    node.wait_state("reported steady", agent=again)
+    node.wait_state("reported steady", agent=again, booted=NEW)
     assert_stays(lambda: reboots(node) == 1, 0.5, "one reboot")
 
 
@@ -220,8 +218,8 @@ def test_sigkill_in_every_state_never_reboots_twice(node_factory: object) -> Non
         assert_stays(lambda: reboots(node) == 1, 0.5, "no second reboot after restart")
     # The simulated reboot happens now; the agent recognises the update it asked for.
     assert node.control("Reboot") == [NEW]
-    doc = node.wait_state("reported steady", agent=agent)
-    assert doc["booted"]["version"] == NEW and doc["reboot_requested"] is None
+    doc = node.wait_state("reported steady", agent=agent, booted=NEW)
+    assert doc["reboot_requested"] is None
     agent.kill()
     agent = node.agent()
     node.wait_state("reported steady", agent=agent)
@@ -288,3 +286,38 @@ def test_second_agent_on_the_same_bus_name_exits_75(node: Node) -> None:
     other = node.agent()
     assert other.process.wait(30) == 75
     assert "another agent is running" in other.log()
+
+
+def test_config_dir_created_later_is_watched(node: Node) -> None:
+    assert not (node.root / "etc").exists()
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    # /etc/zincati/config.d does not exist yet: its nearest ancestor is watched.
+    node.write_config("50-off.toml", "[updates]\nenabled = false\n")
+    node.wait_state("disabled", agent=agent, timeout=5)
+    (node.config_dir / "50-off.toml").unlink()
+    node.wait_state("reported steady", agent=agent, timeout=5)
+    assert "configuration changed: applying it" in agent.log()
+
+
+def test_file_strategy_wakes_the_agent_when_the_marker_appears(node: Node) -> None:
+    # The file strategy resolves its path under --root, like every other path.
+    marker = node.root / "run/allow-reboot"
+    node.write_config(
+        "50-file.toml", '[updates]\nstrategy = "file"\nfile.path = "/run/allow-reboot"\n'
+    )
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: "does not exist" in (node.status() or {}).get("reason", ""), 10, "gate")
+    doc = node.status() or {}
+    assert doc["state"] == "update staged" and doc["strategy"]["name"] == "file"
+    assert_stays(lambda: reboots(node) == 0, 0.5, "gate closed")
+    t0 = time.monotonic()
+    marker.touch()
+    wait_for(lambda: reboots(node) == 1, 5, "reboot once the marker exists")
+    assert time.monotonic() - t0 < 2.0
+    # The CLI's wake (window timers) reaches the agent and is logged.
+    r = node.cli("wake", "window", "--system-bus", node.bus.address)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: "wake requested: window" in agent.log(), 5, "wake logged")

@@ -85,6 +85,20 @@ def _inhibitor(i: Inhibitor) -> str:
     return f"{i.who} ({i.why}, pid {i.pid})" if i.why else f"{i.who} (pid {i.pid})"
 
 
+def _find(tree: Any, key: str) -> Any:
+    """The first value of ``key`` in a strategy status (a composite nests its members)."""
+    if isinstance(tree, dict):
+        if tree.get(key) is not None:
+            return tree[key]
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for item in tree:
+            found = _find(item, key)
+            if found is not None:
+                return found
+    return None
+
+
 def _dep(d: Any) -> Deployment | None:
     return None if d is None else Deployment(d.checksum, d.version or None)
 
@@ -116,6 +130,7 @@ class Agent:
         self.rt = Runtime()
         self.boot_id = persist.boot_id()
         self.backoffs = {a: Backoff(1.0, 300.0) for a in Action}
+        self._read_backoff = Backoff(1.0, 300.0)
         result = config_mod.load(self.paths)
         self.config = result.config
         self.config_result = result
@@ -150,6 +165,10 @@ class Agent:
         self._wake_reasons.append(reason)
         self._wake.set()
 
+    def api_wake(self, reason: str) -> None:
+        log.info("wake requested: %s", reason)
+        self.wake(f"wake: {reason}")
+
     def check_now(self) -> None:
         log.info("update check requested")
         self.rt.check_requested = True
@@ -174,10 +193,14 @@ class Agent:
         try:
             deployments = await self.rpm.deployments()
         except Exception as exc:
-            log.warning("cannot read deployments (%s): %s", reason, exc)
+            delay = self._read_backoff.next_delay()
+            log.warning("cannot read deployments (%s): %s; retrying in %.0f s", reason, exc, delay)
             self.rt.failure[Action.NONE] = f"cannot read deployments from rpm-ostree: {exc}"
+            # rpm-ostreed may be restarting: retry with backoff (events may also come first).
+            asyncio.get_running_loop().call_later(delay, self._on_deployments, "retry")
             self.wake("deployments unreadable")
             return
+        self._read_backoff.reset()
         self.rt.failure.pop(Action.NONE, None)
         booted = next((d for d in deployments if d.booted), None)
         staged = next((d for d in deployments if d.staged), None)
@@ -321,6 +344,9 @@ class Agent:
             now = time.time()
             self._reconcile(now)
             step = machine.next_step(self._facts(now))
+            if step.action in (Action.REPORT_STEADY, Action.CHECK, Action.FINALIZE):
+                # Visible while it runs (a check can take minutes), not only afterwards.
+                self._publish(step, step.reason, None)
             detail = await self._act(step, now)
             if detail is not None:
                 break
@@ -693,8 +719,13 @@ class Agent:
         strat = self.strategy.status() if self.strategy is not None else {}
         staged = _dep(self.rt.staged)
         booted = self.rt.booted
-        next_window = strat.get("next_window_start") or strat.get("next_window")
-        lock_state = str(strat.get("lock_state") or "none")
+        next_window = _find(strat, "next_window_start")
+        holds = _find(strat, "holds_slot")
+        lock_state = "none" if holds is None else ("held" if holds else "not held")
+        if bool(holds) != bool(st.extra.get("slot_held")):
+            # Durable, so a restart can say a fleet-lock slot was held when it stopped (the
+            # steady-state report on every start is what releases it).
+            st = self.store.update(extra={**st.extra, "slot_held": bool(holds)})
         doc: dict[str, Any] = {
             "schema": status.SCHEMA,
             "pid": os.getpid(),
@@ -749,7 +780,7 @@ class Agent:
             raise StartupError(
                 f"cannot connect to the system bus: {exc}", os.EX_UNAVAILABLE
             ) from exc
-        self.iface = AgentInterface(self.check_now, self.wake, self.reboot_now)
+        self.iface = AgentInterface(self.check_now, self.api_wake, self.reboot_now)
         export(bus, self.iface)
         reply = await bus.request_name(self.opts.bus_name, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -771,6 +802,8 @@ class Agent:
             loop.add_signal_handler(sig, self._on_signal, sig)
         from zincati_py.dbus.rpmostree import RpmOstree
 
+        if self.store.state.extra.get("slot_held"):
+            log.info("a fleet-lock slot was held when the agent stopped: steady state releases it")
         if not self.config_result.ok:
             for problem in self.config_result.errors:
                 log.error("configuration: %s", problem)
@@ -813,12 +846,13 @@ class Agent:
             self._timer.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
-        async with self._lock:
-            runner.cancel()
-            step = Step(State.END, Action.NONE, "agent stopped", "the agent resumes on start")
-            self._publish(step, step.reason, None)
-        for task in list(self._tasks):
+        # Cancel whatever runs (a staging transaction can take minutes): every step is
+        # idempotent and its decision recorded first, so the next start picks it up.
+        for task in [runner, *self._tasks]:
             task.cancel()
+        await asyncio.gather(runner, *self._tasks, return_exceptions=True)
+        step = Step(State.END, Action.NONE, "agent stopped", "the agent resumes on start")
+        self._publish(step, step.reason, None)
         if self.watcher is not None:
             self.watcher.close()
         if self.strategy is not None:
