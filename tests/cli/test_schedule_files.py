@@ -172,6 +172,32 @@ def test_override_goes_after_a_later_fragment(tmp_path: Path) -> None:
     assert _config_jobs(root)["vendor-job"]["enabled"] is False
 
 
+def test_override_never_replaces_a_same_named_vendor_file(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    _vendor(root, "70-schedule-vendor-job.toml", VENDOR_JOB)
+    args = ("--no-reload", "--root", str(root))
+    assert zpy("schedule", "disable", "vendor-job", *args).returncode == 0
+    # /etc/.../70-schedule-vendor-job.toml would mask the vendor file whole: 99- is used.
+    assert not (_etc(root) / "70-schedule-vendor-job.toml").exists()
+    assert (_etc(root) / "99-schedule-vendor-job.toml").exists()
+    job = _config_jobs(root)["vendor-job"]
+    assert job["enabled"] is False and job["cron"] == "0 3 * * *"
+
+
+def test_hand_edited_fragment_is_not_rewritten(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    mine = _etc(root) / "70-schedule-x.toml"
+    mine.write_text(
+        '[updates]\nenabled = true\n[[schedule]]\nname = "x"\ncron = "@daily"\ncommand = "x"\n'
+    )
+    text = mine.read_text()
+    args = ("--no-reload", "--root", str(root))
+    assert_clean_error(zpy("schedule", "disable", "x", *args), 65, "edit it by hand")
+    proc = zpy("schedule", "create", "x", "--cron", "@daily", "--command", "y", "--replace", *args)
+    assert_clean_error(proc, 65, "edit it by hand")
+    assert mine.read_text() == text
+
+
 def test_delete(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     args = ("--no-reload", "--root", str(root))

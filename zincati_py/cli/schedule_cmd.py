@@ -178,13 +178,38 @@ def _own_files(paths: Paths, name: str) -> list[Path]:
     return [f for f in files if f.exists()]
 
 
+def _read_own(path: Path, name: str) -> list[dict[str, Any]]:
+    """The ``[[schedule]]`` entries of one of our files; refuses a file holding anything else
+    (someone edited it by hand: rewriting or deleting it would lose their part)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{path}: cannot read ({exc}); edit it by hand") from None
+    jobs = data.get("schedule")
+    if (
+        set(data) != {"schedule"}
+        or not isinstance(jobs, list)
+        or any(not isinstance(j, dict) or j.get("name") != name for j in jobs)
+    ):
+        raise CliError(f"{path}: holds more than schedule {name}; edit it by hand")
+    return jobs
+
+
 def _override_target(paths: Paths, name: str, entry: Entry | None) -> Path:
-    """Where to write ``name``'s keys so they win: after every other fragment touching it."""
+    """Where to write ``name``'s keys so they win: after every other fragment touching it.
+
+    A candidate is skipped if a file of the same name exists in an earlier directory: ours
+    would replace that file whole (Zincati's rule), not merge after it.
+    """
     others = [f for f in (_job_files(entry) if entry else []) if f not in _own_files(paths, name)]
     for pattern in _OWN_NAMES:
         target = paths.admin_config_dir / pattern.format(name=name)
-        # A same-named file in an earlier directory is replaced by ours, not merged after it.
-        if all(f.name < target.name or f.name == target.name for f in others):
+        shadowed = any((d / target.name).exists() for d in paths.config_dirs[:-1])
+        if not shadowed and all(f.name < target.name for f in others):
             return target
     later = ", ".join(str(f) for f in others if f.name > _OWN_NAMES[-1].format(name=name))
     raise CliError(
@@ -344,6 +369,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
         where = ", ".join(str(f) for f in _job_files(existing))
         raise CliError(f"schedule {name} already exists ({where}); use --replace")
     target = _override_target(paths, name, existing)
+    _read_own(target, name)  # refuses to overwrite a file that holds more than this job
     job: dict[str, Any] = {"name": name, "cron": args.cron, "command": args.command}
     if tz is not None:
         job["time_zone"] = tz
@@ -392,25 +418,13 @@ def _register_delete(sub: _Subparsers) -> None:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    import tomllib
-
     name = check_name(args.name)
     paths = _paths(args)
     if name not in _raw_jobs(paths):
         raise CliError(f"no schedule {name}")
     own = _own_files(paths, name)
     for path in own:
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CliError(f"{path}: cannot read ({exc}); not deleted") from None
-        jobs = data.get("schedule")
-        if (
-            set(data) != {"schedule"}
-            or not isinstance(jobs, list)
-            or any(not isinstance(j, dict) or j.get("name") != name for j in jobs)
-        ):
-            raise CliError(f"{path}: holds more than schedule {name}; edit it by hand")
+        _read_own(path, name)  # refuses a file that holds more than this job
     for path in own:
         _write_checked(paths, path, None, lambda _result: None)
     remaining = _raw_jobs(paths).get(name)
@@ -424,29 +438,22 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _set_enabled(paths: Paths, name: str, entry: Entry, enabled: bool) -> Path:
-    import tomllib
+    from zincati_py.config import load
 
     target = _override_target(paths, name, entry)
-    jobs: list[dict[str, Any]] = [{"name": name}]
-    if target.exists():
-        try:
-            data = tomllib.loads(target.read_text())
-        except (OSError, ValueError) as exc:
-            raise CliError(f"{target}: cannot read ({exc})") from None
-        found = data.get("schedule")
-        if set(data) == {"schedule"} and isinstance(found, list) and found:
-            jobs = found
+    jobs = _read_own(target, name) or [{"name": name}]
     for job in jobs:
-        if job.get("name") == name:
-            job["enabled"] = enabled
-    if not any(job.get("name") == name for job in jobs):
-        jobs.append({"name": name, "enabled": enabled})
+        job["enabled"] = enabled
+    before = set(_job_problems(load(paths), name))
 
     def check(result: LoadResult) -> str | None:
         problems = _job_problems(result, name)
         got = _find(result, name)
         if enabled and (problems or got is None):
             return "job is invalid: " + ("; ".join(problems) or "not in the merged configuration")
+        new = [p for p in problems if p not in before]
+        if new:  # never turn a valid job into a broken one
+            return "; ".join(new)
         if got is not None and got.enabled != enabled:
             return f"a later fragment still sets enabled = {str(got.enabled).lower()}"
         return None
