@@ -257,3 +257,34 @@ def test_command_reaches_the_shell_unchanged(
     subprocess.run(["/bin/sh", "-c", command], check=True, timeout=10)
     assert via_systemd == out.read_text()
     assert via_systemd.startswith('a b|100%|back\\slash|"dq"|a b|%n|')
+
+
+def test_catch_up_runs_a_missed_job_once_at_start(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    """Persistent= from catch_up: three missed daily runs become one run at boot, not three;
+    without catch_up none."""
+    import os
+    import time
+
+    config = "".join(
+        f'[[schedule]]\nname = "{name}"\ncron = "0 3 * * *"\ncommand = "true"\n'
+        f'time_zone = "UTC"\ncatch_up = {catch}\n'
+        for name, catch in (("catchup", "true"), ("nocatch", "false"))
+    )
+    root = make_root(tmp_path)
+    _write(root, "50-test.toml", config)
+    directory = tmp_path / "manager"
+    stamps = directory / "home" / ".local" / "share" / "systemd" / "timers"
+    stamps.mkdir(parents=True)
+    three_days_ago = time.time() - 3 * 86400
+    for name in ("catchup", "nocatch"):
+        stamp = stamps / f"stamp-zincati-py-schedule-{name}.timer"
+        stamp.write_text("")
+        os.utime(stamp, (three_days_ago, three_days_ago))  # last ran before the machine "was off"
+    user_manager_factory(root, directory=directory)
+    history = lambda name: zpy_json("schedule", "history", name, "--root", str(root))["runs"]  # noqa: E731
+    runs = wait_for(lambda: history("catchup"), timeout=20, what="the catch-up run")
+    time.sleep(1.5)  # time for a (wrong) second catch-up run or a nocatch run to show up
+    assert len(history("catchup")) == 1 and runs[0]["result"] == "success"
+    assert history("nocatch") == []
