@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,15 @@ def proc_status(pid: int) -> dict[str, int]:
             if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                 out["ctxt"] += int(line.split()[1])
     return out
+
+
+def drain(sock: socket.socket, pings: list[float]) -> None:
+    while True:
+        try:
+            if b"WATCHDOG=1" in sock.recv(4096):
+                pings.append(time.monotonic())
+        except OSError:
+            return
 
 
 def wait_state(root: Path, state: str, timeout: float, version: str | None = None) -> None:
@@ -169,11 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
         env.pop("NOTIFY_SOCKET", None)
         notify = None
+        pings: list[float] = []
         if args.watchdog_sec > 0:
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             notify.bind(str(Path(tmp) / "notify"))
             env["NOTIFY_SOCKET"] = str(Path(tmp) / "notify")
             env["WATCHDOG_USEC"] = str(int(args.watchdog_sec * 1_000_000))
+            # Read like systemd does (a full queue would only drop notifications).
+            threading.Thread(target=drain, args=(notify, pings), daemon=True).start()
         log_path = Path(tmp) / "agent.log"
         with log_path.open("wb") as log:
             agent = subprocess.Popen(
@@ -202,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             result["threads"] = after["threads"]
             result["wakeups"] = after["ctxt"] - before["ctxt"]
             result["watchdog_sec"] = args.watchdog_sec or None
+            result["watchdog_pings"] = len(pings) if notify is not None else None
             rounds = asyncio.run(latency_rounds(bus.address, root, versions))
             e2e = [r["stage_to_reboot_call_ms"] for r in rounds]
             inside = decision_latencies(log_path.read_text())

@@ -7,9 +7,11 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.agent.agent_harness import AGENT_BUS_NAME, Node, dbus_call, wait_for
+from zincati_py.sandbox.systemd import UserManager
 
 NEW = "40.20240115.3.0"
 OLD = "40.20240101.3.0"
@@ -321,3 +323,25 @@ def test_file_strategy_wakes_the_agent_when_the_marker_appears(node: Node) -> No
     r = node.cli("wake", "window", "--system-bus", node.bus.address)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: "wake requested: window" in agent.log(), 5, "wake logged")
+
+
+def test_valid_config_change_asks_systemd_to_reload(
+    node: Node, user_manager_factory: Callable[..., UserManager]
+) -> None:
+    manager = user_manager_factory(node.root)
+    timer = manager.generator_output / "zincati-py-check.timer"
+
+    def unit() -> str:
+        try:  # systemd recreates the generator directory on every run
+            return timer.read_text()
+        except FileNotFoundError:
+            return ""
+
+    wait_for(unit, 15, "generated check timer")
+    assert "OnCalendar=" not in unit()
+    agent = node.agent(ZINCATI_PY_SYSTEMD_BUS=manager.bus_address)
+    node.wait_state("reported steady", agent=agent)
+    node.write_config("60-cron.toml", '[agent.timing]\ncheck_cron = "0 3 * * *"\n')
+    # The agent's daemon-reload re-ran the generator with the new configuration.
+    wait_for(lambda: "OnCalendar=" in unit(), 15, "regenerated check timer")
+    wait_for(lambda: "asked systemd to reload" in agent.log(), 5, "reload logged")

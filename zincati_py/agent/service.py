@@ -155,6 +155,8 @@ class Agent:
         self._watchdog: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inhibitor_wait: asyncio.Task[Any] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._refresh_reasons: list[str] = []
         self._last_doc: dict[str, Any] | None = None
 
     # -- events ---------------------------------------------------------------------------
@@ -186,7 +188,16 @@ class Agent:
         # Record the event time now: the signal-to-decision latency starts here.
         if self._wake_since is None:
             self._wake_since = time.monotonic()
-        self._spawn(self._refresh_deployments(reason))
+        self._refresh_reasons.append(reason)
+        if self._refresher is None or self._refresher.done():
+            self._refresher = self._spawn(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        # One read at a time: concurrent reads could finish out of order and leave an older
+        # snapshot in place. Events arriving during a read cause exactly one more read.
+        while self._refresh_reasons:
+            reasons, self._refresh_reasons = self._refresh_reasons, []
+            await self._refresh_deployments("; ".join(reasons))
 
     async def _refresh_deployments(self, reason: str) -> None:
         assert self.rpm is not None
@@ -826,7 +837,9 @@ class Agent:
         await self._replace_strategy()
         self.watcher = ConfigWatcher(self.paths.config_dirs, self._on_config_change)
         self._start_watchdog()
-        await self._refresh_deployments("startup")
+        self._on_deployments("startup")
+        assert self._refresher is not None
+        await self._refresher
         runner = self._spawn(self._run())
         await asyncio.sleep(0)  # let the first evaluation start before announcing readiness
         self.notify.ready(f"initialized; {self.rt.state.value}")

@@ -5,14 +5,19 @@ agent; ``os.replace`` guarantees they see a complete document. Schema (``schema`
 
     schema, pid, bus_name, updated_at         document meta (times are ISO 8601 UTC)
     state, state_since                        machine state (see agent.machine.State)
-    action, reason, next, recheck_at          what it does, why it waits, what comes next
+    action                                    none | report steady | check | finalize |
+                                              await reboot
+    reason, next, recheck_at                  why it is there / waits, what comes next, when
+                                              it re-evaluates without an event (null: events)
     booted, staged                            {checksum, version} or null
     updates_enabled                           updates.enabled in force
     last_check, last_check_result             last completed update check
-    reboot_requested, postponed               persisted decisions (see agent.persist)
+    reboot_requested, postponed, staged_by_us persisted decisions (see agent.persist; ``at``
+                                              and ``since`` are Unix times)
     strategy                                  Strategy.status() of the strategy in force
-    lock_state, next_window                   from the strategy's status (or "none"/null)
-    config {valid, in_force, loaded_at, problems[]}
+    lock_state                                "held" | "not held" (fleet lock) | "none"
+    next_window                               next maintenance window start, or null
+    config {valid, in_force, loaded_at, fragments[], problems[]}
 """
 
 from __future__ import annotations
