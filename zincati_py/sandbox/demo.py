@@ -41,8 +41,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -278,8 +279,9 @@ class Fleet:
     """The sandbox: lock server, nodes, observers. ``async with Fleet(...)`` or start/stop.
 
     ``emit`` receives every :class:`Event`; ``hooks`` (callables taking the event) run after
-    it, for tests that inject faults at a precise moment. ``required`` is the set of node names
-    that must finish for :meth:`run` to succeed (default: all).
+    it, for tests that inject faults at a precise moment. ``fragments`` (file name → TOML) are
+    extra config fragments for every node, written before anything starts. ``required`` is
+    the set of node names that must finish for :meth:`run` to succeed (default: all).
     """
 
     def __init__(
@@ -290,8 +292,10 @@ class Fleet:
         workdir: Path | None = None,
         keep: bool = False,
         emit: Callable[[Event], None] | None = None,
+        fragments: Mapping[str, str] | None = None,
     ) -> None:
         self.timing = timing
+        self.fragments = dict(fragments or {})
         self.keep = keep
         self._own_dir = workdir is None
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="zpy-demo-"))
@@ -337,6 +341,10 @@ class Fleet:
                 fut.set_result(ev)
         self._progress.set()
         return ev
+
+    def find(self, kind: str, node: str | None = None) -> list[Event]:
+        """Events so far of ``kind`` (and of ``node`` if given)."""
+        return [e for e in self.events if e.kind == kind and (node is None or e.node == node)]
 
     async def wait_event(self, pred: Callable[[Event], bool], timeout: float) -> Event:
         """The first event from now on that satisfies ``pred``; TimeoutError after ``timeout``."""
@@ -425,6 +433,8 @@ class Fleet:
         (node.root / "etc").mkdir(parents=True, exist_ok=True)
         (node.root / "etc/machine-id").write_text(node.machine_id + "\n")
         node.write_config("50-demo.toml", self._fragment())
+        for name, text in self.fragments.items():
+            node.write_config(name, text)
         loaded = config_mod.load(node.root)
         if not loaded.ok:
             raise RuntimeError(f"{node.name}: demo config invalid: {loaded.errors}")
@@ -988,8 +998,13 @@ class Fleet:
                 ]
                 return await self.summary(f"timed out after {limit:.0f}s", pending)
             self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), remaining)
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the awaited event (events are frequent here), losing a Ctrl-C.
+            waiter = asyncio.ensure_future(self._progress.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                waiter.cancel()
         return await self.summary(None, [])
 
     async def summary(self, failure: str | None, pending: list[str]) -> Summary:
@@ -1092,6 +1107,19 @@ class Fleet:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _stop_processes(self) -> None:
+        # Managers first, all at once: a timer-started ``zincati-py check`` then ends while its
+        # agent still answers, and N nodes cost one stop, not N. Bounded at 3 s (then SIGKILL
+        # of the manager and its processes): on hosts where systemd gets no cgroup-empty
+        # notification (cgroup v1 in a container) it waits out DefaultTimeoutStopSec= for
+        # services whose processes are already gone.
+        managers = [
+            threading.Thread(target=n.manager.stop, args=(3.0,), name=f"stop {n.name}")
+            for n in self.nodes
+        ]
+        for t in managers:
+            t.start()
+        for t in managers:
+            t.join()
         procs = [n.agent for n in self.nodes] + [self.lock_server]
         for p in procs:
             if p is not None and p.poll() is None:
@@ -1105,7 +1133,7 @@ class Fleet:
                     p.wait()
         for n in self.nodes:
             n.agent = None
-            for stop in (n.manager.stop, n.logind.stop, n.double.stop, n.bus.stop):
+            for stop in (n.logind.stop, n.double.stop, n.bus.stop):
                 with contextlib.suppress(Exception):
                     stop()
         self.lock_server = None
@@ -1187,27 +1215,39 @@ async def run_demo(
     narrator = Narrator(out, as_json)
     timing = FAST if fast else NORMAL
     loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
     interrupted: list[str] = []
+    stop: asyncio.Future[None] = loop.create_future()
 
     def on_signal(sig: signal.Signals) -> None:
         interrupted.append(sig.name)
-        main.cancel()
+        if not stop.done():
+            stop.set_result(None)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     fleet = Fleet(nodes, timing, workdir=workdir, keep=keep, emit=narrator)
-    summary: Summary | None = None
-    try:
+
+    async def work() -> Summary:
         await fleet.start()
-        summary = await fleet.run()
-    except asyncio.CancelledError:
-        if not interrupted:
-            raise
-    except Exception as exc:
-        narrator(Event(fleet.now(), None, "error", f"demo failed: {type(exc).__name__}: {exc}"))
-        summary = Summary(False, f"{type(exc).__name__}: {exc}", fleet.now(), [], fleet.max_holders)
+        return await fleet.run()
+
+    summary: Summary | None = None
+    task = asyncio.ensure_future(work())
+    try:
+        first: list[asyncio.Future[Any]] = [task, stop]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            # Bounded: a start-up step running in a thread finishes before it notices.
+            await asyncio.wait({task}, timeout=60)
+        elif task.exception() is None:
+            summary = task.result()
+        else:
+            exc = task.exception()
+            narrator(Event(fleet.now(), None, "error", f"demo failed: {type(exc).__name__}: {exc}"))
+            summary = Summary(
+                False, f"{type(exc).__name__}: {exc}", fleet.now(), [], fleet.max_holders
+            )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
