@@ -188,11 +188,11 @@ def test_sigkill_during_postponement_keeps_the_deadline_and_warns_once(node: Nod
     assert_stays(lambda: reboots(node) == 1, 0.5, "one reboot")
 
 
-def test_sigkill_in_every_state_never_reboots_twice(node_factory: object) -> None:
+def test_sigkill_in_every_state_never_reboots_twice(node_factory: Callable[..., Node]) -> None:
     # The double does not reboot by itself here, so the agent stays "update finalized".
     from zincati_py.sandbox.rpmostree import Script  # noqa: F401  (script keys documented there)
 
-    node: Node = node_factory(  # type: ignore[operator]
+    node = node_factory(
         {
             "osname": "fedora-coreos",
             "booted": {"version": OLD},
@@ -345,3 +345,27 @@ def test_valid_config_change_asks_systemd_to_reload(
     # The agent's daemon-reload re-ran the generator with the new configuration.
     wait_for(lambda: "OnCalendar=" in unit(), 15, "regenerated check timer")
     wait_for(lambda: "asked systemd to reload" in agent.log(), 5, "reload logged")
+
+
+def test_sigkill_during_a_check_does_not_lose_the_request(
+    node_factory: Callable[..., Node],
+) -> None:
+    node = node_factory(
+        {
+            "osname": "fedora-coreos",
+            "booted": {"version": OLD},
+            "releases": [{"version": NEW, "available_after_checks": 0}],
+            "transaction_delay": 1.5,  # a check that takes a while
+        }
+    )
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
+    wait_for(lambda: (node.status() or {}).get("action") == "check", 5, "check running")
+    agent.kill()
+    # The restarted agent owes the check: it runs it, stages and reboots, once.
+    again = node.agent()
+    wait_for(lambda: reboots(node) == 1, 20, "reboot after the resumed check")
+    node.wait_state("reported steady", agent=again, booted=NEW)
+    state = json.loads((node.root / "var/lib/zincati-py/state.json").read_text())
+    assert state["extra"]["check_pending"] is False

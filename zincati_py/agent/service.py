@@ -127,7 +127,8 @@ class Agent:
         self.notify = Notifier()
         self.metrics = AgentMetrics()
         self.store = persist.Store(self.paths.state_dir)
-        self.rt = Runtime()
+        # A check requested before a crash or restart is still owed.
+        self.rt = Runtime(check_requested=bool(self.store.state.extra.get("check_pending")))
         self.boot_id = persist.boot_id()
         self.backoffs = {a: Backoff(1.0, 300.0) for a in Action}
         self._read_backoff = Backoff(1.0, 300.0)
@@ -174,6 +175,8 @@ class Agent:
     def check_now(self) -> None:
         log.info("update check requested")
         self.rt.check_requested = True
+        # Durable until the check completes: a crash meanwhile does not lose the request.
+        self.store.update(extra={**self.store.state.extra, "check_pending": True})
         self.rt.not_before.pop(Action.CHECK, None)
         self.wake("check requested")
 
@@ -223,7 +226,11 @@ class Agent:
                 self.rt.booted.label,
                 new_booted.label if new_booted else "none",
             )
-            self.rt = Runtime(state=self.rt.state, state_since=self.rt.state_since)
+            self.rt = Runtime(
+                state=self.rt.state,
+                state_since=self.rt.state_since,
+                check_requested=bool(self.store.state.extra.get("check_pending")),
+            )
         self.rt.booted = new_booted
         if _dep(staged) != _dep(self.rt.staged):
             log.info(
@@ -231,6 +238,10 @@ class Agent:
                 _dep(staged).label if staged is not None else "none",  # type: ignore[union-attr]
             )
         self.rt.staged = staged
+        if staged is not None and self.store.state.extra.get("check_pending"):
+            # An update got staged (by our interrupted check or anyone): the check is answered.
+            self.store.update(extra={**self.store.state.extra, "check_pending": False})
+            self.rt.check_requested = False
         self.wake(f"deployments changed ({reason})")
 
     # -- timers ---------------------------------------------------------------------------
@@ -430,6 +441,7 @@ class Agent:
             self.rt.check_requested = True  # the retry below runs it again
             return self._retry(Action.CHECK, f"update check failed: {exc}")
         self._succeeded(Action.CHECK)
+        self.store.update(extra={**self.store.state.extra, "check_pending": False})
         self.rt.checked = True
         self.rt.available = None
         dep = _dep(staged)
