@@ -117,8 +117,12 @@ def test_two_managers_do_not_share_unit_cgroups(
     root = tmp_path / "root"
     root.mkdir()
     gen = _fake_generator(tmp_path)
-    a = user_manager_factory(root, generator=gen)
-    b = user_manager_factory(root, generator=gen)
+    # Same directory basename on purpose (the demo names every node's directory "systemd").
+    a = user_manager_factory(root, generator=gen, directory=tmp_path / "a" / "systemd")
+    b = user_manager_factory(root, generator=gen, directory=tmp_path / "b" / "systemd")
+    cgroups = [Path(f"/proc/{m.pid}/cgroup").read_text() for m in (a, b)]
+    assert all("zincati-py-sandbox-" in text for text in cgroups)
+    assert cgroups[0] != cgroups[1]
     a.systemctl("start", "--no-block", "fake.service")
     b.systemctl("start", "--no-block", "fake.service")
     deadline = time.monotonic() + 10

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -134,6 +135,7 @@ class UserManager:
         self.environment = dict(environment or {})
         self.process: subprocess.Popen[bytes] | None = None
         self._cgroups: list[Path] = []
+        self._cgroup_token = f"{os.getpid()}-{secrets.token_hex(6)}"
 
     @property
     def bus_address(self) -> str:
@@ -218,7 +220,8 @@ class UserManager:
                 mount = base if (base / "cgroup.controllers").exists() else base / "unified"
             else:
                 continue
-            target = mount / cgpath.lstrip("/") / f"zincati-py-sandbox-{self.directory.name}"
+            # Unique per instance: callers may reuse directory names (the demo's node dirs).
+            target = mount / cgpath.lstrip("/") / f"zincati-py-sandbox-{self._cgroup_token}"
             try:
                 target.mkdir()
             except OSError:
