@@ -1,0 +1,155 @@
+"""Faults injected into a running fleet (the demo's orchestration, zincati_py/sandbox/demo.py).
+
+Each test ends with the same verdict the demo gives: every node on the newest version,
+exactly one reboot each, never two nodes rebooting at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from zincati_py.sandbox.demo import GROUP, NEW_VERSION, Event, Fleet, Summary, zincati_py_argv
+from zincati_py.sandbox.logind import add_session
+
+# A node that takes the slot finds a logged-in user, warns and postpones its reboot by this
+# much while holding the slot: the moment the faults below aim at.
+POSTPONE = "[agent.reboot]\nmax_postpone_secs = 3\n"
+
+
+async def first(fleet: Fleet, pred: Callable[[Event], bool], timeout: float) -> Event:
+    """The earliest event matching ``pred``, whether it already happened or not."""
+    seen = [e for e in fleet.events if pred(e)]
+    if seen:
+        return seen[0]
+    return await fleet.wait_event(pred, timeout)
+
+
+def assert_rollout_ok(summary: Summary) -> None:
+    assert summary.ok, summary.to_json()
+    for n in summary.nodes:
+        assert n.to_version == NEW_VERSION and n.reboots == 1 and n.reboot_calls == 1, n
+    assert summary.max_concurrent_holders == 1
+
+
+def test_agent_killed_holding_the_slot_lease_frees_it_then_it_recovers(
+    fleet_run: Callable[..., Any],
+) -> None:
+    async def scenario(fleet: Fleet) -> tuple[Summary, dict[str, Any]]:
+        for n in fleet.nodes:
+            await add_session(n.watch_bus, "c1", tty="tty1")
+        taken = await first(fleet, lambda e: e.kind == "slot_taken", 40)
+        victim = fleet.node(str(taken.node))
+        await fleet.kill_agent(victim, "test: SIGKILL while holding the reboot slot")
+        killed_at = fleet.now()
+        assert victim.node_id in fleet.holders and not victim.reboot_calls
+        # Dead, it never renews: the lease expires and the others go ahead without it.
+        freed = await fleet.wait_event(
+            lambda e: e.kind == "slot_released" and e.node == victim.name, 20
+        )
+        others = [n for n in fleet.nodes if n is not victim]
+        for n in others:
+            await first(fleet, lambda e, n=n: e.kind == "steady" and e.node == n.name, 40)
+        assert not victim.reboot_calls and victim.booted_version != NEW_VERSION
+        # Restarted, it resumes: takes the slot, reboots once, reports steady.
+        await fleet.start_agent(victim)
+        summary = await fleet.run(timeout=40)
+        facts = {
+            "killed_at": killed_at,
+            "freed_at": freed.t,
+            "next_taken": [e.t for e in fleet.find("slot_taken") if e.node != victim.name],
+            "lock_log": fleet.lock_log.read_text(),
+            "victim_id": victim.node_id,
+            "victim_reboot": victim.reboot_calls[0],
+            "others_steady": [n.steady_at for n in others],
+        }
+        return summary, facts
+
+    summary, facts = fleet_run(scenario, fragments={"60-reboot.toml": POSTPONE})
+    assert_rollout_ok(summary)
+    # The slot was freed by lease expiry (the server says so), not by the dead agent.
+    assert f"lease of {facts['victim_id']} in group {GROUP} expired" in facts["lock_log"]
+    assert facts["freed_at"] > facts["killed_at"] + 1.0
+    assert min(facts["next_taken"]) >= facts["freed_at"] - 0.5
+    # The victim rebooted only after both others were done.
+    assert facts["victim_reboot"] > max(facts["others_steady"])
+
+
+def test_lock_server_killed_mid_rollout_fleet_pauses_then_continues(
+    fleet_run: Callable[..., Any],
+) -> None:
+    async def scenario(fleet: Fleet) -> tuple[Summary, dict[str, Any]]:
+        call = await first(fleet, lambda e: e.kind == "reboot_call", 40)
+        holder = fleet.node(str(call.node))
+        await fleet.kill_lock_server()
+        # The rebooted node cannot report steady state (so cannot release the slot) ...
+        await first(
+            fleet,
+            lambda e: (
+                e.node == holder.name
+                and e.kind in ("agent_state", "agent_waiting")
+                and e.data.get("state") == "initialized"
+                and "steady-state failed" in str(e.data.get("reason"))
+            ),
+            20,
+        )
+        calls_before = len(fleet.find("reboot_call"))
+        # ... and the fleet pauses: nobody else may reboot while the server is down.
+        await asyncio.sleep(2.5)
+        paused = {
+            "calls": len(fleet.find("reboot_call")) - calls_before,
+            "holder_steady": holder.steady_at,
+        }
+        restarted_at = fleet.now()
+        await fleet.start_lock_server()
+        summary = await fleet.run(timeout=60)
+        log = fleet.lock_log.read_text()
+        return summary, {
+            **paused,
+            "log_after_restart": log.split("FleetLock server listening", 2)[-1],
+            "holder_id": holder.node_id,
+            "holder_steady_after": holder.steady_at,
+            "restarted_at": restarted_at,
+        }
+
+    summary, facts = fleet_run(scenario)
+    assert facts["calls"] == 0 and facts["holder_steady"] is None
+    # Nothing lost: the restarted server still had the holder recorded, which released it.
+    assert f"slot in group {GROUP} released by {facts['holder_id']}" in facts["log_after_restart"]
+    assert facts["holder_steady_after"] > facts["restarted_at"]
+    assert_rollout_ok(summary)
+
+
+def test_broken_fragment_mid_run_keeps_last_good_config_and_says_so(
+    fleet_run: Callable[..., Any],
+) -> None:
+    async def scenario(fleet: Fleet) -> tuple[Summary, dict[str, Any], Event]:
+        for n in fleet.nodes:
+            await first(fleet, lambda e, n=n: e.kind == "staged" and e.node == n.name, 30)
+        victim = fleet.nodes[1]
+        victim.write_config("99-broken.toml", "[updates\nstrategy = \n")
+        event = await fleet.wait_event(lambda e: e.kind == "config" and e.node == victim.name, 15)
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [*zincati_py_argv(), "status", "--root", str(victim.root), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        summary = await fleet.run()
+        return summary, json.loads(status.stdout), event
+
+    summary, doc, event = fleet_run(scenario)
+    assert event.data["valid"] is False
+    config = doc["config"]
+    assert config["valid"] is False
+    assert config["in_force"] == "last good configuration"
+    assert any("99-broken.toml" in p for p in config["problems"]), config
+    assert doc["agent_running"] is True
+    # The last good config (periodic + fleet_lock) kept governing that node's reboot.
+    assert_rollout_ok(summary)
