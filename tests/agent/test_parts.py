@@ -176,3 +176,87 @@ def test_dbus_commands_without_agent(tmp_path: Path, args: tuple[str, ...]) -> N
         if args == ("check",):
             timer = _cli("check", "--from-timer", "--system-bus", bus.address)
             assert timer.returncode == 0, timer.stderr
+
+
+def test_polkit_check_against_dbusmock_polkitd(tmp_path: Path) -> None:
+    """RebootNow's non-root path asks polkit (python-dbusmock's polkitd template)."""
+    from zincati_py.agent.api import REBOOT_NOW_ACTION, polkit_allows
+    from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available
+    from zincati_py.sandbox.logind import logind_double_available
+
+    if not dbus_daemon_available() or not logind_double_available():
+        pytest.skip("needs dbus-daemon and python3-dbusmock")
+
+    async def ask(address: str) -> tuple[bool, bool]:
+        from dbus_fast import BusType, Message
+        from dbus_fast.aio import MessageBus
+
+        bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+        try:
+            assert bus.unique_name is not None
+            for _ in range(300):  # the mock takes a moment to own its name (bounded: 15 s)
+                owner = await bus.call(
+                    Message(
+                        destination="org.freedesktop.DBus",
+                        path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus",
+                        member="NameHasOwner",
+                        signature="s",
+                        body=["org.freedesktop.PolicyKit1"],
+                    )
+                )
+                if owner is not None and owner.body == [True]:
+                    break
+                await asyncio.sleep(0.05)
+            denied = await polkit_allows(bus, bus.unique_name, REBOOT_NOW_ACTION, False)
+            await bus.call(
+                Message(
+                    destination="org.freedesktop.PolicyKit1",
+                    path="/org/freedesktop/PolicyKit1/Authority",
+                    interface="org.freedesktop.DBus.Mock",
+                    member="SetAllowed",
+                    signature="as",
+                    body=[[REBOOT_NOW_ACTION]],
+                )
+            )
+            allowed = await polkit_allows(bus, bus.unique_name, REBOOT_NOW_ACTION, True)
+            return denied, allowed
+        finally:
+            bus.disconnect()
+
+    with PrivateBus("system", tmp_path / "bus") as bus:
+        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+        mock = subprocess.Popen(
+            ["/usr/bin/python3", "-m", "dbusmock", "--system", "--template", "polkitd"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            denied, allowed = asyncio.run(ask(bus.address))
+        finally:
+            mock.terminate()
+            mock.wait(10)
+    assert (denied, allowed) == (False, True)
+
+
+def test_polkit_unreachable_refuses(tmp_path: Path) -> None:
+    from zincati_py.agent.api import REBOOT_NOW_ACTION, polkit_allows
+    from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available
+
+    if not dbus_daemon_available():
+        pytest.skip("needs dbus-daemon")
+
+    async def ask(address: str) -> bool:
+        from dbus_fast import BusType
+        from dbus_fast.aio import MessageBus
+
+        bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+        try:
+            assert bus.unique_name is not None
+            return await polkit_allows(bus, bus.unique_name, REBOOT_NOW_ACTION, False)
+        finally:
+            bus.disconnect()
+
+    with PrivateBus("system", tmp_path / "bus") as bus:
+        assert asyncio.run(ask(bus.address)) is False

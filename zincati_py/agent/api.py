@@ -11,9 +11,10 @@ agents share one bus in the sandbox), object ``/io/github/zincatipy/Agent1``, in
 * ``Wake(s reason)``: re-evaluate now (window timers: ``zincati-py wake window``)
 * ``RebootNow() -> s``: reboot into the staged update now, skipping the strategy and the
   interactive-session postponement (block inhibitors still hold). Privileged: allowed for
-  callers whose bus connection belongs to uid 0 (``GetConnectionUnixUser``); the D-Bus policy
-  shipped in packaging/ restricts who may send it, and the polkit action
-  ``io.github.zincatipy.reboot-now`` is the packaging hook for delegating it to other users.
+  callers whose bus connection belongs to uid 0 (``GetConnectionUnixUser``); any other caller
+  needs polkit's ``io.github.zincatipy.reboot-now`` (packaging/polkit), asked with
+  ``CheckAuthorization`` about the caller's bus name (interactive if the call carries
+  ALLOW_INTERACTIVE_AUTHORIZATION). polkit unreachable means refused.
 """
 
 import asyncio
@@ -21,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_fast import DBusError, Message, MessageType
+from dbus_fast import DBusError, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusStr
 from dbus_fast.constants import ErrorType, PropertyAccess
@@ -33,6 +34,7 @@ BUS_NAME = "io.github.zincatipy.Agent1"
 OBJECT_PATH = "/io/github/zincatipy/Agent1"
 INTERFACE = "io.github.zincatipy.Agent1"
 ERROR_PREFIX = "io.github.zincatipy.Agent1.Error"
+REBOOT_NOW_ACTION = "io.github.zincatipy.reboot-now"
 
 PROPERTIES = ("State", "Reason", "BootedVersion", "StagedVersion", "LastCheck", "NextWindow")
 
@@ -131,14 +133,18 @@ class AgentInterface(ServiceInterface):
     async def _privileged(self, bus: MessageBus, msg: Message) -> None:
         reply: Message
         try:
-            uid = await caller_uid(bus, msg.sender or "")
-            if uid != 0:
-                log.warning("RebootNow refused: caller %s is uid %s, not 0", msg.sender, uid)
+            sender = msg.sender or ""
+            uid = await caller_uid(bus, sender)
+            interactive = bool(msg.flags.value & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION.value)
+            if uid != 0 and not await polkit_allows(bus, sender, REBOOT_NOW_ACTION, interactive):
+                log.warning("RebootNow refused: caller %s (uid %s) is not authorized", sender, uid)
                 reply = Message.new_error(
-                    msg, ErrorType.ACCESS_DENIED.value, f"RebootNow needs uid 0 (caller: {uid})"
+                    msg,
+                    ErrorType.ACCESS_DENIED.value,
+                    f"RebootNow needs uid 0 or polkit {REBOOT_NOW_ACTION} (caller uid {uid})",
                 )
             else:
-                log.info("RebootNow requested by %s (uid 0)", msg.sender)
+                log.info("RebootNow requested by %s (uid %s)", sender, uid)
                 outcome = await self._reboot_now()
                 reply = Message.new_method_return(msg, "s", [outcome])
         except RefusedError as exc:
@@ -165,6 +171,37 @@ async def caller_uid(bus: MessageBus, sender: str) -> int:
         detail: Any = None if reply is None else reply.body
         raise RuntimeError(f"GetConnectionUnixUser({sender}) failed: {detail}")
     return int(reply.body[0])
+
+
+async def polkit_allows(bus: MessageBus, sender: str, action: str, interactive: bool) -> bool:
+    """polkit's CheckAuthorization for the bus name ``sender``; False if polkit says no or
+    cannot be asked (fail closed). ``interactive`` lets a polkit agent prompt the caller."""
+    msg = Message(
+        destination="org.freedesktop.PolicyKit1",
+        path="/org/freedesktop/PolicyKit1/Authority",
+        interface="org.freedesktop.PolicyKit1.Authority",
+        member="CheckAuthorization",
+        signature="(sa{sv})sa{ss}us",
+        body=[
+            ["system-bus-name", {"name": Variant("s", sender)}],
+            action,
+            {},
+            1 if interactive else 0,  # AllowUserInteraction
+            "",
+        ],
+    )
+    try:
+        # Bounded: an interactive authentication waits for a human, but not forever.
+        reply = await asyncio.wait_for(bus.call(msg), 300 if interactive else 30)
+    except TimeoutError:
+        log.warning("polkit did not answer for %s within the time limit", sender)
+        return False
+    if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+        detail = None if reply is None else f"{reply.error_name}: {reply.body}"
+        log.warning("polkit CheckAuthorization for %s failed: %s", sender, detail)
+        return False
+    authorized, _challenge, _details = reply.body[0]
+    return bool(authorized)
 
 
 def export(bus: MessageBus, iface: AgentInterface) -> None:

@@ -9,8 +9,9 @@
   runs). Exit 69 if no agent answers; with ``--from-timer`` that is logged and exits 0 (a
   stopped agent is reported by its own unit, not by every timer run).
 * ``wake REASON``: ``Wake(REASON)`` (window timers run ``zincati-py wake window``).
-* ``reboot-now``: ``RebootNow()``; needs uid 0. Exit 77 if refused for permissions, 75 if the
-  agent cannot reboot now (nothing staged, inhibited), printing why.
+* ``reboot-now``: ``RebootNow()``; needs uid 0 or polkit's io.github.zincatipy.reboot-now.
+  Exit 77 if refused for permissions, 75 if the agent cannot reboot now (nothing staged,
+  inhibited), printing why.
 
 Every D-Bus command takes ``--system-bus ADDRESS`` (default ``$DBUS_SYSTEM_BUS_ADDRESS``, else
 the system bus) and ``--bus-name NAME`` (default ``$ZINCATI_PY_BUS_NAME``, else
@@ -143,7 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 async def _call(args: argparse.Namespace, member: str, signature: str = "", *body: Any) -> Any:
     import asyncio
 
-    from dbus_fast import BusType, Message, MessageType
+    from dbus_fast import BusType, Message, MessageFlag, MessageType
     from dbus_fast.aio import MessageBus
 
     from zincati_py.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH
@@ -164,6 +165,8 @@ async def _call(args: argparse.Namespace, member: str, signature: str = "", *bod
             member=member,
             signature=signature,
             body=list(body),
+            # Lets polkit prompt a non-root admin for RebootNow (as systemctl does).
+            flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION,
         )
         try:
             reply = await asyncio.wait_for(bus.call(msg), DBUS_TIMEOUT)
