@@ -111,3 +111,16 @@ def test_demo_ctrl_c_tears_everything_down() -> None:
     workdir = events[0]["workdir"]
     assert not strays(workdir)
     assert not os.path.exists(workdir)
+
+
+def test_demo_rejects_a_bad_node_count_before_starting_anything() -> None:
+    proc = subprocess.run(
+        [*zincati_py_argv(), "demo", "--nodes", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == os.EX_USAGE
+    assert proc.stdout == ""
+    assert proc.stderr == "zincati-py: --nodes: must be between 1 and 20, got 0\n"

@@ -153,3 +153,17 @@ def test_broken_fragment_mid_run_keeps_last_good_config_and_says_so(
     assert doc["agent_running"] is True
     # The last good config (periodic + fleet_lock) kept governing that node's reboot.
     assert_rollout_ok(summary)
+
+
+def test_overall_timeout_fails_with_what_is_still_pending(fleet_run: Callable[..., Any]) -> None:
+    async def scenario(fleet: Fleet) -> Summary:
+        # The window opens 12 s after the start: 3 s is too short for anything to finish.
+        return await fleet.run(timeout=3)
+
+    summary = fleet_run(scenario, nodes=1)
+    assert not summary.ok
+    assert summary.reason.startswith("timed out after 3s")
+    (pending,) = summary.pending
+    assert pending.startswith("node1: booted 40.20251102.3.0")
+    (node,) = summary.nodes
+    assert node.reboots == 0 and node.reboot_calls == 0

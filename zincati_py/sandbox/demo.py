@@ -22,6 +22,18 @@ the timer units, process exits (pidfd). The lock server only has an HTTP API: it
 endpoint is polled at a modest interval, for the narration and the "never two at a time"
 check (the server itself enforces the slot; the poll only observes it).
 
+``--json`` prints one object per event: ``t`` (seconds since the start), ``node`` (null for
+the fleet), ``event``, ``message`` (the text line) and event fields. Events: ``start``
+(``workdir``), ``lock_server``, ``node_up``, ``timers`` (``lines`` as ``systemctl --user
+list-timers`` prints them, ``timers``), ``agent_started``/``agent_ready``/``agent_killed``/
+``agent_exited``, ``release_published``, ``timer_fired`` (``unit``, ``count``), ``check``,
+``staged`` (``finalization_locked``), ``agent_state``/``agent_waiting`` (``state``,
+``reason``), ``config``, ``slot_taken``/``slot_released`` (``holders``, ``expired``),
+``finalization_unlocked``, ``reboot_call``, ``booted``, ``rebooted``, ``steady``,
+``lock_server_*``, ``error``, ``teardown``; the last line is the ``summary`` (``ok``,
+``reason``, ``nodes`` with ``from``/``to``/``waited_s``/``rebooted_at_s``/``reboots``/
+``reboot_calls``, ``max_concurrent_holders``, ``pending``).
+
 :class:`Fleet` is the orchestration, reused by the end-to-end tests through its hooks
 (``fleet.hooks``, :meth:`Fleet.wait_event`) and fault helpers (:meth:`Fleet.kill_agent`,
 :meth:`Fleet.start_agent`, :meth:`Fleet.kill_lock_server`, :meth:`Fleet.start_lock_server`).
