@@ -51,3 +51,40 @@ def node_factory(
 @pytest.fixture
 def node(node_factory: Callable[..., Node]) -> Node:
     return node_factory()
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """``fleet_factory(name, script)`` → a Node with its own private bus (each node's
+    rpm-ostree double and logind own the well-known names on their bus), as in the demo."""
+    from tests.agent.agent_harness import Node
+    from zincati_py.sandbox import logind as logind_sandbox
+    from zincati_py.sandbox.bus import dbus_daemon_available
+
+    if not dbus_daemon_available() or not logind_sandbox.logind_double_available():
+        pytest.skip("needs dbus-daemon and python3-dbusmock")
+    started: list[Any] = []
+    nodes: list[Node] = []
+
+    def make(name: str, script: dict[str, object]) -> Node:
+        base = tmp_path / name
+        base.mkdir()
+        bus = PrivateBus("system", base / "bus").start()
+        started.append(bus)
+        double = RpmOstreeDouble(bus.address, base / "root", dict(script), idle_timeout=0)
+        started.append(double)
+        double.start()
+        mock = logind_sandbox.LogindDouble(bus.address, base / "logind.log")
+        started.append(mock)
+        mock.start()
+        n = Node(bus, double, mock, base)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        for a in n.agents:
+            if a.alive():
+                a.stop()
+    for thing in reversed(started):
+        thing.stop()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.agent.agent_harness import AGENT_BUS_NAME, Node, dbus_call, wait_for
+from tests.agent.agent_harness import AGENT_BUS_NAME, ZPY, Node, dbus_call, wait_for
 from zincati_py.sandbox.systemd import UserManager
 
 NEW = "40.20240115.3.0"
@@ -369,3 +370,65 @@ def test_sigkill_during_a_check_does_not_lose_the_request(
     node.wait_state("reported steady", agent=again, booted=NEW)
     state = json.loads((node.root / "var/lib/zincati-py/state.json").read_text())
     assert state["extra"]["check_pending"] is False
+
+
+def test_fleet_lock_lets_one_node_reboot_at_a_time(
+    fleet_factory: Callable[..., Node], tmp_path: Path
+) -> None:
+    from zincati_py.sandbox.etcd import free_port
+
+    port = free_port()
+    server_conf = tmp_path / "fleetlock.toml"
+    server_conf.write_text(
+        f'listen = "127.0.0.1:{port}"\nbackend = "sqlite:{tmp_path / "locks.db"}"\n'
+        "default_slots = 1\n"
+    )
+    with (tmp_path / "fleetlock.log").open("wb") as log:
+        server = subprocess.Popen(
+            [*ZPY, "fleetlock", "serve", "--config", str(server_conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        script = {
+            "osname": "fedora-coreos",
+            "booted": {"version": OLD},
+            "releases": [{"version": NEW}],
+            "transaction_delay": 0.02,
+            "reboot_on_logind": False,  # the test reboots each node, as the demo does
+        }
+        nodes = [fleet_factory(f"node{i}", script) for i in range(2)]
+        agents = []
+        for i, n in enumerate(nodes):
+            # steady_interval_secs caps the strategy's retry backoff: 2 s keeps this quick.
+            n.write_config(
+                "40-fleet.toml",
+                f'[identity]\nnode_uuid = "{i:032x}"\n[agent.timing]\nsteady_interval_secs = 2\n'
+                f'[updates]\nstrategy = "fleet_lock"\n'
+                f'[updates.fleet_lock]\nbase_url = "http://127.0.0.1:{port}"\n',
+            )
+            agents.append(n.agent())
+        for n, a in zip(nodes, agents, strict=True):
+            n.wait_state("reported steady", agent=a, timeout=30)
+        for n in nodes:
+            n.control("Stage", "sb", NEW, True)
+        first = wait_for(
+            lambda: next((n for n in nodes if reboots(n) == 1), None), 20, "one node rebooting"
+        )
+        second = nodes[1 - nodes.index(first)]
+        first_agent, second_agent = agents[nodes.index(first)], agents[nodes.index(second)]
+        # The other node waits for the slot, with a recheck time (no event will come).
+        wait_for(lambda: (second.status() or {}).get("recheck_at"), 10, "recheck time")
+        assert (second.status() or {})["state"] == "update staged"
+        assert_stays(lambda: reboots(second) == 0, 2.5, "second node waits for the slot")
+        assert (first.status() or {})["lock_state"] == "held"
+        # The first node "reboots" into the update and reports steady, which frees the slot.
+        assert first.control("Reboot") == [NEW]
+        first.wait_state("reported steady", agent=first_agent, booted=NEW, timeout=20)
+        wait_for(lambda: reboots(second) == 1, 20, "second node gets the slot")
+        assert reboots(first) == 1
+        # Nothing on its own bus told it: its one recheck timer did.
+        assert "evaluating (timer: " in second_agent.log()
+    finally:
+        server.terminate()
+        server.wait(10)

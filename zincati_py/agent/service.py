@@ -157,6 +157,8 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inhibitor_wait: asyncio.Task[Any] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        self._config_dirty = False
         self._refresh_reasons: list[str] = []
         self._last_doc: dict[str, Any] | None = None
 
@@ -649,7 +651,16 @@ class Agent:
     # -- configuration --------------------------------------------------------------------
     def _on_config_change(self, reason: str) -> None:
         log.debug("configuration directories changed: %s", reason)
-        self._spawn(self._reload_config())
+        self._config_dirty = True
+        if self._reloader is None or self._reloader.done():
+            self._reloader = self._spawn(self._reload_loop())
+
+    async def _reload_loop(self) -> None:
+        # One load at a time, applied in order: a slow stale load must never overwrite a newer
+        # one. Changes during a load cause exactly one more.
+        while self._config_dirty:
+            self._config_dirty = False
+            await self._reload_config()
 
     async def _reload_config(self) -> None:
         result = await asyncio.to_thread(config_mod.load, self.paths)
