@@ -60,6 +60,7 @@ def test_agent_killed_holding_the_slot_lease_frees_it_then_it_recovers(
         facts = {
             "killed_at": killed_at,
             "freed_at": freed.t,
+            "freed_expired": freed.data["expired"],
             "next_taken": [e.t for e in fleet.find("slot_taken") if e.node != victim.name],
             "lock_log": fleet.lock_log.read_text(),
             "victim_id": victim.node_id,
@@ -71,6 +72,7 @@ def test_agent_killed_holding_the_slot_lease_frees_it_then_it_recovers(
     summary, facts = fleet_run(scenario, fragments={"60-reboot.toml": POSTPONE})
     assert_rollout_ok(summary)
     # The slot was freed by lease expiry (the server says so), not by the dead agent.
+    assert facts["freed_expired"] is True
     assert f"lease of {facts['victim_id']} in group {GROUP} expired" in facts["lock_log"]
     assert facts["freed_at"] > facts["killed_at"] + 1.0
     assert min(facts["next_taken"]) >= facts["freed_at"] - 0.5

@@ -199,6 +199,7 @@ class Node:
         self.timer_fires: dict[str, int] = {}
         self.timer_last: dict[str, int] = {}
         self.last_check: str | None = None
+        self.reasons_seen: set[str] = set()
 
     @property
     def status_file(self) -> Path:
@@ -327,12 +328,17 @@ class Fleet:
         self.lock_log = self.dir / "fleetlock.log"
         self.lock_server: subprocess.Popen[bytes] | None = None
         self.lock_expect_exit = False
-        self.holders: dict[str, dict[str, Any]] = {}
-        self.lock_reachable: bool | None = None
+        # Slot holders (node id -> when granted) as the server's log reports them, and the
+        # most seen at once there and through its admin API.
+        self.holders: dict[str, float] = {}
         self.max_holders = 0
+        self.api_max_holders = 0
+        self.lock_reachable: bool | None = None
+        self._lock_buf = b""
         self._progress = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pidfds: list[int] = []
+        self._lock_fds: list[int] = []
         self._notifier: Any = None
         self._http: Any = None
         self._stopped = False
@@ -598,15 +604,21 @@ class Fleet:
         sock.bind(str(notify))
         sock.setblocking(False)
         try:
-            with self.lock_log.open("ab") as log:
-                proc = subprocess.Popen(
-                    [*zincati_py_argv(), "fleetlock", "serve", "--config", str(self.lock_config)],
-                    env={**os.environ, "NOTIFY_SOCKET": str(notify)},
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            proc = subprocess.Popen(
+                [*zincati_py_argv(), "fleetlock", "serve", "--config", str(self.lock_config)],
+                env={**os.environ, "NOTIFY_SOCKET": str(notify)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            assert proc.stdout is not None
+            fd = os.dup(proc.stdout.fileno())
+            proc.stdout.close()
+            os.set_blocking(fd, False)
+            self._lock_fds.append(fd)
+            self._lock_buf = b""
+            asyncio.get_running_loop().add_reader(fd, self._read_lock_output, fd)
             self.lock_server = proc
             self.lock_expect_exit = False
             loop = asyncio.get_running_loop()
@@ -907,9 +919,13 @@ class Fleet:
         from zincati_py.agent.machine import State
 
         state, reason = doc.get("state"), str(doc.get("reason", ""))
+        # Each reason once per state: the agent re-evaluates on every event and republishes
+        # the same few reasons (retry delays differ, hence the normalization).
         if state != old.get("state"):
+            node.reasons_seen = {_normalized(reason)}
             self.event(node, "agent_state", f"{state}: {reason}", state=state, reason=reason)
-        elif _normalized(reason) != _normalized(str(old.get("reason", ""))):
+        elif _normalized(reason) not in node.reasons_seen:
+            node.reasons_seen.add(_normalized(reason))
             self.event(node, "agent_waiting", reason, state=state, reason=reason)
         booted = (doc.get("booted") or {}).get("version")
         if (
@@ -928,65 +944,87 @@ class Fleet:
                 version=booted,
             )
 
+    def _read_lock_output(self, fd: int) -> None:
+        """The server's log, line by line: its own account of every grant, release, expiry."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # the server exited
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+            self._lock_fds.remove(fd)
+            return
+        with self.lock_log.open("ab") as log:
+            log.write(data)
+        self._lock_buf += data
+        *lines, self._lock_buf = self._lock_buf.split(b"\n")
+        for line in lines:
+            self._on_lock_log(line.decode(errors="replace"))
+
+    def _on_lock_log(self, line: str) -> None:
+        granted = re.search(r"slot in group (\S+) granted to (\S+)", line)
+        released = re.search(r"slot in group (\S+) released by (\S+)", line)
+        expired = re.search(r"lease of (\S+) in group (\S+) expired", line)
+        if granted:
+            hid = granted[2].replace("-", "").lower()
+            self.holders[hid] = self.now()
+            self.max_holders = max(self.max_holders, len(self.holders))
+            node = self.node_by_id(hid)
+            if node is not None:
+                node.holding_since = self.now()
+            self.event(
+                node,
+                "slot_taken",
+                f"took the reboot slot of group {GROUP!r} (lease {self.timing.lease_seconds}s) "
+                f"[{len(self.holders)}/1 slots in use]",
+                holder=hid,
+                holders=len(self.holders),
+            )
+        elif released is not None or expired is not None:
+            if released is not None:
+                hid = released[2].replace("-", "").lower()
+            else:
+                assert expired is not None
+                hid = expired[1].replace("-", "").lower()
+            self.holders.pop(hid, None)
+            node = self.node_by_id(hid)
+            if node is not None:
+                node.holding_since = None
+            self.event(
+                node,
+                "slot_released",
+                "released the reboot slot (FleetLock steady-state)"
+                if released
+                else "reboot slot freed: its lease expired",
+                holder=hid,
+                expired=not released,
+            )
+
     async def _poll_lock_server(self) -> None:
-        # The lock server has no push API: its admin endpoint is polled at a modest interval.
-        # Only the narration and the overlap check use this; agents never depend on it.
+        # The admin API has no push: polled at a modest interval, only to cross-check the
+        # holders the log reports (never more than the slots) and to say when the server is
+        # unreachable. Nothing waits on this poll.
         url = f"{self.lock_url}v1/groups/{GROUP}"
         while True:
             try:
                 async with self._http.get(url) as resp:
                     doc = await resp.json()
-                holders = {h["id"].replace("-", "").lower(): h for h in doc["holders"]}
+                self.api_max_holders = max(self.api_max_holders, len(doc["holders"]))
                 reachable = True
             except Exception:
-                holders, reachable = self.holders, False
+                reachable = False
             if reachable != self.lock_reachable:
                 if self.lock_reachable is not None:
                     self.event(
                         None,
                         "lock_server_reachable" if reachable else "lock_server_unreachable",
-                        "FleetLock server answers again"
+                        "FleetLock admin API answers again"
                         if reachable
-                        else "FleetLock server does not answer",
+                        else "FleetLock admin API does not answer",
                     )
                 self.lock_reachable = reachable
-            if reachable:
-                self._on_holders(holders)
             await asyncio.sleep(self.timing.lock_poll)
-
-    def _on_holders(self, holders: dict[str, dict[str, Any]]) -> None:
-        old, self.holders = self.holders, holders
-        self.max_holders = max(self.max_holders, len(holders))
-        for hid in holders.keys() - old.keys():
-            node = self.node_by_id(hid)
-            if node is not None:
-                node.holding_since = self.now()
-            lease = holders[hid].get("expires_in_seconds")
-            self.event(
-                node,
-                "slot_taken",
-                f"took the reboot slot of group {GROUP!r} (lease {lease:.0f}s left) "
-                f"[{len(holders)}/1 slots in use]"
-                if lease is not None
-                else f"took the reboot slot of group {GROUP!r} [{len(holders)}/1 slots in use]",
-                holder=hid,
-                holders=len(holders),
-            )
-        for hid in old.keys() - holders.keys():
-            node = self.node_by_id(hid)
-            if node is not None:
-                node.holding_since = None
-            left = old[hid].get("expires_in_seconds")
-            expired = left is not None and left <= self.timing.lock_poll * 2
-            self.event(
-                node,
-                "slot_released",
-                "reboot slot freed: lease expired"
-                if expired
-                else "released the reboot slot (FleetLock steady-state)",
-                holder=hid,
-                expired=expired,
-            )
 
     # -- the run ------------------------------------------------------------------------------
     def finished(self) -> bool:
@@ -1059,7 +1097,9 @@ class Fleet:
                 )
         problems += self.overlaps()
         if self.max_holders > 1:
-            problems.append(f"the lock server showed {self.max_holders} holders at once")
+            problems.append(f"the lock server logged {self.max_holders} holders at once")
+        if self.api_max_holders > 1:
+            problems.append(f"the lock server's admin API listed {self.api_max_holders} holders")
         return Summary(
             ok=not problems,
             reason="; ".join(problems)
@@ -1101,6 +1141,10 @@ class Fleet:
             loop.remove_reader(fd)
             os.close(fd)
         self._pidfds.clear()
+        for fd in self._lock_fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+        self._lock_fds.clear()
         if self._notifier is not None:
             self._notifier.stop()
         if self._http is not None:
