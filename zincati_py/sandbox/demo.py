@@ -18,9 +18,10 @@ deployment (the double's ``Reboot`` control), clear ``/run/zincati-py``, start t
 The timeline comes from the real sources, without polling where a signal exists: the agent's
 ``status.json`` (inotify), its ``READY=1`` (a notify socket, as systemd would get it), dbusmock's
 ``MethodCalled`` signal, the double's ``PropertiesChanged``, systemd's ``PropertiesChanged`` on
-the timer units, process exits (pidfd). The lock server only has an HTTP API: its admin
-endpoint is polled at a modest interval, for the narration and the "never two at a time"
-check (the server itself enforces the slot; the poll only observes it).
+the timer units, process exits (pidfd), and the lock server's own log (piped) for every slot
+grant, release and lease expiry, in the order the server decided them. Its admin API has no
+push: it is polled at a modest interval only to cross-check the holders and to say when the
+server does not answer.
 
 ``--json`` prints one object per event: ``t`` (seconds since the start), ``node`` (null for
 the fleet), ``event``, ``message`` (the text line) and event fields. Events: ``start``
@@ -83,7 +84,7 @@ class Timing:
     window_lead: float  # the maintenance window opens this long after the start
     window_minutes: int
     lease_seconds: int  # short in --fast: a dead node frees the slot quickly
-    lock_poll: float  # admin API poll interval (narration only)
+    lock_poll: float  # admin API poll interval (cross-check only)
     timeout: float
 
 
@@ -1213,9 +1214,10 @@ class Fleet:
 class Narrator:
     """Prints events as a timeline (text) or as JSON lines."""
 
-    def __init__(self, out: TextIO, as_json: bool) -> None:
+    def __init__(self, out: TextIO, as_json: bool, kept: bool = False) -> None:
         self.out = out
         self.as_json = as_json
+        self.kept = kept
         self.quiet_timer_fires: set[str] = set()
 
     def __call__(self, ev: Event) -> None:
@@ -1256,6 +1258,8 @@ class Narrator:
         )
         for p in s.pending:
             self.out.write(f"  still pending: {p}\n")
+        if not s.ok and not self.kept:
+            self.out.write("(run with --keep to keep the work directory: logs, roots, configs)\n")
         self.out.flush()
 
 
@@ -1268,7 +1272,7 @@ async def run_demo(
     workdir: Path | None = None,
 ) -> int:
     """The ``zincati-py demo`` command: 0 if the rollout was correct, 1 if not, 130 on Ctrl-C."""
-    narrator = Narrator(out, as_json)
+    narrator = Narrator(out, as_json, keep)
     timing = FAST if fast else NORMAL
     loop = asyncio.get_running_loop()
     interrupted: list[str] = []
