@@ -113,14 +113,20 @@ def _description(text: str) -> str:
     return escape_specifiers("".join(ch if ch.isprintable() else " " for ch in text))
 
 
-def _executable() -> str:
-    """The ``zincati-py`` next to this generator (a venv, /usr/bin), else /usr/bin/zincati-py."""
+def _executable(root: Path) -> str:
+    """The ``zincati-py`` next to this generator (a venv, /usr/bin), else /usr/bin/zincati-py.
+
+    Inside the ``root`` prefix (a generator run from an image tree) the path is given as the
+    target sees it: ``ROOT/usr/bin/zincati-py`` becomes ``/usr/bin/zincati-py``.
+    """
     candidates = []
     if sys.argv and sys.argv[0]:
         candidates.append(Path(sys.argv[0]).resolve().parent / "zincati-py")
     candidates.append(Path(sys.executable).parent / "zincati-py")
     for path in candidates:
         if os.access(path, os.X_OK):
+            if root != Path("/") and path.is_relative_to(root.resolve()):
+                return "/" + str(path.relative_to(root.resolve()))
             return str(path)
     return "/usr/bin/zincati-py"
 
@@ -349,7 +355,7 @@ def generate(directory: Path, root: str | None = None, *, user: bool | None = No
     rendered = render(
         result.config,
         fragments=result.fragments,
-        executable=_executable(),
+        executable=_executable(result.paths.root),
         root=result.paths.root,
         user=user,
     )

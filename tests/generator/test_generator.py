@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -238,3 +239,30 @@ def test_quote_exec_arg_escapes_what_systemd_interprets() -> None:
     assert quote_exec_arg("100%") == '"100%%"'
     assert quote_exec_arg("a\\b") == '"a\\\\b"'
     assert quote_exec_arg("l1\nl2\t\x01") == '"l1\\nl2\\t\\x01"'
+
+
+def test_generator_inside_an_image_tree_names_the_target_path(tmp_path: Path) -> None:
+    """Run from ROOT/usr/bin (an image builder's tree): units say /usr/bin/zincati-py."""
+    from tests.generator.helpers import GENERATOR
+
+    root = tmp_path / "root"
+    bindir = root / "usr" / "bin"
+    bindir.mkdir(parents=True)
+    shutil.copy2(GENERATOR, bindir / "zincati-py-generator")
+    (bindir / "zincati-py").write_text("#!/bin/sh\n")  # only has to exist, never runs here
+    (bindir / "zincati-py").chmod(0o755)
+    write_fragment(root, "60-jobs.toml", JOBS)
+    (root / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [str(bindir / "zincati-py-generator"), str(out)],
+        env={**os.environ, "ZINCATI_PY_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    service = (out / "zincati-py-check.service").read_text()
+    assert "ExecStart=/usr/bin/zincati-py check --from-timer\n" in service
+    hook = _settings((out / "zincati-py-schedule-backup.service").read_text(), "ExecStopPost")
+    assert hook == [f"-/usr/bin/zincati-py schedule _record backup --root {root}"]
