@@ -263,3 +263,60 @@ class Node:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return None
+
+
+class SignalRecorder:
+    """Records D-Bus signals matching ``rule`` on a background connection (its own thread and
+    event loop) while the ``with`` block runs."""
+
+    def __init__(self, address: str, rule: str) -> None:
+        import threading
+
+        self.address = address
+        self.rule = rule
+        self.signals: list[Any] = []
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.run(self._listen())
+
+    async def _listen(self) -> None:
+        from dbus_fast import BusType, Message, MessageType
+        from dbus_fast.aio import MessageBus
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        bus = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()
+
+        def handler(msg: Message) -> None:
+            if msg.message_type is MessageType.SIGNAL:
+                self.signals.append(msg)
+
+        bus.add_message_handler(handler)
+        await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[self.rule],
+            )
+        )
+        self._ready.set()
+        await self._stop.wait()
+        bus.disconnect()
+
+    def __enter__(self) -> SignalRecorder:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("signal recorder did not connect")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)

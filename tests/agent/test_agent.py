@@ -11,7 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.agent.agent_harness import AGENT_BUS_NAME, ZPY, Node, dbus_call, wait_for
+from tests.agent.agent_harness import (
+    AGENT_BUS_NAME,
+    ZPY,
+    Node,
+    SignalRecorder,
+    dbus_call,
+    wait_for,
+)
 from zincati_py.sandbox.systemd import UserManager
 
 NEW = "40.20240115.3.0"
@@ -55,10 +62,25 @@ def test_staged_update_detected_fast_and_reboots_exactly_once(node: Node) -> Non
 def test_check_now_from_the_cli_stages_and_reboots(node: Node) -> None:
     agent = node.agent()
     node.wait_state("reported steady", agent=agent)
-    r = node.cli("check", "--system-bus", node.bus.address)
-    assert r.returncode == 0, r.stderr
-    wait_for(lambda: reboots(node) == 1, 15, "logind Reboot")
-    node.wait_state("reported steady", agent=agent, booted=NEW)
+    rule = (
+        "type='signal',interface='org.freedesktop.DBus.Properties',"
+        "member='PropertiesChanged',path='/io/github/zincatipy/Agent1'"
+    )
+    with SignalRecorder(node.bus.address, rule) as recorder:
+        r = node.cli("check", "--system-bus", node.bus.address)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: reboots(node) == 1, 15, "logind Reboot")
+        node.wait_state("reported steady", agent=agent, booted=NEW)
+        states = lambda: [  # noqa: E731
+            m.body[1]["State"].value for m in recorder.signals if "State" in m.body[1]
+        ]
+        wait_for(lambda: states()[-1:] == ["reported steady"], 5, "State signal")
+    # Every state the agent went through was announced with PropertiesChanged.
+    assert "update staged" in states() and "update finalized" in states(), states()
+    booted = [
+        m.body[1]["BootedVersion"].value for m in recorder.signals if "BootedVersion" in m.body[1]
+    ]
+    assert booted[-1] == NEW
     # A second check finds nothing newer.
     r = node.cli("check", "--from-timer", "--system-bus", node.bus.address)
     assert r.returncode == 0, r.stderr
