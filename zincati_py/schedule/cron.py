@@ -56,7 +56,6 @@ _ALIASES = {
 }
 
 
-
 def expand_alias(expr: str) -> str:
     """``@daily`` and friends as their crontab(5) five-field form; other text stripped as is."""
     text = expr.strip()
