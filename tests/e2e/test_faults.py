@@ -12,7 +12,15 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from zincati_py.sandbox.demo import GROUP, NEW_VERSION, Event, Fleet, Summary, zincati_py_argv
+from zincati_py.sandbox.demo import (
+    GROUP,
+    NEW_VERSION,
+    Event,
+    Fleet,
+    Node,
+    Summary,
+    zincati_py_argv,
+)
 from zincati_py.sandbox.logind import add_session
 
 # A node that takes the slot finds a logged-in user, warns and postpones its reboot by this
@@ -125,10 +133,13 @@ def test_lock_server_killed_mid_rollout_fleet_pauses_then_continues(
     assert_rollout_ok(summary)
 
 
-def test_broken_fragment_mid_run_keeps_last_good_config_and_says_so(
+def test_broken_fragment_mid_run_keeps_last_good_config_and_says_so_then_a_fix_applies(
     fleet_run: Callable[..., Any],
 ) -> None:
-    async def scenario(fleet: Fleet) -> tuple[Summary, dict[str, Any], Event]:
+    def check_timer(node: Node) -> str:
+        return (node.manager.generator_output / "zincati-py-check.timer").read_text()
+
+    async def scenario(fleet: Fleet) -> tuple[Summary, dict[str, Any], Event, Event, str]:
         for n in fleet.nodes:
             await first(fleet, lambda e, n=n: e.kind == "staged" and e.node == n.name, 30)
         victim = fleet.nodes[1]
@@ -143,16 +154,25 @@ def test_broken_fragment_mid_run_keeps_last_good_config_and_says_so(
             check=False,
         )
         assert status.returncode == 0, status.stderr
+        assert "OnUnitActiveSec=2s" in check_timer(victim)
+        # Fixed (and changed): applies without restart; the agent asks the node's manager to
+        # reload, and the generator re-renders the check timer from the new config.
+        victim.write_config("99-broken.toml", "[agent.timing]\nsteady_interval_secs = 3\n")
+        fixed = await fleet.wait_event(lambda e: e.kind == "config" and e.node == victim.name, 15)
+        await first(fleet, lambda e: e.kind == "systemd_reloaded" and e.node == victim.name, 15)
+        rendered = check_timer(victim)
         summary = await fleet.run()
-        return summary, json.loads(status.stdout), event
+        return summary, json.loads(status.stdout), event, fixed, rendered
 
-    summary, doc, event = fleet_run(scenario)
+    summary, doc, event, fixed, rendered = fleet_run(scenario)
     assert event.data["valid"] is False
     config = doc["config"]
     assert config["valid"] is False
     assert config["in_force"] == "last good configuration"
     assert any("99-broken.toml" in p for p in config["problems"]), config
     assert doc["agent_running"] is True
+    assert fixed.data["valid"] is True and fixed.data["in_force"] == "configuration on disk"
+    assert "OnUnitActiveSec=3s" in rendered
     # The last good config (periodic + fleet_lock) kept governing that node's reboot.
     assert_rollout_ok(summary)
 

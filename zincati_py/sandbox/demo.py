@@ -31,6 +31,7 @@ list-timers`` prints them, ``timers``), ``agent_started``/``agent_ready``/``agen
 ``staged`` (``finalization_locked``), ``agent_state``/``agent_waiting`` (``state``,
 ``reason``), ``config``, ``slot_taken``/``slot_released`` (``holders``, ``expired``),
 ``finalization_unlocked``, ``reboot_call``, ``booted``, ``rebooted``, ``steady``,
+``systemd_reloaded`` (then ``timers`` again),
 ``lock_server_*``, ``error``, ``teardown``; the last line is the ``summary`` (``ok``,
 ``reason``, ``nodes`` with ``from``/``to``/``waited_s``/``rebooted_at_s``/``reboots``/
 ``reboot_calls``, ``max_concurrent_holders``, ``pending``).
@@ -536,6 +537,9 @@ class Fleet:
             **os.environ,
             "DBUS_SYSTEM_BUS_ADDRESS": node.bus.address,
             "NOTIFY_SOCKET": str(node.notify_path),
+            # systemd is this node's user manager, not on the node's "system" bus: a valid
+            # config change asks it to reload there, so the generator re-renders the timers.
+            "ZINCATI_PY_SYSTEMD_BUS": node.manager.bus_address,
         }
         for var in ("ZINCATI_PY_ROOT", "WATCHDOG_USEC", "WATCHDOG_PID", "ZINCATI_PY_BUS_NAME"):
             env.pop(var, None)
@@ -814,8 +818,24 @@ class Fleet:
             f"member='PropertiesChanged',arg0='{TIMER_IFACE}'",
         )
 
+        await self._add_match(
+            bus,
+            "type='signal',interface='org.freedesktop.systemd1.Manager',member='Reloading'",
+        )
+
         def handler(msg: Any) -> None:
-            if msg.message_type != MessageType.SIGNAL or msg.member != "PropertiesChanged":
+            if msg.message_type != MessageType.SIGNAL:
+                return
+            if msg.member == "Reloading" and msg.body == [False]:
+                # daemon-reload finished: the generator re-rendered the timers.
+                self.event(
+                    node,
+                    "systemd_reloaded",
+                    "systemd --user reloaded (asked by the agent): generator re-ran",
+                )
+                self._spawn(self._list_timers(node))
+                return
+            if msg.member != "PropertiesChanged":
                 return
             if msg.body[0] != TIMER_IFACE or "LastTriggerUSec" not in msg.body[1]:
                 return
