@@ -266,14 +266,15 @@ class Node:
 
 
 class SignalRecorder:
-    """Records D-Bus signals matching ``rule`` on a background connection (its own thread and
-    event loop) while the ``with`` block runs."""
+    """Records D-Bus signals matching ``rule`` (named ``member``) on a background connection
+    (its own thread and event loop) while the ``with`` block runs."""
 
-    def __init__(self, address: str, rule: str) -> None:
+    def __init__(self, address: str, rule: str, member: str) -> None:
         import threading
 
         self.address = address
         self.rule = rule
+        self.member = member
         self.signals: list[Any] = []
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,7 +293,8 @@ class SignalRecorder:
         bus = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()
 
         def handler(msg: Message) -> None:
-            if msg.message_type is MessageType.SIGNAL:
+            # The bus also sends NameAcquired etc. to every connection: keep only matches.
+            if msg.message_type is MessageType.SIGNAL and msg.member == self.member:
                 self.signals.append(msg)
 
         bus.add_message_handler(handler)

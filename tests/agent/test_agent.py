@@ -66,7 +66,7 @@ def test_check_now_from_the_cli_stages_and_reboots(node: Node) -> None:
         "type='signal',interface='org.freedesktop.DBus.Properties',"
         "member='PropertiesChanged',path='/io/github/zincatipy/Agent1'"
     )
-    with SignalRecorder(node.bus.address, rule) as recorder:
+    with SignalRecorder(node.bus.address, rule, "PropertiesChanged") as recorder:
         r = node.cli("check", "--system-bus", node.bus.address)
         assert r.returncode == 0, r.stderr
         wait_for(lambda: reboots(node) == 1, 15, "logind Reboot")

@@ -61,7 +61,15 @@ class ConfigWatcher:
         return wanted
 
     def _rescan(self) -> None:
-        wanted = self._wanted()
+        # Until stable: a directory created before its parent's watch existed sends no event,
+        # so after adding watches the tree is looked at again (bounded by the path depth).
+        for _ in range(64):
+            wanted = self._wanted()
+            self._apply(wanted)
+            if self._wanted() == wanted:
+                return
+
+    def _apply(self, wanted: dict[str, int]) -> None:
         for path in list(self._wds):
             if path not in wanted:
                 with contextlib.suppress(Exception):
