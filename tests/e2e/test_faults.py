@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -189,3 +191,18 @@ def test_overall_timeout_fails_with_what_is_still_pending(fleet_run: Callable[..
     assert pending.startswith("node1: booted 40.20251102.3.0")
     (node,) = summary.nodes
     assert node.reboots == 0 and node.reboot_calls == 0
+
+
+def test_an_agent_dying_on_its_own_fails_the_run_at_once(fleet_run: Callable[..., Any]) -> None:
+    async def scenario(fleet: Fleet) -> tuple[Summary, float]:
+        agent = fleet.nodes[0].agent
+        assert agent is not None
+        os.kill(agent.pid, signal.SIGKILL)  # not through the fleet: nobody expects this exit
+        started = fleet.now()
+        summary = await fleet.run(timeout=30)
+        return summary, fleet.now() - started
+
+    summary, took = fleet_run(scenario, nodes=1)
+    assert not summary.ok
+    assert "node1: the agent exited unexpectedly with -9" in summary.reason
+    assert took < 5

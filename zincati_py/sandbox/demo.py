@@ -344,6 +344,7 @@ class Fleet:
         self._notifier: Any = None
         self._http: Any = None
         self._stopped = False
+        self.failures: list[str] = []
 
     # -- timeline -----------------------------------------------------------------------------
     def now(self) -> float:
@@ -386,7 +387,12 @@ class Fleet:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            self.event(None, "error", f"internal error: {type(exc).__name__}: {exc}")
+            self.fail(f"internal error: {type(exc).__name__}: {exc}")
+
+    def fail(self, reason: str) -> None:
+        """Something that makes the run wrong happened: :meth:`run` ends with it at once."""
+        self.failures.append(reason)
+        self.event(None, "error", reason)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -580,6 +586,7 @@ class Fleet:
                     pid=proc.pid,
                     returncode=rc,
                 )
+                self.fail(f"{node.name}: the agent exited unexpectedly with {rc}")
 
         self._watch_exit(proc, exited)
         self.event(
@@ -647,6 +654,7 @@ class Fleet:
                 self.lock_server = None
             if not self.lock_expect_exit:
                 self.event(None, "lock_server_exited", f"FleetLock server exited with {rc}")
+                self.fail(f"the FleetLock server exited unexpectedly with {rc}")
 
         self._watch_exit(proc, exited)
         self.event(
@@ -1060,6 +1068,9 @@ class Fleet:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         while not self.finished():
+            if self.failures:
+                pending = [n.describe_pending() for n in self.nodes if n.steady_at is None]
+                return await self.summary("; ".join(self.failures), pending)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 pending = [
@@ -1085,12 +1096,14 @@ class Fleet:
         results = []
         problems = [failure] if failure else []
         for n in self.nodes:
-            (raw,) = await control(n.watch_bus, "GetState")
+            async with asyncio.timeout(10):  # the doubles answer in ms; never hang the verdict
+                (raw,) = await control(n.watch_bus, "GetState")
+                recorded = await recorded_calls(n.watch_bus)
             state = json.loads(raw)
             booted = next(
                 d["version"] for d in state["deployments"] if d["checksum"] == state["booted"]
             )
-            calls = [c for c in await recorded_calls(n.watch_bus) if c.method in REBOOT_METHODS]
+            calls = [c for c in recorded if c.method in REBOOT_METHODS]
             waited = (
                 n.reboot_calls[0] - n.staged_at
                 if n.reboot_calls and n.staged_at is not None
