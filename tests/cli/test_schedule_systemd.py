@@ -170,7 +170,8 @@ def test_trigger_runs_refuses_a_second_start_and_history_records_it(
     proc = zpy("schedule", "trigger", "slow", *common, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("started zincati-py-schedule-slow.service (job ")
-    again = zpy("schedule", "trigger", "slow", *common, env=env)
+    # The documented top-level spelling refuses the concurrent start the same way.
+    again = zpy("trigger", "slow", *common, env=env)
     assert_clean_error(again, 75, "already running (since ", "not started again")
     wait_for(
         lambda: (

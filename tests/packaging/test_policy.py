@@ -107,13 +107,20 @@ def test_rules_grant_nothing_to_other_users(user: str) -> None:
     assert evaluate(cases) == [None] * len(cases)
 
 
-def test_rules_let_the_agent_start_only_the_finalize_unit() -> None:
+def test_rules_let_the_agent_start_only_the_finalize_unit_and_manage_our_timers() -> None:
     manage = "org.freedesktop.systemd1.manage-units"
     details = [
         ({"unit": "zincati-py-finalize.service", "verb": "start"}, "yes"),
         ({"unit": "zincati-py-finalize.service", "verb": "stop"}, None),
         ({"unit": "zincati-py-finalize.service", "verb": "restart"}, None),
         ({"unit": "zincati-py-check.service", "verb": "start"}, None),
+        ({"unit": "zincati-py-schedule-backup.service", "verb": "start"}, None),
+        ({"unit": "zincati-py-check.timer", "verb": "start"}, "yes"),
+        ({"unit": "zincati-py-window-2.timer", "verb": "stop"}, "yes"),
+        ({"unit": "zincati-py-schedule-backup.timer", "verb": "reset-failed"}, "yes"),
+        ({"unit": "zincati-py-check.timer", "verb": "restart"}, None),
+        ({"unit": "other-zincati-py-x.timer", "verb": "start"}, None),
+        ({"unit": "zincati-py-x.timer.d/evil.timer", "verb": "start"}, None),
         ({"unit": "sshd.service", "verb": "start"}, None),
         ({}, None),
     ]

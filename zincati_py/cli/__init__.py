@@ -19,6 +19,7 @@ from typing import NoReturn
 COMMAND_MODULES: tuple[str, ...] = (
     "config_cmd",
     "schedule_cmd",
+    "trigger_cmd",
     "fleetlock_cmd",
     "windows_cmd",
     "agent_cmd",
