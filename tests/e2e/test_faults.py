@@ -97,15 +97,11 @@ def test_lock_server_killed_mid_rollout_fleet_pauses_then_continues(
         call = await first(fleet, lambda e: e.kind == "reboot_call", 40)
         holder = fleet.node(str(call.node))
         await fleet.kill_lock_server()
-        # The rebooted node cannot report steady state (so cannot release the slot) ...
+        # The rebooted node's new agent is up but cannot report steady state (so cannot
+        # release the slot) ...
         await first(
             fleet,
-            lambda e: (
-                e.node == holder.name
-                and e.kind in ("agent_state", "agent_waiting")
-                and e.data.get("state") == "initialized"
-                and "steady-state failed" in str(e.data.get("reason"))
-            ),
+            lambda e: e.kind == "agent_ready" and e.node == holder.name and e.data["boot"] == 2,
             20,
         )
         calls_before = len(fleet.find("reboot_call"))
@@ -114,6 +110,7 @@ def test_lock_server_killed_mid_rollout_fleet_pauses_then_continues(
         paused = {
             "calls": len(fleet.find("reboot_call")) - calls_before,
             "holder_steady": holder.steady_at,
+            "holder_status": dict(holder.doc or {}),
         }
         restarted_at = fleet.now()
         await fleet.start_lock_server()
@@ -129,6 +126,8 @@ def test_lock_server_killed_mid_rollout_fleet_pauses_then_continues(
 
     summary, facts = fleet_run(scenario)
     assert facts["calls"] == 0 and facts["holder_steady"] is None
+    assert facts["holder_status"]["state"] == "initialized", facts["holder_status"]
+    assert "steady" in facts["holder_status"]["reason"], facts["holder_status"]
     # Nothing lost: the restarted server still had the holder recorded, which released it.
     assert f"slot in group {GROUP} released by {facts['holder_id']}" in facts["log_after_restart"]
     assert facts["holder_steady_after"] > facts["restarted_at"]

@@ -883,6 +883,7 @@ class Fleet:
                             node,
                             "agent_ready",
                             f"agent ready (sd_notify READY=1): {fields.get('STATUS', '')}",
+                            boot=node.agent_boot,
                         )
 
         asyncio.get_running_loop().add_reader(sock.fileno(), readable)
