@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from zincati_py.cli import CliError
@@ -30,7 +29,6 @@ def register(sub: Any) -> None:
     p.add_argument("--fast", action="store_true", help="short timings: done in under a minute")
     p.add_argument("--json", action="store_true", help="one JSON object per event, then a summary")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, roots)")
-    p.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
 
@@ -48,7 +46,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
             + "\n".join(f"zincati-py: demo: missing {m}" for m in missing),
             os.EX_UNAVAILABLE,
         )
-    code: int = asyncio.run(
-        run_demo(args.nodes, args.fast, args.json, args.keep, workdir=args.workdir)
-    )
+    code: int = asyncio.run(run_demo(args.nodes, args.fast, args.json, args.keep))
     return code
