@@ -94,9 +94,19 @@ def test_lock_server_killed_mid_rollout_fleet_pauses_then_continues(
     fleet_run: Callable[..., Any],
 ) -> None:
     async def scenario(fleet: Fleet) -> tuple[Summary, dict[str, Any]]:
-        call = await first(fleet, lambda e: e.kind == "reboot_call", 40)
+        # A hook runs inside the event's dispatch: the server dies right at the first reboot
+        # call, while that node holds the slot and before anything else happens.
+        kills: list[asyncio.Task[None]] = []
+
+        def at_first_reboot(e: Event) -> None:
+            if e.kind == "reboot_call" and not kills:
+                kills.append(asyncio.get_running_loop().create_task(fleet.kill_lock_server()))
+
+        fleet.hooks.append(at_first_reboot)
+        call = await fleet.wait_event(lambda e: e.kind == "reboot_call", 40)
         holder = fleet.node(str(call.node))
-        await fleet.kill_lock_server()
+        await kills[0]
+        assert holder.node_id in fleet.holders
         # The rebooted node's new agent is up but cannot report steady state (so cannot
         # release the slot) ...
         await first(

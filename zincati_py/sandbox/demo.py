@@ -220,6 +220,8 @@ class Node:
         where = f"booted {self.booted_version}"
         if self.staged is not None:
             where += f", {self.staged[0]} staged"
+        if self.holding_since is not None:
+            where += f", holds the reboot slot since +{self.holding_since:.1f}s"
         state = doc.get("state", "no status yet")
         return f"{self.name}: {where}; agent {state}: {doc.get('reason', '')}"
 
