@@ -15,6 +15,13 @@ from tests.e2e.conftest import strays
 from zincati_py.sandbox.demo import NEW_VERSION, OLD_VERSION, zincati_py_argv
 
 
+def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no output within {timeout}s"
+    return proc.stdout.readline()
+
+
 def _events(stdout: str) -> list[dict[str, Any]]:
     # --json: every stdout line is one JSON object, nothing else.
     return [json.loads(line) for line in stdout.splitlines()]
@@ -124,3 +131,30 @@ def test_demo_rejects_a_bad_node_count_before_starting_anything() -> None:
     assert proc.returncode == os.EX_USAGE
     assert proc.stdout == ""
     assert proc.stderr == "zincati-py: --nodes: must be between 1 and 20, got 0\n"
+
+
+def test_terminal_ctrl_c_during_start_up_leaves_nothing_running() -> None:
+    # A terminal sends SIGINT to the whole foreground process group, children included.
+    proc = subprocess.Popen(
+        [*zincati_py_argv(), "demo", "--fast", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    try:
+        first = json.loads(_readline(proc, 30))
+        server = json.loads(_readline(proc, 30))  # nodes are starting now
+        assert (first["event"], server["event"]) == ("start", "lock_server")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err == ""
+    assert _events(out)[-1]["reason"] == "interrupted by SIGINT"
+    assert not strays(first["workdir"])
+    assert not os.path.exists(first["workdir"])

@@ -343,6 +343,7 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pidfds: list[int] = []
         self._lock_fds: list[int] = []
+        self._starting: list[asyncio.Future[None]] = []
         self._notifier: Any = None
         self._http: Any = None
         self._stopped = False
@@ -468,7 +469,13 @@ class Fleet:
             raise RuntimeError(f"{node.name}: demo config invalid: {loaded.errors}")
         node.node_id = (loaded.config.identity.node_uuid or "").replace("-", "").lower()
         (node.root / "run/zincati-py").mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._start_node_processes, node)
+        # Shielded and remembered: if the start is cancelled (Ctrl-C), stop() waits for the
+        # thread to finish starting before it stops what was started.
+        starting = asyncio.get_running_loop().run_in_executor(
+            None, self._start_node_processes, node
+        )
+        self._starting.append(starting)
+        await asyncio.shield(starting)
         await self._watch_node_bus(node)
         await self._watch_manager(node)
         self._watch_status(node)
@@ -492,7 +499,9 @@ class Fleet:
     @staticmethod
     def _start_node_processes(node: Node) -> None:
         # Runs in a worker thread: blocking SIGINT here makes the children start with it
-        # blocked, so a Ctrl-C on the terminal reaches only the demo, which tears down in order.
+        # blocked, so a Ctrl-C on the terminal reaches the demo, which tears down in order, and
+        # not the buses and doubles (systemd resets its mask; a user manager's SIGINT means
+        # "exit", which the teardown tolerates).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         node.bus.start()
         node.double.start()
@@ -1195,6 +1204,11 @@ class Fleet:
                 if bus is not None:
                     bus.disconnect()
         self.lock_expect_exit = True
+        if self._starting:
+            await asyncio.wait(self._starting, timeout=60)
+            for f in self._starting:
+                if f.done() and not f.cancelled():
+                    f.exception()  # retrieved: a start cut short by Ctrl-C is expected to fail
         await asyncio.to_thread(self._stop_processes)
         if self._own_dir and not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
