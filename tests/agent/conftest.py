@@ -20,15 +20,16 @@ if TYPE_CHECKING:
 def node_factory(
     system_bus: PrivateBus, rpmostree_factory: Callable[..., RpmOstreeDouble], tmp_path: Path
 ) -> Iterator[Callable[..., Node]]:
-    """``node_factory(script=None)`` → a Node; agents and logind are stopped at teardown."""
+    """``node_factory(script=None, start_double=True)`` → a Node; agents and logind are
+    stopped at teardown."""
     from tests.agent.agent_harness import Node
     from zincati_py.sandbox import logind as logind_sandbox
 
     nodes: list[Node] = []
     mocks: list[Any] = []
 
-    def make(script: dict[str, object] | None = None) -> Node:
-        double = rpmostree_factory(script, idle_timeout=0)
+    def make(script: dict[str, object] | None = None, *, start_double: bool = True) -> Node:
+        double = rpmostree_factory(script, idle_timeout=0, start=start_double)
         if not logind_sandbox.logind_double_available():
             pytest.skip("needs python3-dbusmock under /usr/bin/python3")
         mock = logind_sandbox.LogindDouble(

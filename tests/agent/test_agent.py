@@ -454,3 +454,19 @@ def test_fleet_lock_lets_one_node_reboot_at_a_time(
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_rpm_ostree_unreachable_at_start_then_appearing(node_factory: Callable[..., Node]) -> None:
+    node = node_factory(start_double=False)
+    agent = node.agent()
+    doc = node.wait_state("start", agent=agent)
+    wait_for(
+        lambda: "cannot read deployments" in (node.status() or {}).get("reason", ""),
+        10,
+        "the reason it waits",
+    )
+    assert agent.alive()
+    # The double appearing (its files: inotify; its bus name: NameOwnerChanged) is an event.
+    node.double.start()
+    doc = node.wait_state("reported steady", agent=agent, booted=OLD)
+    assert doc["booted"]["version"] == OLD

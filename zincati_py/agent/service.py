@@ -132,6 +132,7 @@ class Agent:
         self.boot_id = persist.boot_id()
         self.backoffs = {a: Backoff(1.0, 300.0) for a in Action}
         self._read_backoff = Backoff(1.0, 300.0)
+        self._read_retry: asyncio.TimerHandle | None = None
         result = config_mod.load(self.paths)
         self.config = result.config
         self.config_result = result
@@ -213,9 +214,16 @@ class Agent:
             log.warning("cannot read deployments (%s): %s; retrying in %.0f s", reason, exc, delay)
             self.rt.failure[Action.NONE] = f"cannot read deployments from rpm-ostree: {exc}"
             # rpm-ostreed may be restarting: retry with backoff (events may also come first).
-            asyncio.get_running_loop().call_later(delay, self._on_deployments, "retry")
+            if self._read_retry is not None:
+                self._read_retry.cancel()
+            self._read_retry = asyncio.get_running_loop().call_later(
+                delay, self._on_deployments, "retry"
+            )
             self.wake("deployments unreadable")
             return
+        if self._read_retry is not None:
+            self._read_retry.cancel()
+            self._read_retry = None
         self._read_backoff.reset()
         self.rt.failure.pop(Action.NONE, None)
         booted = next((d for d in deployments if d.booted), None)
@@ -882,6 +890,8 @@ class Agent:
             self._timer.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._read_retry is not None:
+            self._read_retry.cancel()
         # Cancel whatever runs (a staging transaction can take minutes): every step is
         # idempotent and its decision recorded first, so the next start picks it up.
         for task in [runner, *self._tasks]:
