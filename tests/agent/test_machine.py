@@ -39,7 +39,6 @@ def facts(**kw: object) -> Facts:
         reboot_requested=None,
         failed=(),
         checked=False,
-        available=None,
         boot_id=BOOT,
         now=NOW,
     )
@@ -70,7 +69,6 @@ def request(**kw: object) -> RebootRequest:
         ("check requested", facts(check_requested=True), State.REPORTED_STEADY, Action.CHECK),
         ("after a check, idle", facts(checked=True), State.NO_NEW_UPDATE, Action.NONE),
         ("check again", facts(checked=True, check_requested=True), State.NO_NEW_UPDATE, Action.CHECK),
-        ("available, not staged", facts(available="40.2"), State.UPDATE_AVAILABLE, Action.CHECK),
         ("staged by anyone", facts(staged=NEW), State.UPDATE_STAGED, Action.FINALIZE),
         ("staged wins over a check", facts(staged=NEW, check_requested=True), State.UPDATE_STAGED, Action.FINALIZE),
         ("staged, config never valid", facts(staged=NEW, config_valid=False), State.UPDATE_STAGED, Action.NONE),

@@ -25,6 +25,9 @@ class State(enum.StrEnum):
     INITIALIZED = "initialized"
     REPORTED_STEADY = "reported steady"
     NO_NEW_UPDATE = "no new update"
+    # Zincati's state between "Cincinnati offers a release" and "staged". rpm-ostree's
+    # UpdateDeployment finds and stages in one transaction, so this backend goes from a check
+    # straight to UPDATE_STAGED; kept so states and metrics labels match Zincati's list.
     UPDATE_AVAILABLE = "update available"
     UPDATE_STAGED = "update staged"
     UPDATE_FINALIZED = "update finalized"
@@ -63,8 +66,6 @@ class Facts:
     reboot_requested: RebootRequest | None
     failed: tuple[str, ...]
     checked: bool  # at least one check completed since boot
-    # A check found an update but staging it has not succeeded yet.
-    available: str | None
     boot_id: str
     now: float
 
@@ -157,13 +158,6 @@ def next_step(f: Facts) -> Step:
             Action.FINALIZE,
             f"{f.staged.label} staged; asking the strategy whether to reboot",
             "reboot into the update when allowed",
-        )
-    if f.available is not None:
-        return Step(
-            State.UPDATE_AVAILABLE,
-            Action.CHECK,
-            f"update {f.available} available; staging it",
-            "stage the update",
         )
     if f.check_requested:
         return Step(idle, Action.CHECK, "checking for updates", "stage a new update if any")

@@ -112,7 +112,6 @@ class Runtime:
     steady_reported: bool = False
     check_requested: bool = False
     checked: bool = False
-    available: str | None = None
     not_before: dict[Action, float] = field(default_factory=dict)
     failure: dict[Action, str] = field(default_factory=dict)
     state: State = State.START
@@ -294,7 +293,6 @@ class Agent:
             reboot_requested=st.reboot_requested,
             failed=st.failed,
             checked=self.rt.checked,
-            available=self.rt.available,
             boot_id=self.boot_id,
             now=now,
         )
@@ -453,7 +451,6 @@ class Agent:
         self._succeeded(Action.CHECK)
         self.store.update(extra={**self.store.state.extra, "check_pending": False})
         self.rt.checked = True
-        self.rt.available = None
         dep = _dep(staged)
         if staged is None:
             log.info("update check: no new update")
