@@ -212,6 +212,7 @@ def test_generated() -> None:
 
     @settings(
         max_examples=60,
+        derandomize=True,  # CI runs the same examples every time: a failure is reproducible
         database=None,  # keep a read-only checkout clean, as tests/run.sh does for pytest
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -222,6 +223,11 @@ def test_generated() -> None:
             translate(expr, tz=zone, hash_id=HASH_ID)
         except CronError:
             # Rejections are tested on their own; here only what translates must agree.
+            outcomes.append(False)
+            return
+        if not croniter_times(expr, base, zone):
+            # A year field can end before the base (e.g. Sundays of 2027 from 2027-12-30):
+            # nothing to compare, so it counts like a rejection.
             outcomes.append(False)
             return
         outcomes.append(True)
