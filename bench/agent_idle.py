@@ -13,8 +13,12 @@ dbusmock logind) and reports:
 * the resident-memory cost of importing aiohttp vs httpx on top of the agent's own modules
   (the HTTP client the fleet-lock strategy would load).
 
-Usage: ``python bench/agent_idle.py [--seconds 60] [--rounds 5] [--watchdog-sec S] [--json]``
-(needs dbus-daemon and python3-dbusmock, like the tests).
+With ``--fleet-lock`` the agent runs ``strategy = "fleet_lock"`` against a local
+``zincati-py fleetlock serve`` (SQLite, one slot): the idle RSS then includes the HTTP client
+the strategy keeps after reporting steady state, and each round takes and releases the slot.
+
+Usage: ``python bench/agent_idle.py [--seconds 60] [--rounds 5] [--watchdog-sec S]
+[--fleet-lock] [--json]`` (needs dbus-daemon and python3-dbusmock, like the tests).
 """
 
 from __future__ import annotations
@@ -156,11 +160,56 @@ def import_cost() -> dict[str, int]:
     return out
 
 
+def start_lock_server(root: Path, tmp: Path) -> subprocess.Popen[bytes]:
+    """A local FleetLock server (one slot) and the agent config pointing at it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp / "fleetlock.toml"
+    conf.write_text(
+        f'listen = "127.0.0.1:{port}"\nbackend = "sqlite:{tmp / "locks.db"}"\ndefault_slots = 1\n'
+    )
+    with (tmp / "fleetlock.log").open("wb") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from zincati_py.cli import main; sys.exit(main())",
+                "fleetlock",
+                "serve",
+                "--config",
+                str(conf),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"lock server: {(tmp / 'fleetlock.log').read_text()}") from None
+            time.sleep(0.05)
+    fragment = root / "etc/zincati/config.d/40-bench.toml"
+    fragment.parent.mkdir(parents=True, exist_ok=True)
+    fragment.write_text(
+        f'[identity]\nnode_uuid = "{1:032x}"\n'
+        f'[updates]\nstrategy = "fleet_lock"\n'
+        f'[updates.fleet_lock]\nbase_url = "http://127.0.0.1:{port}"\n'
+    )
+    return server
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0, help="quiet period (default 60)")
     p.add_argument("--rounds", type=int, default=5, help="latency rounds (default 5)")
     p.add_argument("--watchdog-sec", type=float, default=0.0, help="simulate WatchdogSec=")
+    p.add_argument(
+        "--fleet-lock", action="store_true", help='strategy = "fleet_lock" against a local server'
+    )
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = p.parse_args(argv)
 
@@ -171,9 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         "releases": [{"version": v} for v in versions],
         "transaction_delay": 0.02,
     }
-    result: dict[str, Any] = {"python": sys.version.split()[0], "quiet_seconds": args.seconds}
+    result: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "quiet_seconds": args.seconds,
+        "strategy": "fleet_lock" if args.fleet_lock else "default",
+    }
     with tempfile.TemporaryDirectory(prefix="zpy-bench-") as tmp, PrivateBus("system") as bus:
         root = Path(tmp) / "root"
+        lock_server = start_lock_server(root, Path(tmp)) if args.fleet_lock else None
         double = RpmOstreeDouble(bus.address, root, script, idle_timeout=0).start()
         logind = LogindDouble(bus.address, Path(tmp) / "logind.log").start()
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
@@ -232,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             agent.terminate()
             agent.wait(10)
+            if lock_server is not None:
+                lock_server.terminate()
+                lock_server.wait(10)
             logind.stop()
             double.stop()
             if notify is not None:
@@ -241,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"python {result['python']}")
+    print(f"python {result['python']}, strategy {result['strategy']}")
     print(
         f"idle RSS:            {result['idle_rss_kb'] / 1024:.1f} MiB ({result['threads']} threads)"
     )
