@@ -32,9 +32,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
+import httpx
 
-from zincati_py.fleetlock.client import FleetLockAdminClient, FleetLockClient, FleetLockError
+from zincati_py.fleetlock.client import (
+    FleetLockAdminClient,
+    FleetLockClient,
+    FleetLockError,
+    new_session,
+)
 from zincati_py.sandbox.etcd import PrivateEtcd, free_port
 
 BUDGET = 300.0  # seconds for any one scenario
@@ -130,7 +135,9 @@ async def _cycle(client: FleetLockClient, latencies: list[float], cycles: int) -
 
 async def lock_release(url: str, group: str, clients: int, cycles: int) -> Throughput:
     latencies: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with new_session(
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    ) as session:
         nodes = [FleetLockClient(url, f"n{i}", group, session=session) for i in range(clients)]
         # Warm-up: connections opened, code paths hot.
         await asyncio.gather(*(_cycle(c, [], 2) for c in nodes))
@@ -166,7 +173,7 @@ async def rollout(url: str, group: str, n: int, s: int, reboot: float, poll: flo
     holding: set[str] = set()
     stats = {"max_client": 0, "max_server": 0, "requests": 0, "errors": 0}
 
-    async def node(session: aiohttp.ClientSession, name: str) -> None:
+    async def node(session: httpx.AsyncClient, name: str) -> None:
         client = FleetLockClient(url, name, group, session=session)
         while True:
             stats["requests"] += 1
@@ -196,7 +203,9 @@ async def rollout(url: str, group: str, n: int, s: int, reboot: float, poll: flo
             stats["max_server"] = max(stats["max_server"], len(doc["holders"]))
             await asyncio.sleep(0.05)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with new_session(
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    ) as session:
         stop = asyncio.Event()
         watcher = asyncio.create_task(monitor(FleetLockAdminClient(url, session=session), stop))
         start = time.perf_counter()

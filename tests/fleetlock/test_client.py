@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import httpx
 import pytest
-from aiohttp import web
+from aiohttp import web  # the stand-in server only; the client is httpx
 
 from zincati_py.fleetlock import protocol
 from zincati_py.fleetlock.client import (
@@ -21,6 +21,7 @@ from zincati_py.fleetlock.client import (
     FleetLockClient,
     FleetLockError,
     LockGrant,
+    new_session,
 )
 from zincati_py.fleetlock.protocol import Kind
 from zincati_py.sandbox.etcd import free_port
@@ -148,9 +149,11 @@ async def stand_in(handler: Callable[[web.Request], Any]) -> AsyncIterator[str]:
 
 def test_non_protocol_answers() -> None:
     seen: list[tuple[str, str, bytes]] = []
+    content_types: set[str] = set()
 
     async def handler(request: web.Request) -> web.StreamResponse:
         seen.append((request.path, request.headers.get(protocol.HEADER, ""), await request.read()))
+        content_types.add(request.content_type)
         node = (await request.json())["client_params"]["id"]
         if node == "html":
             return web.Response(status=502, text="<html>Bad Gateway</html>")
@@ -190,6 +193,7 @@ def test_non_protocol_answers() -> None:
         path, header, body = seen[0]
         assert path == "/base/v1/pre-reboot" and header == "true"
         assert body == b'{"client_params": {"id": "html", "group": "g"}}'
+        assert content_types == {"application/json"}
         assert ("/base/v1/steady-state", "true") in [(p, h) for p, h, _ in seen]
 
     run(scenario())
@@ -198,11 +202,11 @@ def test_non_protocol_answers() -> None:
 @sqlite_only
 def test_borrowed_session_stays_open(serve: Callable[..., Any]) -> None:
     async def scenario() -> None:
-        async with serve() as srv, aiohttp.ClientSession() as session:
+        async with serve() as srv, httpx.AsyncClient() as session:
             client = FleetLockClient(srv.url, "a", "default", session=session)
             await client.pre_reboot()
             await client.close()
-            assert not session.closed
+            assert not session.is_closed
             admin = FleetLockAdminClient(srv.url, session=session)
             assert [g["group"] for g in await admin.groups()] == ["default"]
             assert await admin.release("default", "a") is True
@@ -219,8 +223,7 @@ def test_unix_socket_and_tcp_together(serve: Callable[..., Any], tmp_path: Path)
     async def scenario() -> None:
         async with serve(f'listen = ["127.0.0.1:0", "unix:{sock}"]\n') as srv:
             assert f"unix:{sock}" in srv.server.addresses
-            connector = aiohttp.UnixConnector(path=str(sock))
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with new_session(uds=str(sock)) as session:
                 over_unix = FleetLockClient("http://localhost/", "a", "default", session=session)
                 await over_unix.pre_reboot()
             over_tcp = FleetLockClient(srv.url, "b", "default")
@@ -261,16 +264,25 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @sqlite_only
-def test_tls(serve: Callable[..., Any], certificate: tuple[Path, Path]) -> None:
+def test_tls(
+    serve: Callable[..., Any], certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cert, key = certificate
 
     async def scenario() -> None:
         async with serve(f'[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n') as srv:
             assert srv.url.startswith("https://127.0.0.1:")
             trusting = ssl.create_default_context(cafile=str(cert))
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting)) as s:
+            async with new_session(verify=trusting) as s:
                 client = FleetLockClient(srv.url, "a", "default", session=s)
                 assert (await client.pre_reboot()).lease_seconds == 1800
+            # An own session verifies against the system trust store (OpenSSL's default
+            # paths, which SSL_CERT_FILE overrides), not against a bundled one.
+            with monkeypatch.context() as m:
+                m.setenv("SSL_CERT_FILE", str(cert))
+                system = FleetLockClient(srv.url, "a", "default")
+                assert (await system.pre_reboot()).lease_seconds == 1800
+                await system.close()
             # Without trusting the certificate: a transport (TLS) error, no status.
             untrusting = FleetLockClient(srv.url, "b", "default")
             with pytest.raises(FleetLockError) as exc:

@@ -8,10 +8,15 @@ import random
 import time
 from pathlib import Path
 
-import aiohttp
+import httpx
 
 from zincati_py.fleetlock.backends.etcd import EtcdBackend
-from zincati_py.fleetlock.client import FleetLockAdminClient, FleetLockClient, FleetLockError
+from zincati_py.fleetlock.client import (
+    FleetLockAdminClient,
+    FleetLockClient,
+    FleetLockError,
+    new_session,
+)
 from zincati_py.fleetlock.config import load
 from zincati_py.fleetlock.server import FleetLockServer
 from zincati_py.sandbox.etcd import PrivateEtcd, free_port
@@ -41,7 +46,9 @@ def test_two_servers_one_etcd_never_overcommit(etcd: PrivateEtcd, tmp_path: Path
         done: dict[str, int] = {}
         deadline = time.monotonic() + 60
         try:
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            async with new_session(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)
+            ) as s:
 
                 async def node(i: int) -> None:
                     nonlocal max_client

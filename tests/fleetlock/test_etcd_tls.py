@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
+import httpx
 import pytest
 
 from zincati_py.fleetlock.client import FleetLockAdminClient, FleetLockClient, FleetLockError
@@ -65,7 +65,7 @@ def test_etcd_backend_over_tls(tls_etcd: PrivateEtcd, tmp_path: Path) -> None:
         server = FleetLockServer(load(config))
         url = f"http://{(await server.start())[0]}/"
         try:
-            async with aiohttp.ClientSession() as s:
+            async with httpx.AsyncClient() as s:
                 a = FleetLockClient(url, "a", "default", session=s)
                 b = FleetLockClient(url, "b", "default", session=s)
                 admin = FleetLockAdminClient(url, session=s)

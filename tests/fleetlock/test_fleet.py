@@ -11,10 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
+import httpx
 import pytest
 
-from zincati_py.fleetlock.client import FleetLockAdminClient, FleetLockClient, FleetLockError
+from zincati_py.fleetlock.client import (
+    FleetLockAdminClient,
+    FleetLockClient,
+    FleetLockError,
+    new_session,
+)
 
 NODES = 100
 
@@ -60,7 +65,7 @@ class Fleet:
         finally:
             self.inflight.discard(node)
 
-    async def node(self, session: aiohttp.ClientSession, node: str, deadline: float) -> None:
+    async def node(self, session: httpx.AsyncClient, node: str, deadline: float) -> None:
         client = FleetLockClient(self.url, node, self.group, session=session, timeout=10)
         self.done[node] = 0
         for _ in range(self.cycles):
@@ -101,8 +106,9 @@ async def run_fleet(
     fleet: Fleet, *, during: Callable[[Fleet], Any] | None = None, budget: float = 90
 ) -> None:
     deadline = time.monotonic() + budget
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with new_session(
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    ) as session:
         admin = FleetLockAdminClient(fleet.url, session=session)
         stop = asyncio.Event()
         fleet.gate.set()
@@ -161,7 +167,7 @@ def test_sigkill_mid_run_loses_no_holder(subprocess_server: Callable[[str], Any]
             assert time.monotonic() < deadline, "requests to a dead server never failed"
             await asyncio.sleep(0.01)
         await asyncio.to_thread(srv.start)
-        async with aiohttp.ClientSession() as session:
+        async with httpx.AsyncClient() as session:
             doc = await FleetLockAdminClient(srv.url, session=session).group("fleet")
         stored = {h["id"] for h in doc["holders"]}
         checked.update(believed=believed, torn=torn, stored=stored)

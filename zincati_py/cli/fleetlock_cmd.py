@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from zincati_py.cli import CliError
 
 if TYPE_CHECKING:
-    import aiohttp
+    import httpx
 
     from zincati_py.fleetlock.client import FleetLockError
 
@@ -114,16 +114,14 @@ def _exit_code(err: FleetLockError) -> int:
     return os.EX_DATAERR
 
 
-def _call(args: argparse.Namespace, fn: Callable[[aiohttp.ClientSession], Awaitable[T]]) -> T:
+def _call(args: argparse.Namespace, fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
     """Run ``fn(session)`` and turn a FleetLock failure into the CLI's error and exit code."""
     _check_args(args)
-    from zincati_py.fleetlock.client import FleetLockError
+    from zincati_py.fleetlock.client import FleetLockError, new_session
 
     async def main() -> T:
-        import aiohttp
-
-        connector = aiohttp.UnixConnector(path=str(args.unix_socket)) if args.unix_socket else None
-        async with aiohttp.ClientSession(connector=connector) as session:
+        uds = str(args.unix_socket) if args.unix_socket else None
+        async with new_session(uds=uds) as session:
             return await fn(session)
 
     try:
@@ -143,7 +141,7 @@ def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
 def run_lock(args: argparse.Namespace) -> int:
     from zincati_py.fleetlock.client import FleetLockClient
 
-    async def go(session: aiohttp.ClientSession) -> int | None:
+    async def go(session: httpx.AsyncClient) -> int | None:
         client = FleetLockClient(
             args.url,
             args.node_id,
@@ -167,7 +165,7 @@ def run_lock(args: argparse.Namespace) -> int:
 def run_unlock(args: argparse.Namespace) -> int:
     from zincati_py.fleetlock.client import FleetLockClient
 
-    async def go(session: aiohttp.ClientSession) -> None:
+    async def go(session: httpx.AsyncClient) -> None:
         client = FleetLockClient(
             args.url,
             args.node_id,
@@ -190,7 +188,7 @@ def run_unlock(args: argparse.Namespace) -> int:
 def run_release(args: argparse.Namespace) -> int:
     from zincati_py.fleetlock.client import FleetLockAdminClient
 
-    async def go(session: aiohttp.ClientSession) -> bool:
+    async def go(session: httpx.AsyncClient) -> bool:
         admin = FleetLockAdminClient(
             args.url, session=session, timeout=args.timeout, token=_token(args)
         )
@@ -219,7 +217,7 @@ def _duration(seconds: float | None) -> str:
 def run_status(args: argparse.Namespace) -> int:
     from zincati_py.fleetlock.client import FleetLockAdminClient
 
-    async def go(session: aiohttp.ClientSession) -> list[dict[str, Any]]:
+    async def go(session: httpx.AsyncClient) -> list[dict[str, Any]]:
         admin = FleetLockAdminClient(
             args.url, session=session, timeout=args.timeout, token=_token(args)
         )
