@@ -235,7 +235,7 @@ def test_dependencies(built: Built) -> None:
     requires = query(built, "--requires")
     pyver = python_version()
     # Generated from the wheel metadata, as Fedora's dependency generator does.
-    for dist in ("dbus-fast", "pystemd", "croniter", "tomli-w", "pyinotify", "aiohttp"):
+    for dist in ("dbus-fast", "pystemd", "croniter", "tomli-w", "pyinotify", "aiohttp", "httpx"):
         assert f"python{pyver}dist({dist})" in requires, dist
     assert f"python{pyver}dist(prometheus-client)" in requires
     for pkg in ("rpm-ostree", "ostree", "polkit", "dbus-common"):
