@@ -322,6 +322,43 @@ def test_inotify_follows_directories_created_later(tmp_path: Path, system_bus: P
     run(body())
 
 
+def test_inotify_sees_a_deployment_in_a_deploy_dir_just_created_or_replaced(
+    tmp_path: Path, system_bus: PrivateBus
+) -> None:
+    """The deploy dir and a deployment in it are created in quick succession (before the
+    watcher reads any event), first as a new OS and then replacing the deploy dir by a new one
+    of the same name; each time a later deployment is still reported, so the new directory
+    is watched. A watch looked up by name found the replaced directory's dead watch."""
+    root = tmp_path / "sysroot"
+    (root / "run/ostree").mkdir(parents=True)
+    (root / "ostree/deploy").mkdir(parents=True)
+    deploy = root / "ostree/deploy/fedora-coreos/deploy"
+
+    async def body() -> None:
+        bus, ro = await connected(system_bus.address, root=root)
+        changes = Changes()
+        ro.on_change(changes)
+        deploy.mkdir(parents=True)
+        (deploy / "abc.0").mkdir()
+        await changes.wait_for("ostree/deploy/fedora-coreos")
+        (deploy / "abc.1").mkdir()
+        await changes.wait_for("IN_CREATE|IN_ISDIR ostree/deploy/fedora-coreos/deploy/abc.1")
+        # Replaced: the old directory goes, a new one with a deployment takes its place.
+        (deploy / "abc.0").rmdir()
+        (deploy / "abc.1").rmdir()
+        deploy.rmdir()
+        deploy.mkdir()
+        (deploy / "def.0").mkdir()
+        await changes.wait_for("IN_DELETE_SELF ostree/deploy/fedora-coreos/deploy")
+        changes.reasons.clear()
+        (deploy / "def.1").mkdir()
+        await changes.wait_for("IN_CREATE|IN_ISDIR ostree/deploy/fedora-coreos/deploy/def.1")
+        await ro.close()
+        bus.disconnect()
+
+    run(body())
+
+
 def test_unlock_finalization_then_reboot_boots_staged(rpmostree_double: RpmOstreeDouble) -> None:
     async def body() -> None:
         bus, ro = await connected(rpmostree_double.bus_address, rpmostree_double)

@@ -9,13 +9,14 @@ inotify read are coalesced into one ``on_change(reason)`` call. Nothing polls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyinotify
+
+from zincati_py.inotify_util import WatchSet, nearest_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ConfigWatcher:
         self._on_change = on_change
         self._pending: list[str] = []
         self._wm = pyinotify.WatchManager()
-        self._wds: dict[str, int] = {}
+        self._watches = WatchSet(self._wm)
         self._notifier = pyinotify.AsyncioNotifier(
             self._wm,
             asyncio.get_running_loop(),
@@ -54,34 +55,13 @@ class ConfigWatcher:
                 if d.parent.is_dir():
                     wanted.setdefault(str(d.parent), _ENTRIES)
                 continue
-            path = d.parent
-            while not path.is_dir() and path != path.parent:
-                path = path.parent
-            wanted.setdefault(str(path), _ENTRIES)
+            wanted.setdefault(str(nearest_dir(d.parent)), _ENTRIES)
         return wanted
 
     def _rescan(self) -> None:
         # Until stable: a directory created before its parent's watch existed sends no event,
         # so after adding watches the tree is looked at again (bounded by the path depth).
-        for _ in range(64):
-            wanted = self._wanted()
-            self._apply(wanted)
-            if self._wanted() == wanted:
-                return
-
-    def _apply(self, wanted: dict[str, int]) -> None:
-        for path in list(self._wds):
-            if path not in wanted:
-                with contextlib.suppress(Exception):
-                    self._wm.rm_watch(self._wds[path], quiet=True)
-                del self._wds[path]
-        for path, mask in wanted.items():
-            # add_watch on an existing watch replaces its mask (a parent became a config dir).
-            wd = self._wm.add_watch(path, mask, quiet=True).get(path, -1)
-            if wd >= 0:
-                self._wds[path] = wd
-            else:
-                self._wds.pop(path, None)
+        self._watches.settle(self._wanted)
 
     def _relevant(self, full: Path) -> bool:
         return any(full == d or full.parent == d or full in d.parents for d in self.config_dirs)

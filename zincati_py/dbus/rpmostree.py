@@ -40,6 +40,8 @@ import pyinotify
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from zincati_py.inotify_util import WatchSet, nearest_dir
+
 log = logging.getLogger(__name__)
 
 BUS_NAME = "org.projectatomic.rpmostree1"
@@ -499,6 +501,7 @@ class _DirWatcher:
         self._notify = notify
         self._pending: list[str] = []
         self._wm = pyinotify.WatchManager()
+        self._watches = WatchSet(self._wm)
         self._target_list: list[Path] = []
         self._notifier = pyinotify.AsyncioNotifier(
             self._wm,
@@ -515,29 +518,24 @@ class _DirWatcher:
             targets += sorted(p / "deploy" for p in deploy_root.iterdir() if p.is_dir())
         return targets
 
+    def _wanted(self) -> dict[str, int]:
+        self._target_list = self._targets()
+        return {str(nearest_dir(t)): _DIR_MASK for t in self._target_list}
+
     def _rescan(self, initial: bool = False) -> None:
         # Directories can appear faster than we add watches (mkdir -p run/ostree, then a file
-        # in it): repeat until every target, or its nearest existing ancestor, is watched, and
-        # report each new watch so the caller re-reads what may have been written meanwhile.
-        for _round in range(32):
-            self._target_list = self._targets()
-            added = []
-            for target in self._target_list:
-                path = target
-                while not path.is_dir() and path != path.parent:
-                    path = path.parent
-                if self._wm.get_wd(str(path)) is None:
-                    wd = self._wm.add_watch(str(path), _DIR_MASK, quiet=True).get(str(path), -1)
-                    if wd >= 0:
-                        added.append(path)
-            if not added:
-                return
-            if not initial:
-                rels = ", ".join(os.path.relpath(p, self.root) for p in added)
-                self._pending.append(f"inotify watching {rels}")
+        # in it), or be replaced by new ones of the same name: look again until every target,
+        # or its nearest existing ancestor, is watched, and report each new watch so the caller
+        # re-reads what may have been written meanwhile.
+        added = self._watches.settle(self._wanted)
+        if added and not initial:
+            rels = ", ".join(os.path.relpath(p, self.root) for p in added)
+            self._pending.append(f"inotify watching {rels}")
 
     def _on_event(self, event: Any) -> None:
         directory, name = str(event.path), str(event.name or "")
+        if event.mask & (pyinotify.IN_IGNORED | pyinotify.IN_DELETE_SELF):
+            self._watches.forget(event.wd)  # the kernel drops the watch itself
         if event.mask & (pyinotify.IN_ISDIR | pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF):
             self._rescan()  # a watched dir or one on the way to it appeared/vanished
         if name.startswith("."):
