@@ -57,6 +57,11 @@ def test_demo_fast_json_updates_every_node_once_one_at_a_time() -> None:
     for node in ("node1", "node2", "node3"):
         listed = next(e for e in of("timers") if e["node"] == node)
         assert listed["timers"] == ["zincati-py-check.timer", "zincati-py-window-1.timer"]
+        details = {d["unit"]: d for d in listed["details"]}
+        window_start = next(e for e in of("node_up") if e["node"] == node)["window_start"]
+        # The generated window timer fires exactly when the configured cron window opens.
+        assert details["zincati-py-window-1.timer"]["next"] == window_start
+        assert details["zincati-py-check.timer"]["activates"] == "zincati-py-check.service"
         fired = {e["unit"] for e in of("timer_fired") if e["node"] == node}
         assert fired == {"zincati-py-check.timer", "zincati-py-window-1.timer"}
     staged = of("staged")

@@ -26,13 +26,13 @@ server does not answer.
 ``--json`` prints one object per event: ``t`` (seconds since the start), ``node`` (null for
 the fleet), ``event``, ``message`` (the text line) and event fields. Events: ``start``
 (``workdir``), ``lock_server``, ``node_up``, ``timers`` (``lines`` as ``systemctl --user
-list-timers`` prints them, ``timers``), ``agent_started``/``agent_ready``/``agent_killed``/
-``agent_exited``, ``release_published``, ``timer_fired`` (``unit``, ``count``), ``check``,
-``staged`` (``finalization_locked``), ``agent_state``/``agent_waiting`` (``state``,
-``reason``), ``config``, ``slot_taken``/``slot_released`` (``holders``, ``expired``),
-``finalization_unlocked``, ``reboot_call``, ``booted``, ``rebooted``, ``steady``,
-``systemd_reloaded`` (then ``timers`` again),
-``lock_server_*``, ``error``, ``teardown``; the last line is the ``summary`` (``ok``,
+list-timers`` prints them; ``timers``; ``details``: ``unit``, ``activates``, ``next``, ``last``),
+``agent_started``/``agent_ready``/``agent_killed``/``agent_exited``, ``release_published``,
+``timer_fired`` (``unit``, ``count``), ``check``, ``staged`` (``finalization_locked``),
+``agent_state``/``agent_waiting`` (``state``, ``reason``), ``config``,
+``slot_taken``/``slot_released`` (``holders``, ``expired``), ``finalization_unlocked``,
+``reboot_call``, ``booted``, ``rebooted``, ``steady``, ``systemd_reloaded`` (then ``timers``
+again), ``lock_server_*``, ``error``, ``teardown``; the last line is the ``summary`` (``ok``,
 ``reason``, ``nodes`` with ``from``/``to``/``waited_s``/``rebooted_at_s``/``reboots``/
 ``reboot_calls``, ``max_concurrent_holders``, ``pending``).
 
@@ -513,7 +513,43 @@ class Fleet:
         lines = [ln for ln in out.splitlines() if ln.strip()]
         units = sorted(set(re.findall(r"zincati-py-[\w.-]+\.timer", out)))
         text = "systemctl --user list-timers:\n" + "\n".join(lines)
-        self.event(node, "timers", text, lines=lines, timers=units)
+        details = [await self._timer_details(node, unit) for unit in units]
+        self.event(node, "timers", text, lines=lines, timers=units, details=details)
+
+    async def _timer_details(self, node: Node, unit: str) -> dict[str, Any]:
+        """What list-timers shows for ``unit``, read from the manager over D-Bus."""
+        from dbus_fast import Message, MessageType
+
+        path = "/org/freedesktop/systemd1/unit/" + re.sub(
+            r"[^A-Za-z0-9]", lambda m: f"_{ord(m[0]):02x}", unit
+        )
+        reply = await node.manager_bus.call(
+            Message(
+                destination="org.freedesktop.systemd1",
+                path=path,
+                interface="org.freedesktop.DBus.Properties",
+                member="GetAll",
+                signature="s",
+                body=[TIMER_IFACE],
+            )
+        )
+        if reply is None or reply.message_type != MessageType.METHOD_RETURN:
+            return {"unit": unit}
+        props = {k: v.value for k, v in reply.body[0].items()}
+
+        def iso(usec: int) -> str | None:
+            return datetime.fromtimestamp(usec / 1e6, UTC).isoformat() if usec else None
+
+        nxt = int(props.get("NextElapseUSecRealtime", 0))
+        mono = int(props.get("NextElapseUSecMonotonic", 0))
+        if not nxt and mono:  # OnBootSec=/OnUnitActiveSec=: on CLOCK_MONOTONIC, as ours
+            nxt = int((time.time() + mono / 1e6 - time.monotonic()) * 1e6)
+        return {
+            "unit": unit,
+            "activates": props.get("Unit"),
+            "next": iso(nxt),
+            "last": iso(int(props.get("LastTriggerUSec", 0))),
+        }
 
     async def _publish_release(self) -> None:
         from zincati_py.sandbox.rpmostree import control
