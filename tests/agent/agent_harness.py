@@ -215,6 +215,11 @@ class Node:
 
         self._on_bus(lambda bus: add_session(bus, session_id, **kw))
 
+    def remove_session(self, session_id: str) -> None:
+        from zincati_py.sandbox.logind import remove_session
+
+        self._on_bus(lambda bus: remove_session(bus, session_id))
+
     def _on_bus(self, fn: Callable[[Any], Any], *, fds: bool = False) -> Any:
         from dbus_fast import BusType
         from dbus_fast.aio import MessageBus

@@ -122,6 +122,31 @@ def test_interactive_session_postpones_and_warns(node: Node) -> None:
     assert "postponement of 2 s for interactive sessions" in agent.log()
 
 
+def test_postponement_ends_when_the_last_interactive_session_logs_out(node: Node) -> None:
+    node.write_config("50-reboot.toml", "[agent.reboot]\nmax_postpone_secs = 60\n")
+    node.add_session("c1", tty="pts/0", type="tty", user="alice")
+    node.add_session("c2", tty="tty2", type="tty", user="bob")
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: node.logind_calls("SetWallMessage"), 5, "warning")
+    wait_for(lambda: "interactive sessions" in (node.status() or {}).get("reason", ""), 5, "why")
+    node.remove_session("c1")  # one interactive session is left: still postponed
+
+    def only_bob() -> bool:
+        reason = (node.status() or {}).get("reason", "")
+        return "interactive sessions (bob" in reason and "alice" not in reason
+
+    wait_for(only_bob, 5, "re-evaluated on the logout")
+    assert_stays(lambda: reboots(node) == 0, 0.5, "still postponed for bob")
+    t_logout = time.monotonic()
+    node.remove_session("c2")
+    wait_for(lambda: reboots(node) == 1, 5, "reboot once nobody is logged in")
+    assert time.monotonic() - t_logout < 2.0  # on the signal, not at the 60 s deadline
+    assert len(node.logind_calls("SetWallMessage")) == 1  # warned once
+    assert "SessionRemoved c2" in agent.log()
+
+
 def test_block_inhibitor_holds_the_reboot_until_released(node: Node) -> None:
     fd = node.inhibit("shutdown", "backup", "nightly")
     agent = node.agent()

@@ -87,6 +87,42 @@ def test_interactive_sessions(logind_double: LogindDouble) -> None:
     run(body())
 
 
+def test_session_changes_arrive_on_logind_signals(logind_double: LogindDouble) -> None:
+    async def body() -> None:
+        bus, logind = await connected(logind_double.bus_address)
+        seen: list[str] = []
+        changed = asyncio.Event()
+
+        def on_change(reason: str) -> None:
+            seen.append(reason)
+            changed.set()
+
+        async def next_change() -> str:
+            await asyncio.wait_for(changed.wait(), 5)
+            changed.clear()
+            return seen[-1]
+
+        unsubscribe = logind.on_sessions_changed(on_change)
+        await add_session(bus, "7", tty="pts/3")
+        assert await next_change() == "SessionNew 7"
+        # By the time the signal arrives, the session's properties are set.
+        assert [s.describe() for s in await logind.interactive_sessions()] == [
+            "core on pts/3 (session 7)"
+        ]
+        await remove_session(bus, "7")
+        assert await next_change() == "SessionRemoved 7"
+        assert await logind.interactive_sessions() == []
+        unsubscribe()
+        await add_session(bus, "8", tty="pts/4")
+        await remove_session(bus, "8")
+        await asyncio.sleep(0.2)
+        assert seen == ["SessionNew 7", "SessionRemoved 7"]
+        await logind.close()
+        bus.disconnect()
+
+    run(body())
+
+
 def test_block_inhibitors_are_listed_and_released_on_the_signal(
     logind_double: LogindDouble,
 ) -> None:

@@ -3,10 +3,11 @@
 Everything is event-driven. The agent evaluates its state machine (``agent.machine``) when
 something happens — rpm-ostree's ``PropertiesChanged`` or an inotify event on the deployments
 (through the rpm-ostree adapter), a configuration change, ``CheckNow``/``Wake`` on its D-Bus API
-(the generated timers call those), a strategy's ``ctx.wake``, a block inhibitor's release —
-and otherwise sleeps in epoll. The only timer is the one ``recheck_at`` the last evaluation
-asked for (a strategy's recheck time, a postponement deadline, a backoff retry), plus the
-systemd watchdog ping when ``WatchdogSec=`` is set.
+(the generated timers call those), a strategy's ``ctx.wake``, a block inhibitor's release, a
+login or logout while a reboot is postponed for interactive sessions (logind's ``SessionNew``/
+``SessionRemoved``) — and otherwise sleeps in epoll. The only timer is the one ``recheck_at``
+the last evaluation asked for (a strategy's recheck time, a postponement deadline, a backoff
+retry), plus the systemd watchdog ping when ``WatchdogSec=`` is set.
 """
 
 from __future__ import annotations
@@ -597,6 +598,12 @@ class Agent:
         except Exception as exc:
             log.warning("could not withdraw the reboot warning: %s", exc)
 
+    def _on_sessions_changed(self, reason: str) -> None:
+        # Only a postponement depends on who is logged in between evaluations: the reboot goes
+        # ahead as soon as the last interactive session ends, not at the deadline.
+        if self.store.state.postponed is not None:
+            self.wake(f"logind: {reason}")
+
     def _await_inhibitors(self) -> None:
         if self._inhibitor_wait is not None and not self._inhibitor_wait.done():
             return
@@ -862,6 +869,7 @@ class Agent:
         await self.rpm.connect(self.bus)
         self.rpm.on_change(self._on_deployments)
         self.logind = await self._connect_logind(self.bus)
+        self.logind.on_sessions_changed(self._on_sessions_changed)
         await self._replace_strategy()
         self.watcher = ConfigWatcher(self.paths.config_dirs, self._on_config_change)
         self._start_watchdog()

@@ -10,6 +10,9 @@ Talks to ``org.freedesktop.login1`` (see org.freedesktop.login1(5)) over dbus-fa
   included — an admin logged in over SSH is exactly who should be warned — and marked with
   ``Session.remote`` so a caller can treat them differently. Only ``user*`` classes count
   (not greeter, lock-screen, background, manager), and sessions that are closing do not.
+  Logins and logouts arrive as the Manager's ``SessionNew``/``SessionRemoved`` signals
+  (:meth:`Logind.on_sessions_changed`), so a postponement can end as soon as the last
+  interactive session does. No polling.
 - Warnings: logind's own wall mechanism. :meth:`Logind.warn_sessions` sets the wall message
   and schedules a ``dry-reboot`` at the planned time, so logind broadcasts the message with
   the time to every TTY without ever rebooting by itself; :meth:`Logind.cancel_warning` drops
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +38,9 @@ MANAGER_IFACE = "org.freedesktop.login1.Manager"
 SESSION_IFACE = "org.freedesktop.login1.Session"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 GRAPHICAL_TYPES = frozenset({"x11", "wayland", "mir"})
+_SESSION_SIGNALS = ("SessionNew", "SessionRemoved")
+
+log = logging.getLogger(__name__)
 
 
 class LogindError(Exception):
@@ -89,27 +96,37 @@ class Logind:
     def __init__(self, *, call_timeout: float = 30.0) -> None:
         self.call_timeout = call_timeout
         self._bus: MessageBus | None = None
-        self._rule = (
+        self._rules = [
             f"type='signal',sender='{BUS_NAME}',interface='{PROPS_IFACE}',"
-            f"member='PropertiesChanged',path='{MANAGER_PATH}',arg0='{MANAGER_IFACE}'"
-        )
+            f"member='PropertiesChanged',path='{MANAGER_PATH}',arg0='{MANAGER_IFACE}'",
+            *(
+                f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_IFACE}',"
+                f"member='{member}',path='{MANAGER_PATH}'"
+                for member in _SESSION_SIGNALS
+            ),
+        ]
         self._waiters: list[Callable[[dict[str, Variant], list[str]], None]] = []
+        self._session_callbacks: list[Callable[[str], None]] = []
 
     async def connect(self, bus: MessageBus) -> None:
-        """Subscribe to the Manager's PropertiesChanged (for :meth:`wait_block_released`)."""
+        """Subscribe to the Manager's PropertiesChanged (for :meth:`wait_block_released`) and
+        its ``SessionNew``/``SessionRemoved`` (for :meth:`on_sessions_changed`)."""
         self._bus = bus
         bus.add_message_handler(self._on_message)
-        reply = await self._raw(_bus_msg("AddMatch", "s", self._rule))
-        if reply.message_type == MessageType.ERROR:
-            raise LogindError(f"AddMatch: {reply.error_name}: {reply.body}")
+        for rule in self._rules:
+            reply = await self._raw(_bus_msg("AddMatch", "s", rule))
+            if reply.message_type == MessageType.ERROR:
+                raise LogindError(f"AddMatch: {reply.error_name}: {reply.body}")
 
     async def close(self) -> None:
         bus, self._bus = self._bus, None
         if bus is not None:
             bus.remove_message_handler(self._on_message)
             if bus.connected:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(bus.call(_bus_msg("RemoveMatch", "s", self._rule)), 5)
+                for rule in self._rules:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(bus.call(_bus_msg("RemoveMatch", "s", rule)), 5)
+        self._session_callbacks.clear()
 
     # -- queries --------------------------------------------------------------------------
     async def can_reboot(self) -> str:
@@ -206,6 +223,23 @@ class Logind:
         """Sessions a reboot would interrupt (see the module docstring for the rule)."""
         return [s for s in await self.sessions() if s.interactive]
 
+    def on_sessions_changed(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(reason)`` on each ``SessionNew``/``SessionRemoved`` signal.
+
+        ``reason`` names the signal and the session id (``"SessionRemoved 3"``). The signals
+        say nothing about whether the session is interactive: treat a call as "ask
+        :meth:`interactive_sessions` again". Subscribe before that first read so a logout in
+        between is not lost. Callbacks run in the event loop and must not block. Returns an
+        unsubscribe function.
+        """
+        self._session_callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._session_callbacks:
+                self._session_callbacks.remove(callback)
+
+        return unsubscribe
+
     # -- actions --------------------------------------------------------------------------
     async def warn_sessions(self, message: str, reboot_at: float | None = None) -> None:
         """Broadcast ``message`` to logged-in users through logind's wall mechanism.
@@ -237,6 +271,19 @@ class Logind:
 
     def _on_message(self, msg: Message) -> None:
         if (
+            msg.message_type == MessageType.SIGNAL
+            and msg.member in _SESSION_SIGNALS
+            and msg.path == MANAGER_PATH
+            and msg.interface == MANAGER_IFACE
+            and msg.body
+        ):
+            reason = f"{msg.member} {msg.body[0]}"
+            for callback in list(self._session_callbacks):
+                try:
+                    callback(reason)
+                except Exception:  # one bad subscriber must not silence the others
+                    log.exception("logind session callback failed")
+        elif (
             msg.message_type == MessageType.SIGNAL
             and msg.member == "PropertiesChanged"
             and msg.path == MANAGER_PATH

@@ -11,7 +11,9 @@ Adds to the stock template, after real logind's behaviour:
   ``SetWallMessage`` with ``WallMessage``/``EnableWallMessages``, ``RebootWithFlags``,
   ``CanRebootWithFlags``; ``CanReboot`` answers the ``CanReboot`` parameter;
 - ``AddSessionWith(id, uid, user, props)`` on the mock interface: a session whose properties
-  (``TTY``, ``Type``, ``Remote``, ``Class``...) are set in one go, and ``RemoveSession(id)``.
+  (``TTY``, ``Type``, ``Remote``, ``Class``...) are set in one go, and ``RemoveSession(id)``;
+  like logind they emit the Manager's ``SessionNew(s id, o path)`` (once the properties are
+  set) and ``SessionRemoved(s id, o path)`` (once the session is gone from ``ListSessions``).
 
 Template parameters (``-p JSON``): the stock ones, plus ``ready_fd`` (int): "READY" is
 written to it once loaded, i.e. after the bus name is owned.
@@ -165,6 +167,7 @@ def AddSessionWith(self, session_id, uid, username, properties):
     path = self.AddSession(session_id, "seat0", uid, username, True)
     if properties:
         mockobject.objects[path].UpdateProperties(SESSION_IFACE, properties)
+    self.EmitSignal(MAIN_IFACE, "SessionNew", "so", [session_id, dbus.ObjectPath(path)])
     return path
 
 
@@ -183,3 +186,4 @@ def RemoveSession(self, session_id):
             sessions = [s for s in owner.Get(iface, "Sessions") if str(s[1]) != path]
             owner.Set(iface, "Sessions", dbus.Array(sessions, signature="(so)"))
     self.RemoveObject(path)
+    self.EmitSignal(MAIN_IFACE, "SessionRemoved", "so", [session_id, dbus.ObjectPath(path)])
