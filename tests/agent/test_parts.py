@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,74 @@ def test_persist_roundtrip_and_atomic(tmp_path: Path) -> None:
     assert again.state.failed == ("c" * 64,)
     assert oct((tmp_path / "state.json").stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp files left
+
+
+_OPENS: list[tuple[str, int]] = []  # (path, thread id) of every os.open, for the audit hook
+
+
+def _record_open(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and isinstance(args[0], str):
+        _OPENS.append((args[0], threading.get_ident()))
+
+
+sys.addaudithook(_record_open)  # process-wide and permanent: it only appends to a list
+
+
+def test_persist_commit_writes_off_the_event_loop_before_returning(tmp_path: Path) -> None:
+    """The durable write (its temp file, fsync and rename) runs in a worker thread, while the
+    loop goes on; awaiting the commit returns only once a fresh load sees it."""
+    state_dir = tmp_path / "state"
+    req = persist.RebootRequest("b" * 64, "40.2", "a" * 64, 123.0, "boot")
+
+    async def body() -> tuple[int, list[str]]:
+        store = persist.Store(state_dir)
+        loop_thread = threading.get_ident()
+        ran: list[str] = []
+        asyncio.get_running_loop().call_soon(ran.append, "loop ran")
+        saved = store.commit(reboot_requested=req)
+        assert store.state.reboot_requested == req  # decided at once, in order
+        state = await saved
+        ran.append("committed")
+        assert state.reboot_requested == req
+        assert persist.Store(state_dir).state.reboot_requested == req
+        return loop_thread, ran
+
+    _OPENS.clear()
+    loop_thread, ran = asyncio.run(body())
+    writers = {tid for path, tid in _OPENS if path.startswith(str(state_dir) + "/.state.json.")}
+    assert writers and loop_thread not in writers, (loop_thread, _OPENS)
+    assert ran == ["loop ran", "committed"]
+
+
+def test_persist_commits_apply_in_order_and_a_failed_write_is_not_in_force(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+
+    async def body() -> None:
+        store = persist.Store(state_dir)
+        # Two decisions before either write finished: the second builds on the first and the
+        # file ends with both.
+        first = store.commit(last_check=1.0)
+        second = store.commit(last_check_result="no new update")
+        await asyncio.gather(first, second)
+        on_disk = persist.Store(state_dir).state
+        assert (on_disk.last_check, on_disk.last_check_result) == (1.0, "no new update")
+        # The state directory replaced by a file: the write fails, the change is not in force
+        # (the caller must not act on it), and the next one is saved once writing works again.
+        state_dir.rename(tmp_path / "moved")
+        state_dir.write_text("not a directory")
+        post = persist.Postponement("c" * 64, 5.0)
+        with pytest.raises(persist.StateWriteError):
+            await store.commit(postponed=post)
+        assert store.state.postponed is None and store.state.last_check == 1.0
+        state_dir.unlink()
+        (tmp_path / "moved").rename(state_dir)
+        await store.commit(last_check=2.0)
+        assert persist.Store(state_dir).state == store.state
+        assert store.state.postponed is None and store.state.last_check == 2.0
+
+    asyncio.run(body())
 
 
 def test_persist_corrupt_file_is_kept_aside(tmp_path: Path) -> None:

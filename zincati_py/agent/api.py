@@ -46,7 +46,7 @@ class RefusedError(Exception):
 class AgentInterface(ServiceInterface):
     def __init__(
         self,
-        check_now: Callable[[], None],
+        check_now: Callable[[], Awaitable[None]],
         wake: Callable[[str], None],
         reboot_now: Callable[[], Awaitable[str]],
     ) -> None:
@@ -95,8 +95,8 @@ class AgentInterface(ServiceInterface):
         return self._values["LockState"]
 
     @dbus_method()
-    def CheckNow(self) -> None:
-        self._check_now()
+    async def CheckNow(self) -> None:
+        await self._check_now()
 
     @dbus_method()
     def Wake(self, reason: DBusStr) -> None:

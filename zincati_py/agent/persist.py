@@ -3,16 +3,20 @@
 Every change is written atomically and durably (fsync of file and directory) *before* the
 action it records is taken, so a SIGKILL at any point leaves either the old or the new
 record, never a half-written one, and a restarted agent never repeats a reboot it already
-asked for.
+asked for. Coroutines use :meth:`Store.commit`, which does the fsync in a worker thread (the
+event loop keeps running) and returns once the change is durable; they act after awaiting it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -97,12 +101,29 @@ class State:
         )
 
 
+class StateWriteError(OSError):
+    """A change could not be made durable; it is not in force (the last durable state is)."""
+
+
 class Store:
-    """Load once, then ``update(**changes)`` writes through before returning."""
+    """Load once, then record changes durably before acting on them.
+
+    ``state`` is always the newest decided state, so a decision builds on the ones before it
+    even while their write is still running. Writes happen one at a time, each of the newest
+    state, so the file only moves forward. A failed write puts ``state`` back to what the
+    file holds, and every change that was not in the file yet fails for its caller (none of
+    them is acted on).
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "state.json"
         self.state = self._load()
+        self._gen = 0  # generation of ``state``; each change makes a new one
+        self._durable = self.state  # what the file holds ...
+        self._durable_gen = 0  # ... and its generation
+        self._lost: list[tuple[int, int]] = []  # (after, upto]: generations a failure discarded
+        self._state_lock = threading.Lock()  # guards the fields above; never held during I/O
+        self._write_lock = threading.Lock()  # one writer at a time
 
     def _load(self) -> State:
         try:
@@ -121,13 +142,53 @@ class Store:
             return State()
 
     def update(self, **changes: Any) -> State:
-        new = replace(self.state, **changes)
-        if new != self.state:
-            atomic_write(
-                self.path,
-                json.dumps(new.as_dict(), indent=2, sort_keys=True) + "\n",
-                mode=0o600,
-                durable=True,
-            )
-            self.state = new
+        """Record ``changes``; durable when it returns. Blocks on the fsync: for callers that
+        are not coroutines (coroutines await :meth:`commit`)."""
+        new, gen = self._decide(changes)
+        self._make_durable(gen)
         return new
+
+    def commit(self, **changes: Any) -> Coroutine[Any, Any, State]:
+        """Record ``changes`` now (``state`` has them at once); await the result to know they
+        are durable. The fsync runs in a worker thread, off the event loop."""
+        new, gen = self._decide(changes)
+
+        async def durable() -> State:
+            await asyncio.to_thread(self._make_durable, gen)
+            return new
+
+        return durable()
+
+    def _decide(self, changes: dict[str, Any]) -> tuple[State, int]:
+        with self._state_lock:
+            new = replace(self.state, **changes)
+            if new != self.state:
+                self._gen += 1
+                self.state = new
+            return new, self._gen
+
+    def _make_durable(self, gen: int) -> None:
+        """Return once generation ``gen`` (or a newer one) is in the file."""
+        with self._write_lock:
+            with self._state_lock:
+                if any(after < gen <= upto for after, upto in self._lost):
+                    raise StateWriteError(f"{self.path}: the change was not saved (see above)")
+                if self._durable_gen >= gen:
+                    return
+                state, state_gen = self.state, self._gen
+            try:
+                atomic_write(
+                    self.path,
+                    json.dumps(state.as_dict(), indent=2, sort_keys=True) + "\n",
+                    mode=0o600,
+                    durable=True,
+                )
+            except OSError as exc:
+                with self._state_lock:
+                    self._lost.append((self._durable_gen, self._gen))
+                    self._gen += 1  # the file's state again, as a new generation
+                    self.state, self._durable_gen = self._durable, self._gen
+                log.error("%s: cannot save the agent's state: %s", self.path, exc)
+                raise StateWriteError(f"{self.path}: cannot save the agent's state: {exc}") from exc
+            with self._state_lock:
+                self._durable, self._durable_gen = state, state_gen

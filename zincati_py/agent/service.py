@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -175,12 +176,14 @@ class Agent:
         log.info("wake requested: %s", reason)
         self.wake(f"wake: {reason}")
 
-    def check_now(self) -> None:
+    async def check_now(self) -> None:
         log.info("update check requested")
         self.rt.check_requested = True
-        # Durable until the check completes: a crash meanwhile does not lose the request.
-        self.store.update(extra={**self.store.state.extra, "check_pending": True})
+        # Durable until the check completes: a crash meanwhile does not lose the request
+        # (CheckNow replies once it is).
+        saved = self.store.commit(extra={**self.store.state.extra, "check_pending": True})
         self.rt.not_before.pop(Action.CHECK, None)
+        await saved
         self.wake("check requested")
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -250,7 +253,7 @@ class Agent:
         self.rt.staged = staged
         if staged is not None and self.store.state.extra.get("check_pending"):
             # An update got staged (by our interrupted check or anyone): the check is answered.
-            self.store.update(extra={**self.store.state.extra, "check_pending": False})
+            await self.store.commit(extra={**self.store.state.extra, "check_pending": False})
             self.rt.check_requested = False
         self.wake(f"deployments changed ({reason})")
 
@@ -298,7 +301,7 @@ class Agent:
             now=now,
         )
 
-    def _reconcile(self, now: float) -> None:
+    async def _reconcile(self, now: float) -> None:
         """Settle persisted records against the deployments actually booted and staged."""
         booted, staged = self.rt.booted, _dep(self.rt.staged)
         if booted is None:
@@ -311,7 +314,7 @@ class Agent:
             if outcome is machine.RebootOutcome.DONE:
                 log.info("booted %s, the update we rebooted into", booted.label)
                 self.metrics.finalization_successes += 1
-                self.store.update(reboot_requested=None, postponed=None)
+                await self.store.commit(reboot_requested=None, postponed=None)
             elif outcome is machine.RebootOutcome.FAILED:
                 log.error(
                     "rebooted, but into %s instead of %s: not finalizing %s again automatically",
@@ -319,32 +322,32 @@ class Agent:
                     label,
                     label,
                 )
-                self.store.update(
+                await self.store.commit(
                     reboot_requested=None, postponed=None, failed=(*st.failed, req.checksum)
                 )
             elif outcome is machine.RebootOutcome.STALE:
                 log.info(
                     "reboot request for %s no longer applies: the staged update changed", label
                 )
-                self.store.update(reboot_requested=None, postponed=None)
+                await self.store.commit(reboot_requested=None, postponed=None)
             elif outcome is machine.RebootOutcome.EXPIRED:
                 log.warning(
                     "reboot into %s was requested at %s but did not happen: deciding again",
                     label,
                     status.iso(req.at),
                 )
-                self.store.update(reboot_requested=None, postponed=None)
+                await self.store.commit(reboot_requested=None, postponed=None)
         st = self.store.state
         ours = st.staged_by_us
         if ours is not None:
             if booted.checksum == ours.checksum:
                 log.info("booted deployment %s is the update this agent staged", booted.label)
-                self.store.update(staged_by_us=None)
+                await self.store.commit(staged_by_us=None)
             elif staged is None or staged.checksum != ours.checksum:
-                self.store.update(staged_by_us=None)
+                await self.store.commit(staged_by_us=None)
         post = st.postponed
         if post is not None and (staged is None or staged.checksum != post.checksum):
-            self.store.update(postponed=None)
+            await self.store.commit(postponed=None)
             if booted.checksum != post.checksum and self.logind is not None:
                 # The update users were warned about is gone: withdraw the announcement.
                 self._spawn(self._cancel_warning())
@@ -373,7 +376,7 @@ class Agent:
         # Each action either progresses (re-evaluate at once) or leaves a waiting reason.
         for _ in range(8):
             now = time.time()
-            self._reconcile(now)
+            await self._reconcile(now)
             step = machine.next_step(self._facts(now))
             if step.action in (Action.REPORT_STEADY, Action.CHECK, Action.FINALIZE):
                 # Visible while it runs (a check can take minutes), not only afterwards.
@@ -446,20 +449,20 @@ class Agent:
             self.metrics.update_check_failures += 1
             self.metrics.deploy_failures += 1
             log.error("update check failed: %s", exc)
-            self.store.update(last_check=time.time(), last_check_result=f"failed: {exc}")
+            await self.store.commit(last_check=time.time(), last_check_result=f"failed: {exc}")
             self.rt.check_requested = True  # the retry below runs it again
             return self._retry(Action.CHECK, f"update check failed: {exc}")
         self._succeeded(Action.CHECK)
-        self.store.update(extra={**self.store.state.extra, "check_pending": False})
+        await self.store.commit(extra={**self.store.state.extra, "check_pending": False})
         self.rt.checked = True
         dep = _dep(staged)
         if staged is None:
             log.info("update check: no new update")
-            self.store.update(last_check=time.time(), last_check_result="no new update")
+            await self.store.commit(last_check=time.time(), last_check_result="no new update")
             return None
         assert dep is not None
         log.info("update check: %s staged (finalization locked)", dep.label)
-        self.store.update(
+        await self.store.commit(
             last_check=time.time(),
             last_check_result=f"staged {dep.label}",
             staged_by_us=persist.Staged(dep.checksum, dep.version, time.time()),
@@ -526,7 +529,7 @@ class Agent:
         postponed = result.decision is Decision.POSTPONE
         if result.start_postponement:
             # Recorded before warning: a restart resumes this deadline and never warns twice.
-            self.store.update(postponed=persist.Postponement(dep.checksum, now))
+            await self.store.commit(postponed=persist.Postponement(dep.checksum, now))
         if result.warn:
             await self._warn(dep, result.recheck_at if postponed else None)
         if postponed:
@@ -539,7 +542,7 @@ class Agent:
     ) -> tuple[str, float | None] | None:
         assert self.rpm is not None and self.logind is not None and self.rt.booted is not None
         # Recorded (durably) before acting: a restarted agent knows it asked already.
-        self.store.update(
+        await self.store.commit(
             reboot_requested=persist.RebootRequest(
                 checksum=dep.checksum,
                 version=dep.version,
@@ -554,13 +557,13 @@ class Agent:
             await self.logind.reboot()
         except Exception as exc:
             log.error("reboot into %s failed: %s", dep.label, exc)
-            self.store.update(reboot_requested=None)
+            await self.store.commit(reboot_requested=None)
             if not force:
                 await self._abort(f"reboot failed: {exc}")
             return self._retry(Action.FINALIZE, f"reboot into {dep.label} failed: {exc}")
         req = self.store.state.reboot_requested
         if req is not None:
-            self.store.update(
+            await self.store.commit(
                 reboot_requested=persist.RebootRequest(**{**req.__dict__, "called": True})
             )
         self.metrics.reboots_requested += 1
@@ -604,6 +607,13 @@ class Agent:
         if self.store.state.postponed is not None:
             self.wake(f"logind: {reason}")
 
+    async def _save(self, saved: Awaitable[Any], what: str) -> None:
+        """Await a durable write nothing waits for (a record no action depends on)."""
+        try:
+            await saved
+        except OSError as exc:
+            log.warning("%s not saved: %s", what, exc)
+
     def _await_inhibitors(self) -> None:
         if self._inhibitor_wait is not None and not self._inhibitor_wait.done():
             return
@@ -640,7 +650,7 @@ class Agent:
         """RebootNow on the API: reboot into the staged update, skipping the strategy."""
         async with self._lock:
             now = time.time()
-            self._reconcile(now)
+            await self._reconcile(now)
             facts = self._facts(now)
             if facts.booted is None:
                 raise RefusedError("deployments not read yet")
@@ -771,7 +781,9 @@ class Agent:
         if bool(holds) != bool(st.extra.get("slot_held")):
             # Durable, so a restart can say a fleet-lock slot was held when it stopped (the
             # steady-state report on every start is what releases it).
-            st = self.store.update(extra={**st.extra, "slot_held": bool(holds)})
+            saved = self.store.commit(extra={**st.extra, "slot_held": bool(holds)})
+            st = self.store.state
+            self._spawn(self._save(saved, "fleet-lock slot record"))
         doc: dict[str, Any] = {
             "schema": status.SCHEMA,
             "pid": os.getpid(),
@@ -904,6 +916,8 @@ class Agent:
         await asyncio.gather(runner, *self._tasks, return_exceptions=True)
         step = Step(State.END, Action.NONE, "agent stopped", "the agent resumes on start")
         self._publish(step, step.reason, None)
+        # Records the last publish started saving (the tasks above are done or cancelled).
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.watcher is not None:
             self.watcher.close()
         if self.strategy is not None:
