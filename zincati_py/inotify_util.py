@@ -9,16 +9,27 @@ event, so only the second look finds it. Every watch is (re)added on each look, 
 on trust from an earlier one: a directory replaced by a new one of the same name gets a watch
 on the new directory (the kernel hands out a new descriptor), where a lookup by name would
 still find the old, dead watch.
+
+pyinotify is imported on first use (:func:`pyinotify`), as the strategies' path watch needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pyinotify
+
+def pyinotify() -> Any:
+    """The pyinotify module. It imports asyncore, which warns on 3.11 (and comes from
+    pyasyncore on 3.12+); only its AsyncioNotifier is used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import pyinotify
+    return pyinotify
 
 
 def _not_for_removed_watches(record: logging.LogRecord) -> bool:
@@ -38,9 +49,10 @@ def nearest_dir(path: Path) -> Path:
 
 
 class WatchSet:
-    """The watches of one ``pyinotify.WatchManager``, kept equal to a wanted ``{path: mask}``."""
+    """The watches of one ``pyinotify.WatchManager`` (``wm``), kept equal to a wanted
+    ``{path: mask}``."""
 
-    def __init__(self, wm: pyinotify.WatchManager) -> None:
+    def __init__(self, wm: Any) -> None:
         self._wm = wm
         self.wds: dict[str, int] = {}
 
@@ -68,7 +80,7 @@ class WatchSet:
     def _apply(self, want: dict[str, int]) -> None:
         for path in [p for p in self.wds if p not in want]:
             # quiet=False: a watch the kernel already dropped raises instead of logging.
-            with contextlib.suppress(pyinotify.WatchManagerError):
+            with contextlib.suppress(pyinotify().WatchManagerError):
                 self._wm.rm_watch(self.wds[path], quiet=False)
             del self.wds[path]
         for path, mask in want.items():

@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zincati_py.inotify_util import nearest_dir
+from zincati_py.inotify_util import pyinotify as _pyinotify
+
 log = logging.getLogger("zincati_py.strategy.watch")
-
-
-def _pyinotify() -> Any:
-    # pyinotify imports asyncore, which warns on 3.11 (and comes from pyasyncore on 3.12+);
-    # only its AsyncioNotifier is used.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import pyinotify
-    return pyinotify
 
 
 class PathWatch:
@@ -64,11 +57,8 @@ class PathWatch:
     def _target(self) -> tuple[Path, str]:
         """The deepest existing directory on the way to the file, and the name in it that
         matters (the file itself, or the next directory to appear)."""
-        child = self.path
-        parent = child.parent
-        while not parent.is_dir() and parent != parent.parent:
-            child, parent = parent, parent.parent
-        return parent, child.name
+        directory = nearest_dir(self.path.parent)
+        return directory, self.path.relative_to(directory).parts[0]
 
     def _arm(self) -> None:
         pyinotify = _pyinotify()
