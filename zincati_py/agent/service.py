@@ -253,8 +253,9 @@ class Agent:
         self.rt.staged = staged
         if staged is not None and self.store.state.extra.get("check_pending"):
             # An update got staged (by our interrupted check or anyone): the check is answered.
-            await self.store.commit(extra={**self.store.state.extra, "check_pending": False})
+            # The fact and its record change together (a CheckNow during the write wins).
             self.rt.check_requested = False
+            await self.store.commit(extra={**self.store.state.extra, "check_pending": False})
         self.wake(f"deployments changed ({reason})")
 
     # -- timers ---------------------------------------------------------------------------
@@ -462,12 +463,12 @@ class Agent:
             return None
         assert dep is not None
         log.info("update check: %s staged (finalization locked)", dep.label)
+        self.rt.staged = staged  # before the write: a deployments read meanwhile is newer
         await self.store.commit(
             last_check=time.time(),
             last_check_result=f"staged {dep.label}",
             staged_by_us=persist.Staged(dep.checksum, dep.version, time.time()),
         )
-        self.rt.staged = staged
         return None
 
     async def _finalize(self, *, force: bool) -> tuple[str, float | None] | None:
@@ -659,6 +660,7 @@ class Agent:
             step = machine.next_step(facts)
             if step.action is Action.AWAIT_REBOOT:
                 return step.reason
+            label = facts.staged.label  # the deployments may be read again meanwhile
             detail = await self._finalize(force=True)
             if detail is not None:
                 step = machine.next_step(self._facts(time.time()))
@@ -668,7 +670,7 @@ class Agent:
             step = machine.next_step(self._facts(time.time()))
             self._publish(step, step.reason, step.recheck_at)
             self._arm(step.recheck_at, step.reason)
-            return f"rebooting into {_dep(self.rt.staged).label}"  # type: ignore[union-attr]
+            return f"rebooting into {label}"
 
     # -- configuration --------------------------------------------------------------------
     def _on_config_change(self, reason: str) -> None:
