@@ -1,22 +1,28 @@
-"""A private dbus-daemon on a Unix socket, for a test or demo "system" or "session" bus."""
+"""A private dbus-daemon on a Unix socket, for a test or demo "system" or "session" bus, and
+the method call the doubles' client helpers make on it."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+from zincati_py.sandbox.proc import Harness, stop_process, wait_ready
+
+if TYPE_CHECKING:
+    from dbus_fast import Message
+    from dbus_fast.aio import MessageBus
+
+#: A bus anyone may own names on, send to and eavesdrop on (the sandbox has no other users).
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>{bus_type}</type>
-  <listen>unix:path={socket}</listen>
+  <listen>{listen}</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
     <allow user="*"/>
@@ -28,7 +34,7 @@ _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configura
 """
 
 
-class PrivateBus:
+class PrivateBus(Harness):
     """Start with ``start()`` (or use as a context manager); ``address`` is the bus address.
 
     The daemon runs in the foreground of its own process so it can be killed by PID; its
@@ -57,7 +63,9 @@ class PrivateBus:
     def start(self, timeout: float = 10.0) -> PrivateBus:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "bus.conf"
-        config.write_text(_CONFIG.format(bus_type=self.bus_type, socket=self.socket))
+        config.write_text(
+            BUS_CONFIG.format(bus_type=self.bus_type, listen=f"unix:path={self.socket}")
+        )
         log = None if self.log_file is None else self.log_file.open("ab")
         try:
             self.process = subprocess.Popen(
@@ -70,14 +78,17 @@ class PrivateBus:
             if log is not None:
                 log.close()
         # The socket file appears just before dbus-daemon listens: ready means a connect works.
-        deadline = time.monotonic() + timeout
-        while not self._accepts():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dbus-daemon exited with {self.process.returncode}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"dbus-daemon did not listen on {self.socket}")
-            time.sleep(0.01)
+        try:
+            wait_ready(
+                self.process,
+                self._accepts,
+                what=f"dbus-daemon on {self.socket}",
+                timeout=timeout,
+                interval=0.01,
+            )
+        except TimeoutError:
+            self.stop()
+            raise
         return self
 
     def _accepts(self) -> bool:
@@ -89,13 +100,7 @@ class PrivateBus:
         return True
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -105,17 +110,34 @@ class PrivateBus:
         var = "DBUS_SYSTEM_BUS_ADDRESS" if self.bus_type == "system" else "DBUS_SESSION_BUS_ADDRESS"
         return {var: self.address}
 
-    def __enter__(self) -> PrivateBus:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def dbus_daemon_available() -> bool:
     return shutil.which("dbus-daemon") is not None and os.name == "posix"
+
+
+async def call_method(
+    bus: MessageBus,
+    destination: str,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    *body: Any,
+) -> Message:
+    """Call ``member`` and return the reply; ``RuntimeError`` for an error or no reply."""
+    from dbus_fast import Message, MessageType
+
+    reply = await bus.call(
+        Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body),
+        )
+    )
+    if reply is None or reply.message_type == MessageType.ERROR:
+        detail = "no reply" if reply is None else f"{reply.error_name}: {reply.body}"
+        raise RuntimeError(f"{destination} {member}: {detail}")
+    return reply

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+
+from zincati_py.sandbox.proc import Harness, stop_process, wait_ready
 
 
 def free_port() -> int:
@@ -38,7 +37,7 @@ class EtcdTls:
     client_key: Path
 
 
-class PrivateEtcd:
+class PrivateEtcd(Harness):
     """Start with ``start()`` (or use as a context manager); ``url`` is the client URL."""
 
     def __init__(self, directory: Path | None = None, tls: EtcdTls | None = None) -> None:
@@ -89,17 +88,21 @@ class PrivateEtcd:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                self.process = None
-                raise RuntimeError(f"etcd exited: {(self.directory / 'etcd.log').read_text()}")
-            if self._healthy():
-                return self
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"etcd on {self.url} not healthy within {timeout}s")
-            time.sleep(0.05)
+        try:
+            wait_ready(
+                self.process,
+                self._healthy,
+                what=f"etcd on {self.url}",
+                timeout=timeout,
+                log=self.directory / "etcd.log",
+            )
+        except TimeoutError:
+            self.stop()
+            raise
+        except RuntimeError:  # exited (a port taken meanwhile): start() retries
+            self.process = None
+            raise
+        return self
 
     def _tls_args(self) -> list[str]:
         if self.tls is None:
@@ -123,28 +126,11 @@ class PrivateEtcd:
             return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         if self._own_dir:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.directory)
-
-    def __enter__(self) -> PrivateEtcd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def etcd_available() -> bool:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import functools
 import json
 import os
-import select
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
+
+from zincati_py.sandbox.bus import call_method
+from zincati_py.sandbox.proc import start_with_ready_fd, stop_process
 
 BUS_NAME = "org.freedesktop.login1"
 MANAGER_PATH = "/org/freedesktop/login1"
@@ -56,32 +58,23 @@ class LogindDouble:
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self, timeout: float = 15.0) -> LogindDouble:
-        rfd, wfd = os.pipe()
-        params = {**self.parameters, "ready_fd": wfd}
-        cmd = [SYSTEM_PYTHON, "-m", "dbusmock", "--system", "--template", str(TEMPLATE)]
-        if self.log_path is not None:
-            cmd += ["-l", str(self.log_path)]
-        cmd += ["-p", json.dumps(params)]
-        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus_address}
-        try:
-            self.process = subprocess.Popen(cmd, env=env, pass_fds=(wfd,), stdin=subprocess.DEVNULL)
-            os.close(wfd)
-            ready, _, _ = select.select([rfd], [], [], timeout)
-            if not ready or not os.read(rfd, 16).startswith(b"READY"):
-                self.stop()
-                raise RuntimeError("logind double (dbusmock) did not come up")
-        finally:
-            os.close(rfd)
+        def command(ready_fd: int) -> list[str]:
+            cmd = [SYSTEM_PYTHON, "-m", "dbusmock", "--system", "--template", str(TEMPLATE)]
+            if self.log_path is not None:
+                cmd += ["-l", str(self.log_path)]
+            return [*cmd, "-p", json.dumps({**self.parameters, "ready_fd": ready_fd})]
+
+        self.process = None  # until it is up (a failed start leaves none)
+        self.process = start_with_ready_fd(
+            command,
+            what="logind double (dbusmock)",
+            timeout=timeout,
+            env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus_address},
+        )
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def log_lines(self) -> list[str]:
@@ -103,20 +96,7 @@ class Call:
 async def _call(
     bus: MessageBus, path: str, iface: str, member: str, signature: str = "", *body: Any
 ) -> list[Any]:
-    reply = await bus.call(
-        Message(
-            destination=BUS_NAME,
-            path=path,
-            interface=iface,
-            member=member,
-            signature=signature,
-            body=list(body),
-        )
-    )
-    if reply is None or reply.message_type == MessageType.ERROR:
-        detail = "no reply" if reply is None else f"{reply.error_name}: {reply.body}"
-        raise RuntimeError(f"logind double {member}: {detail}")
-    return list(reply.body)
+    return list((await call_method(bus, BUS_NAME, path, iface, member, signature, *body)).body)
 
 
 async def recorded_calls(bus: MessageBus, method: str | None = None) -> list[Call]:
@@ -165,19 +145,9 @@ async def inhibit(bus: MessageBus, what: str, who: str, why: str, mode: str = "b
 
     ``bus`` must be connected with ``negotiate_unix_fd=True``.
     """
-    reply = await bus.call(
-        Message(
-            destination=BUS_NAME,
-            path=MANAGER_PATH,
-            interface=MANAGER_IFACE,
-            member="Inhibit",
-            signature="ssss",
-            body=[what, who, why, mode],
-        )
+    reply = await call_method(
+        bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "Inhibit", "ssss", what, who, why, mode
     )
-    if reply is None or reply.message_type == MessageType.ERROR:
-        detail = "no reply" if reply is None else f"{reply.error_name}: {reply.body}"
-        raise RuntimeError(f"Inhibit: {detail}")
     # dbus-fast hands over the received fds in reply.unix_fds; body[0] indexes them.
     fd: int = reply.unix_fds[reply.body[0]]
     return fd

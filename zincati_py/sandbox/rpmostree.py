@@ -55,7 +55,6 @@ import hashlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -73,7 +72,8 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.introspection import Interface, Node
 
-from zincati_py.sandbox.bus import PrivateBus
+from zincati_py.sandbox.bus import PrivateBus, call_method
+from zincati_py.sandbox.proc import start_with_ready_fd, stop_process
 
 BUS_NAME = "org.projectatomic.rpmostree1"
 SYSROOT_PATH = "/org/projectatomic/rpmostree1/Sysroot"
@@ -944,18 +944,12 @@ class RpmOstreeDouble:
 
     def start(self, timeout: float = 10.0) -> RpmOstreeDouble:
         self.root.mkdir(parents=True, exist_ok=True)
-        rfd, wfd = os.pipe()
-        try:
-            self.process = subprocess.Popen(
-                [*self.command(), "--ready-fd", str(wfd)], pass_fds=(wfd,), stdin=subprocess.DEVNULL
-            )
-            os.close(wfd)
-            ready, _, _ = select.select([rfd], [], [], timeout)
-            if not ready or not os.read(rfd, 16).startswith(b"READY"):
-                self.stop()
-                raise RuntimeError("rpm-ostree double did not come up")
-        finally:
-            os.close(rfd)
+        self.process = None  # until it is up (a failed start leaves none)
+        self.process = start_with_ready_fd(
+            lambda ready_fd: [*self.command(), "--ready-fd", str(ready_fd)],
+            what="rpm-ostree double",
+            timeout=timeout,
+        )
         return self
 
     def running(self) -> bool:
@@ -967,13 +961,7 @@ class RpmOstreeDouble:
         return self.process.wait(timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def sysroot(self) -> Sysroot:
@@ -1021,19 +1009,7 @@ def _quote(arg: str) -> str:
 
 async def control(bus: MessageBus, member: str, signature: str = "", *body: Any) -> list[Any]:
     """Call a method of the double's test-control interface; returns the reply body."""
-    reply = await bus.call(
-        Message(
-            destination=BUS_NAME,
-            path=CONTROL_PATH,
-            interface=CONTROL_IFACE,
-            member=member,
-            signature=signature,
-            body=list(body),
-        )
-    )
-    assert reply is not None
-    if reply.message_type == MessageType.ERROR:
-        raise RuntimeError(f"{member}: {reply.error_name}: {reply.body}")
+    reply = await call_method(bus, BUS_NAME, CONTROL_PATH, CONTROL_IFACE, member, signature, *body)
     return list(reply.body)
 
 

@@ -36,12 +36,13 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
+
+from zincati_py.sandbox.bus import BUS_CONFIG
+from zincati_py.sandbox.proc import Harness, stop_process, venv_script
 
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
 
@@ -56,20 +57,7 @@ _NAMESPACE_SCRIPT = (
 # connects to its API bus once units with exactly those names are running (manager.c,
 # manager_dbus_is_running()), so an externally started dbus-daemon would never see it. Ours
 # override the distribution's (no dependency on dbus-user-session) and use a permissive policy.
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>systemd:</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-</busconfig>
-"""
+_BUS_CONFIG = BUS_CONFIG.format(bus_type="session", listen="systemd:")
 _DBUS_SOCKET = """[Unit]
 Description=zincati-py sandbox session bus socket
 
@@ -97,10 +85,10 @@ def user_manager_available() -> bool:
 
 def default_generator() -> Path:
     """The ``zincati-py-generator`` installed beside the running interpreter (the venv's)."""
-    return Path(sys.executable).parent / "zincati-py-generator"
+    return venv_script("zincati-py-generator")
 
 
-class UserManager:
+class UserManager(Harness):
     """A ``systemd --user`` instance with its own runtime/home/config dirs and D-Bus.
 
     ``config_root``: the ``ZINCATI_PY_ROOT`` the generator reads (``None``: no generator runs).
@@ -401,27 +389,14 @@ class UserManager:
             leftovers: list[tuple[int, str]] = []
             if self.process.poll() is None:
                 leftovers = self._descendants()
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    leftovers = self._descendants()
-                    self.process.kill()
-                    self.process.wait()
+
+                def recount() -> None:
+                    leftovers[:] = self._descendants()
+
+                stop_process(self.process, timeout, before_kill=recount)
             for pid, start in leftovers:
                 self._kill_if_same(pid, start)
             self.process = None
         self._remove_cgroups()
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> UserManager:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
