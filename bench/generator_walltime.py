@@ -23,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-GENERATOR = Path(sys.executable).parent / "zincati-py-generator"
+from zincati_py.sandbox.proc import venv_script
+
+GENERATOR = venv_script("zincati-py-generator")
 
 REALISTIC = """
 [agent.timing]

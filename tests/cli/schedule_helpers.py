@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-ZINCATI_PY = Path(sys.executable).parent / "zincati-py"
+from tests import helpers
+
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
 
@@ -26,13 +25,7 @@ def zpy(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """``zincati-py ARGS``; without ``env`` no bus is reachable (a fail-fast fake address)."""
-    full = {**os.environ, **(env or {})}
-    if env is None:
-        full["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=/nonexistent/zincati-py-test-bus"
-        full["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/zincati-py-test-bus"
-    return subprocess.run(
-        [str(ZINCATI_PY), *args], env=full, capture_output=True, text=True, timeout=timeout
-    )
+    return helpers.zpy(*args, env=helpers.NO_BUS if env is None else env, timeout=timeout)
 
 
 def zpy_json(*args: str, env: Mapping[str, str] | None = None) -> Any:

@@ -3,29 +3,21 @@ lines, stdout documents, and nothing written to the config directories."""
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import re
-import subprocess
-import sys
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-BIN = Path(sys.executable).parent / "zincati-py"
+from tests.helpers import zpy
+
+#: ``zincati-py ARGS`` without an inherited ``ZINCATI_PY_ROOT``.
+run = functools.partial(zpy, unset=("ZINCATI_PY_ROOT",))
 # One problem per line: "zincati-py: [warning: ]FILE: KEY: message" (no KEY for whole-file
 # problems such as malformed TOML).
 Expected = tuple[bool, str, str | None]
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "ZINCATI_PY_ROOT"}
-    full_env.update(env or {})
-    return subprocess.run(
-        [str(BIN), *args], capture_output=True, text=True, timeout=60, env=full_env, check=False
-    )
 
 
 def assert_problem_lines(stderr: str, expected: list[Expected]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests import helpers
 from zincati_py.sandbox.etcd import free_port
 
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -24,17 +26,8 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def zpy(command: list[str]) -> Run:
-    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*command, *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, **(env or {})},
-        )
-
-    return run
+def zpy() -> Run:
+    return functools.partial(helpers.zpy, timeout=30)
 
 
 @sqlite_only

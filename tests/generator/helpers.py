@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-GENERATOR = Path(sys.executable).parent / "zincati-py-generator"
+from zincati_py.sandbox.proc import venv_script
+
+GENERATOR = venv_script("zincati-py-generator")
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
 

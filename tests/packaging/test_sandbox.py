@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from zincati_py.sandbox.proc import venv_script
 from zincati_py.sandbox.systemd import UserManager
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +111,7 @@ def test_fleetlock_server_serves_inside_its_sandbox(manager: UserManager) -> Non
     text = (UNITS / "zincati-py-fleetlock.service").read_text()
     service = text.split("[Service]\n", 1)[1].split("\n[", 1)[0]
     kept = [line for line in service.splitlines() if not NOT_APPLIED.match(line)]
-    exe = Path(sys.executable).parent / "zincati-py"
+    exe = venv_script("zincati-py")
     (manager.unit_dir / "lockserver.service").write_text(
         f"[Service]\nExecStart={exe} fleetlock serve --config {config}\n" + "\n".join(kept) + "\n"
     )

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+import functools
 
 import pytest
 
-ZINCATI_PY = Path(sys.executable).with_name("zincati-py")
+from tests.helpers import zpy
 
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(ZINCATI_PY), *args], capture_output=True, text=True, timeout=30, check=False
-    )
+run = functools.partial(zpy, timeout=30)
 
 
 def test_translate_prints_only_the_lines() -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-BIN = Path(sys.executable).parent / "zincati-py"
+from tests.helpers import zpy
 
 BERLIN = """
 [updates]
@@ -28,13 +27,7 @@ length_minutes = 30
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN), "windows", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return zpy("windows", "--root", str(root), *args)
 
 
 def write(root: Path, text: str) -> Path:
