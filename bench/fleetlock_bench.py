@@ -21,12 +21,9 @@ import math
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,15 +38,9 @@ from zincati_py.fleetlock.client import (
     new_session,
 )
 from zincati_py.sandbox.etcd import PrivateEtcd, free_port
+from zincati_py.sandbox.lockserver import LockServerProcess
 
 BUDGET = 300.0  # seconds for any one scenario
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "zincati-py"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from zincati_py.cli import main; sys.exit(main())"]
 
 
 @contextmanager
@@ -69,35 +60,11 @@ def server(backend: str, groups: dict[str, int], etcd: PrivateEtcd | None) -> It
         lines += ["[etcd]", f'key_prefix = "/bench-{port}/"']
     config = workdir / "fleetlock.toml"
     config.write_text("\n".join(lines) + "\n")
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [*_command(), "fleetlock", "serve", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
+    proc = LockServerProcess(config, port, workdir / "server.log")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((workdir / "server.log").read_text())
-            try:
-                with urllib.request.urlopen(url + "readyz", timeout=1):
-                    break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("server did not become ready") from None
-                time.sleep(0.05)
-        yield url
+        yield proc.start(timeout=20).url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -6,14 +6,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +16,8 @@ import pytest
 from zincati_py.fleetlock.config import load
 from zincati_py.fleetlock.server import FleetLockServer
 from zincati_py.sandbox.etcd import PrivateEtcd, etcd_available, free_port
+from zincati_py.sandbox.lockserver import LockServerProcess
+from zincati_py.sandbox.proc import zincati_py_argv
 
 _prefix_counter = itertools.count()
 
@@ -97,88 +93,25 @@ def serve(tmp_path: Path, backend: Backend) -> Callable[..., Any]:
     return start
 
 
-def zincati_py_command() -> list[str]:
-    """The installed ``zincati-py`` entry point of the interpreter running the tests."""
-    script = Path(sys.executable).parent / "zincati-py"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from zincati_py.cli import main; sys.exit(main())"]
-
-
 @pytest.fixture
 def command() -> list[str]:
-    return zincati_py_command()
-
-
-@dataclass
-class Subprocess:
-    """``zincati-py fleetlock serve`` as a real process on a fixed port (restartable)."""
-
-    config: Path
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-    starts: list[float] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def start(self, timeout: float = 15.0) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [*zincati_py_command(), "fleetlock", "serve", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited {self.process.returncode}: {self.log.read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(self.url + "readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        self.starts.append(time.monotonic())
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"server not ready: {self.log.read_text()}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        self.process = None
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            rc = self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            rc = self.process.wait()
-        self.process = None
-        return rc
+    """Argv of the installed ``zincati-py`` of the interpreter running the tests."""
+    return zincati_py_argv()
 
 
 @pytest.fixture
-def subprocess_server(tmp_path: Path, backend: Backend) -> Iterator[Callable[[str], Subprocess]]:
+def subprocess_server(
+    tmp_path: Path, backend: Backend
+) -> Iterator[Callable[[str], LockServerProcess]]:
     """``subprocess_server(body)`` starts a real server process; stopped at teardown."""
-    started: list[Subprocess] = []
+    started: list[LockServerProcess] = []
 
-    def start(body: str) -> Subprocess:
+    def start(body: str) -> LockServerProcess:
         port = free_port()
         path = write_config(
             tmp_path / f"sub{len(started)}.toml", f'listen = "127.0.0.1:{port}"\n' + body, backend
         )
-        srv = Subprocess(path, port, tmp_path / f"sub{len(started)}.log")
+        srv = LockServerProcess(path, port, tmp_path / f"sub{len(started)}.log")
         started.append(srv)
         srv.start()
         return srv

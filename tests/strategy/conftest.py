@@ -3,10 +3,8 @@ on the same port, and the config tree of the node under test."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,62 +16,18 @@ import pytest
 
 from zincati_py.config import load
 from zincati_py.sandbox.etcd import free_port
+from zincati_py.sandbox.lockserver import LockServerProcess
 from zincati_py.strategy import Strategy, StrategyContext, build
 
 NODE = "0123456789abcdef0123456789abcdef"
 
 
 @dataclass
-class LockServer:
-    config: Path
-    port: int
-    log: Path
-    prefix: str = ""
-    process: subprocess.Popen[bytes] | None = None
-
+class LockServer(LockServerProcess):
     @property
     def url(self) -> str:
         """The base URL without a trailing slash: the client must treat it as a directory."""
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 15.0) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "zincati-py"),
-                    "fleetlock",
-                    "serve",
-                    "--config",
-                    str(self.config),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}{self.prefix}/readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"server not ready: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
 
     def requests(self, endpoint: str) -> int:
         """How many requests the server answered on ``endpoint`` (its own metrics)."""
@@ -116,6 +70,20 @@ class Node:
         result = load(self.root)
         assert result.ok, [str(p) for p in result.problems]
         return build(StrategyContext(result.config, result.paths, self.wakes.append))
+
+    async def woken(self, count: int, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until the strategies have woken the agent ``count`` times in all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.wakes) >= count:
+                return True
+            await asyncio.sleep(0.02)
+        return len(self.wakes) >= count
+
+    async def quiet(self, count: int, period: float = 0.3) -> bool:
+        """No wake beyond ``count`` during ``period`` seconds of running the loop."""
+        await asyncio.sleep(period)
+        return len(self.wakes) == count
 
 
 @pytest.fixture

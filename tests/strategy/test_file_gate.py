@@ -21,22 +21,6 @@ def gate(node: Any, extra: str = "") -> FileGate:
     return strategy
 
 
-async def woken(node: Any, count: int, timeout: float = 5.0) -> bool:
-    """Wait (bounded) until the gate has woken the agent ``count`` times in all."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(node.wakes) >= count:
-            return True
-        await asyncio.sleep(0.02)
-    return len(node.wakes) >= count
-
-
-async def quiet(node: Any, count: int, period: float = 0.3) -> bool:
-    """No wake beyond ``count`` during ``period`` seconds of running the loop."""
-    await asyncio.sleep(period)
-    return len(node.wakes) == count
-
-
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -54,25 +38,25 @@ def test_create_delete_move(node: Any) -> None:
             assert denied.reason == f"marker file {marker} does not exist"
 
             marker.touch()
-            assert await woken(node, 1)
+            assert await node.woken(1)
             assert node.wakes[0].startswith("file gate: IN_CREATE")
             assert (await g.can_finalize(now())).allowed
 
             n = len(node.wakes)
             marker.unlink()
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert not (await g.can_finalize(now())).allowed
 
             staged = marker.parent / ".reboot-ok.tmp"
             staged.write_text("x")  # another name in the directory: no wake
             n = len(node.wakes)
-            assert await quiet(node, n)
+            assert await node.quiet(n)
             os.replace(staged, marker)  # moved in
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert (await g.can_finalize(now())).allowed
             n = len(node.wakes)
             os.replace(marker, marker.parent / "elsewhere")  # moved out
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert not (await g.can_finalize(now())).allowed
             status = g.status()
             assert status["allowed"] is False and "does not exist" in status["reason"]
@@ -99,7 +83,7 @@ def test_max_age(node: Any) -> None:
             assert stale.recheck_at is None  # only a touch changes it
 
             marker.touch()  # IN_ATTRIB
-            assert await woken(node, 1)
+            assert await node.woken(1)
             fresh = await g.can_finalize(now())
             assert fresh.allowed
             mtime = datetime.fromtimestamp(marker.stat().st_mtime, UTC)
@@ -126,23 +110,23 @@ def test_missing_directories_are_followed(node: Any) -> None:
             assert g.status()["watching"] == str(node.root)
 
             marker.parent.mkdir(parents=True)
-            assert await woken(node, 1)
+            assert await node.woken(1)
             await asyncio.sleep(0.1)
             assert (await g.can_finalize(now())).details["watching"] == str(marker.parent)
             n = len(node.wakes)
             marker.touch()
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert (await g.can_finalize(now())).allowed
 
             n = len(node.wakes)
             shutil.rmtree(run)  # the whole tree goes away
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert not (await g.can_finalize(now())).allowed
             marker.parent.mkdir(parents=True)
             n = len(node.wakes)
             await asyncio.sleep(0.1)
             marker.write_text("again")
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert (await g.can_finalize(now())).allowed
         finally:
             await g.stop()

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import shutil
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -295,22 +294,6 @@ def test_problem_is_logged_once(node: Any, caplog: pytest.LogCaptureFixture) -> 
 # -- inotify -----------------------------------------------------------------------------------
 
 
-async def woken(node: Any, count: int, timeout: float = 5.0) -> bool:
-    """Wait (bounded) until the strategy has woken the agent ``count`` times in all."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(node.wakes) >= count:
-            return True
-        await asyncio.sleep(0.02)
-    return len(node.wakes) >= count
-
-
-async def quiet(node: Any, count: int, period: float = 0.3) -> bool:
-    """No wake beyond ``count`` during ``period`` seconds of running the loop."""
-    await asyncio.sleep(period)
-    return len(node.wakes) == count
-
-
 def test_inotify_wakes(node: Any) -> None:
     marker = marker_in(node.root)
     shutil.rmtree(node.root / "var", ignore_errors=True)
@@ -323,7 +306,7 @@ def test_inotify_wakes(node: Any) -> None:
             assert (await s.can_finalize(now)).details["watching"] == str(node.root)
 
             marker.parent.mkdir(parents=True)  # the watch follows the directories down
-            assert await woken(node, 1)
+            assert await node.woken(1)
             assert node.wakes[0].startswith("marker_file: IN_CREATE")
             await asyncio.sleep(0.1)
             verdict = await s.can_finalize(now)
@@ -333,37 +316,37 @@ def test_inotify_wakes(node: Any) -> None:
             staged = marker.parent / ".allowfinalize.tmp"
             staged.write_text("{}")
             n = len(node.wakes)
-            assert await quiet(node, n)  # another name in the directory
+            assert await node.quiet(n)  # another name in the directory
             os.chmod(staged, 0o644)
             os.replace(staged, marker)
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert (await s.can_finalize(datetime.now(UTC))).allowed
 
             n = len(node.wakes)
             os.chmod(marker, 0o646)  # IN_ATTRIB
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert not (await s.can_finalize(datetime.now(UTC))).allowed
             n = len(node.wakes)
             os.chmod(marker, 0o644)
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             assert (await s.can_finalize(datetime.now(UTC))).allowed
 
             n = len(node.wakes)
             marker.write_text(f'{{"allowUntil": {PAST}}}')  # rewritten in place
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             expired = await s.can_finalize(datetime.now(UTC))
             assert not expired.allowed and "expired at 2021-04-28T20:14:23+00:00" in expired.reason
 
             n = len(node.wakes)
             marker.unlink()
-            assert await woken(node, n + 1)
+            assert await node.woken(n + 1)
             gone = await s.can_finalize(datetime.now(UTC))
             assert gone.reason == f"marker file {marker} does not exist"
         finally:
             await s.stop()
         n = len(node.wakes)
         put(marker, "{}")  # stopped: no more wakes
-        assert await quiet(node, n)
+        assert await node.quiet(n)
 
     asyncio.run(scenario())
 
