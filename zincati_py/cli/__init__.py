@@ -63,6 +63,14 @@ def add_root_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def print_json(doc: object, *, sort_keys: bool = False) -> None:
+    """A ``--json`` answer: one indented JSON document on stdout, newline-terminated."""
+    import json
+
+    json.dump(doc, sys.stdout, indent=2, sort_keys=sort_keys)
+    sys.stdout.write("\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

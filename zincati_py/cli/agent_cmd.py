@@ -21,12 +21,11 @@ the system bus) and ``--bus-name NAME`` (default ``$ZINCATI_PY_BUS_NAME``, else
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
-from zincati_py.cli import CliError, add_root_argument
+from zincati_py.cli import CliError, add_root_argument, print_json
 
 DBUS_TIMEOUT = 60.0
 _UNREACHABLE = {
@@ -132,8 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise CliError(f"{path}: {exc}", os.EX_DATAERR) from None
     running = _pid_alive(doc.get("pid")) and doc.get("state") != "end"
     if args.json:
-        json.dump({**doc, "agent_running": running}, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        print_json({**doc, "agent_running": running}, sort_keys=True)
         return 0
     print(status.describe(doc))
     if not running:

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from zincati_py.cli import add_root_argument
+from zincati_py.cli import add_root_argument, print_json
 
 
 def register(sub: Any) -> None:
@@ -45,8 +45,7 @@ def run_show(args: argparse.Namespace) -> int:
         doc = result.config.as_dict()
         doc["fragments"] = [str(p) for p in result.fragments]
         doc["valid"] = result.ok
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(doc)
     else:
         import tomli_w
 

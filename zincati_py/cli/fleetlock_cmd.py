@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from zincati_py.cli import CliError
+from zincati_py.cli import CliError, print_json
 
 if TYPE_CHECKING:
     import httpx
 
-    from zincati_py.fleetlock.client import FleetLockError
+    from zincati_py.fleetlock.client import (
+        FleetLockAdminClient,
+        FleetLockClient,
+        FleetLockError,
+    )
 
 T = TypeVar("T")
 TOKEN_ENV = "ZINCATI_PY_FLEETLOCK_TOKEN"
@@ -130,27 +132,37 @@ def _call(args: argparse.Namespace, fn: Callable[[httpx.AsyncClient], Awaitable[
         raise CliError(f"{args.url}: {err}", _exit_code(err)) from None
 
 
+def _client(args: argparse.Namespace, session: httpx.AsyncClient) -> FleetLockClient:
+    """The protocol client for ``args``' URL, node and group."""
+    from zincati_py.fleetlock.client import FleetLockClient
+
+    return FleetLockClient(
+        args.url,
+        args.node_id,
+        args.group,
+        session=session,
+        timeout=args.timeout,
+        token=_token(args),
+    )
+
+
+def _admin(args: argparse.Namespace, session: httpx.AsyncClient) -> FleetLockAdminClient:
+    """The admin API client for ``args``' URL."""
+    from zincati_py.fleetlock.client import FleetLockAdminClient
+
+    return FleetLockAdminClient(args.url, session=session, timeout=args.timeout, token=_token(args))
+
+
 def _emit(args: argparse.Namespace, doc: Any, text: str) -> None:
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(doc)
     else:
         print(text)
 
 
 def run_lock(args: argparse.Namespace) -> int:
-    from zincati_py.fleetlock.client import FleetLockClient
-
     async def go(session: httpx.AsyncClient) -> int | None:
-        client = FleetLockClient(
-            args.url,
-            args.node_id,
-            args.group,
-            session=session,
-            timeout=args.timeout,
-            token=_token(args),
-        )
-        return (await client.pre_reboot()).lease_seconds
+        return (await _client(args, session).pre_reboot()).lease_seconds
 
     lease = _call(args, go)
     lease_text = "no lease" if lease is None else f"lease {lease}s"
@@ -163,18 +175,8 @@ def run_lock(args: argparse.Namespace) -> int:
 
 
 def run_unlock(args: argparse.Namespace) -> int:
-    from zincati_py.fleetlock.client import FleetLockClient
-
     async def go(session: httpx.AsyncClient) -> None:
-        client = FleetLockClient(
-            args.url,
-            args.node_id,
-            args.group,
-            session=session,
-            timeout=args.timeout,
-            token=_token(args),
-        )
-        await client.steady_state()
+        await _client(args, session).steady_state()
 
     _call(args, go)
     _emit(
@@ -186,13 +188,8 @@ def run_unlock(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from zincati_py.fleetlock.client import FleetLockAdminClient
-
     async def go(session: httpx.AsyncClient) -> bool:
-        admin = FleetLockAdminClient(
-            args.url, session=session, timeout=args.timeout, token=_token(args)
-        )
-        return await admin.release(args.group, args.node_id)
+        return await _admin(args, session).release(args.group, args.node_id)
 
     held = _call(args, go)
     _emit(
@@ -215,12 +212,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from zincati_py.fleetlock.client import FleetLockAdminClient
-
     async def go(session: httpx.AsyncClient) -> list[dict[str, Any]]:
-        admin = FleetLockAdminClient(
-            args.url, session=session, timeout=args.timeout, token=_token(args)
-        )
+        admin = _admin(args, session)
         if args.group is not None:
             return [await admin.group(args.group)]
         return await admin.groups()

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zincati_py.cli import CliError, add_root_argument
+from zincati_py.cli import CliError, add_root_argument, print_json
 
 if TYPE_CHECKING:
     from zincati_py.config import LoadResult, Schedule
@@ -104,6 +104,16 @@ def _add_change_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_root_argument(parser)
     add_user_argument(parser)
+
+
+def _job_parser(
+    sub: _Subparsers, verb: str, func: Callable[[argparse.Namespace], int], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """``schedule VERB NAME ...``: a subcommand about one job, run by ``func``."""
+    parser: argparse.ArgumentParser = sub.add_parser(verb, **kwargs)
+    parser.add_argument("name", metavar="NAME")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def check_name(name: str) -> str:
@@ -306,8 +316,10 @@ def read_history(paths: Paths, name: str) -> list[dict[str, Any]]:
 
 
 def _register_create(sub: _Subparsers) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
+    parser = _job_parser(
+        sub,
         "create",
+        _cmd_create,
         help="add a named cron job (a systemd timer + oneshot service)",
         description=(
             "Validate the job, write it to /etc/zincati/config.d/70-schedule-NAME.toml "
@@ -315,7 +327,6 @@ def _register_create(sub: _Subparsers) -> None:
             "'/bin/sh -c CMD'."
         ),
     )
-    parser.add_argument("name", metavar="NAME")
     parser.add_argument("--cron", required=True, metavar="EXPR", help="when (cron syntax)")
     parser.add_argument("--command", required=True, metavar="CMD", help="what (a shell line)")
     parser.add_argument("--tz", metavar="ZONE", help="'UTC' or an IANA zone (default: local)")
@@ -331,7 +342,6 @@ def _register_create(sub: _Subparsers) -> None:
     parser.add_argument("--disabled", action="store_true", help="write it disabled")
     parser.add_argument("--replace", action="store_true", help="replace an existing NAME")
     _add_change_arguments(parser)
-    parser.set_defaults(func=_cmd_create)
 
 
 def _seconds(option: str, text: str, minimum: int) -> int:
@@ -404,17 +414,17 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def _register_delete(sub: _Subparsers) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
+    parser = _job_parser(
+        sub,
         "delete",
+        _cmd_delete,
         help="remove a job (jobs from other fragments are disabled by an override)",
         description=(
             "Remove the fragment zincati-py wrote for NAME. If other fragments (e.g. a vendor's "
             "in /usr/lib/zincati/config.d) still define it, write an override that disables it."
         ),
     )
-    parser.add_argument("name", metavar="NAME")
     _add_change_arguments(parser)
-    parser.set_defaults(func=_cmd_delete)
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
@@ -464,17 +474,17 @@ def _set_enabled(paths: Paths, name: str, entry: Entry, enabled: bool) -> Path:
 
 def _register_toggle(verb: str, enabled: bool) -> Callable[[_Subparsers], None]:
     def register(sub: _Subparsers) -> None:
-        parser: argparse.ArgumentParser = sub.add_parser(
+        parser = _job_parser(
+            sub,
             verb,
+            lambda args: _cmd_toggle(args, enabled),
             help=f"{verb} a job (works for jobs defined in any fragment)",
             description=(
                 f"Set enabled = {str(enabled).lower()} for NAME in the fragment zincati-py "
                 "writes for it (created if needed; other fragments are not edited)."
             ),
         )
-        parser.add_argument("name", metavar="NAME")
         _add_change_arguments(parser)
-        parser.set_defaults(func=lambda args: _cmd_toggle(args, enabled))
 
     return register
 
@@ -590,8 +600,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             "systemd": {"manager": "user" if args.user else "system", "reachable": note is None},
             "note": note,
         }
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(doc)
         return 0
     if note:
         print(f"zincati-py: note: {note}", file=sys.stderr)
@@ -617,14 +626,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _register_status(sub: _Subparsers) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "status", help="one job: configuration, systemd state and last recorded run"
+    parser = _job_parser(
+        sub,
+        "status",
+        _cmd_status,
+        help="one job: configuration, systemd state and last recorded run",
     )
-    parser.add_argument("name", metavar="NAME")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     add_root_argument(parser)
     add_user_argument(parser)
-    parser.set_defaults(func=_cmd_status)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -640,8 +650,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     row["last_recorded_run"] = runs[-1] if runs else None
     row["note"] = note
     if args.json:
-        json.dump(row, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(row)
         return 0
     live = view.get(name, {})
     print(f"schedule {name} ({'enabled' if job.enabled else 'disabled'}) from {row['source']}")
@@ -687,19 +696,19 @@ def _describe_run(run: dict[str, Any]) -> str:
 
 
 def _register_history(sub: _Subparsers) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
+    parser = _job_parser(
+        sub,
         "history",
+        _cmd_history,
         help="past runs of a job (start, end, result)",
         description=(
             "Runs recorded by the job's ExecStopPost= hook, oldest first: start and end of the "
             "main process as systemd reports them and systemd's result and exit status."
         ),
     )
-    parser.add_argument("name", metavar="NAME")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--limit", metavar="N", default=None, help="only the last N runs")
     add_root_argument(parser)
-    parser.set_defaults(func=_cmd_history)
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
@@ -711,8 +720,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
     if args.limit is not None:
         runs = runs[-_seconds("--limit", args.limit, 1) :]
     if args.json:
-        json.dump({"name": name, "runs": runs}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json({"name": name, "runs": runs})
         return 0
     if not runs:
         print(f"schedule {name}: no recorded runs", file=sys.stderr)
@@ -731,14 +739,14 @@ def _register_trigger(sub: _Subparsers) -> None:
 
 
 def _register_record(sub: _Subparsers) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
+    parser = _job_parser(
+        sub,
         "_record",
+        _cmd_record,
         description="Internal: run by a schedule's service after each run (ExecStopPost=).",
     )
-    parser.add_argument("name", metavar="NAME")
     add_root_argument(parser)
     add_user_argument(parser)
-    parser.set_defaults(func=_cmd_record)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:

@@ -20,13 +20,12 @@ half-open windows) are those of :mod:`zincati_py.strategy.windows`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from zincati_py.cli import CliError, add_root_argument
+from zincati_py.cli import CliError, add_root_argument, print_json
 
 
 def register(sub: Any) -> None:
@@ -102,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
         "windows": entries,
     }
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(doc)
         return 0
 
     print(f"time zone: {doc['time_zone']}")
