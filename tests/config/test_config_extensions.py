@@ -3,6 +3,7 @@ the ``file`` strategy and strategy arrays."""
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import pytest
@@ -199,19 +200,13 @@ ROWS: list[tuple[str, str, str, Any, list[tuple[str, str]]]] = [
 ]  # fmt: skip
 
 
-def _get(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
-
-
 @pytest.mark.parametrize(
     ("text", "attr", "expected", "problems"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS]
 )
 def test_extension_key(tree, text, attr, expected, problems) -> None:  # type: ignore[no-untyped-def]
     tree.write("etc", "50-test.toml", text)
     result = tree.load()
-    assert _get(result.config, attr) == expected
+    assert attrgetter(attr)(result.config) == expected
     assert [(sev, key) for sev, _, key in tree.problems(result)] == problems
     assert all(file == F for _, file, _ in tree.problems(result))
 

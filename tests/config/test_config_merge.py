@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,6 @@ OVERRIDES = [
 ]  # fmt: skip
 
 
-def _attr(config: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = getattr(config, part)
-    return config
-
-
 @pytest.mark.parametrize(
     ("texts", "key", "expected"), [c[1:] for c in OVERRIDES], ids=[c[0] for c in OVERRIDES]
 )
@@ -68,7 +63,7 @@ def test_override_rules(tree, texts, key, expected) -> None:  # type: ignore[no-
     dirs = ["etc", "run", "usr"]
     for i, text in enumerate(texts):
         tree.write(dirs[i % 3], f"{10 + i}-f.toml", text)
-    assert _attr(tree.load().config, key) == expected
+    assert attrgetter(key)(tree.load().config) == expected
 
 
 def test_wrong_type_is_an_error_naming_file_and_key(tree) -> None:  # type: ignore[no-untyped-def]
