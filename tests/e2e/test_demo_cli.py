@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import strays
-from zincati_py.sandbox.demo import NEW_VERSION, OLD_VERSION, zincati_py_argv
+from zincati_py.sandbox.demo import NEW_VERSION, OLD_VERSION
+from zincati_py.sandbox.proc import zincati_py_argv
 
 
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:

@@ -21,9 +21,9 @@ from zincati_py.sandbox.demo import (
     Fleet,
     Node,
     Summary,
-    zincati_py_argv,
 )
 from zincati_py.sandbox.logind import add_session
+from zincati_py.sandbox.proc import zincati_py_argv
 
 # A node that takes the slot finds a logged-in user, warns and postpones its reboot by this
 # much while holding the slot: the moment the faults below aim at.

@@ -65,6 +65,7 @@ from typing import Any, TextIO
 
 from zincati_py.sandbox.bus import PrivateBus
 from zincati_py.sandbox.logind import LogindDouble
+from zincati_py.sandbox.proc import zincati_py_argv
 from zincati_py.sandbox.rpmostree import RpmOstreeDouble
 from zincati_py.sandbox.systemd import UserManager
 
@@ -91,14 +92,6 @@ class Timing:
 
 FAST = Timing("fast", 2, 3.0, 12.0, 3, 10, 0.2, 120.0)
 NORMAL = Timing("normal", 10, 15.0, 60.0, 10, 60, 0.5, 600.0)
-
-
-def zincati_py_argv() -> list[str]:
-    """The ``zincati-py`` of this interpreter's environment (the venv's, or /usr/bin's)."""
-    script = Path(sys.executable).parent / "zincati-py"
-    if os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from zincati_py.cli import main; sys.exit(main())"]
 
 
 def prerequisites() -> list[str]:
