@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zincati_py.sandbox.proc import Harness, stop_process, wait_ready, zincati_py_argv
@@ -16,13 +17,15 @@ from zincati_py.sandbox.proc import Harness, stop_process, wait_ready, zincati_p
 @dataclass
 class LockServerProcess(Harness):
     """``config``: the server's TOML (its ``listen`` is 127.0.0.1:``port``, its ``prefix``
-    ``prefix``); ``log``: where its output goes (appended across restarts)."""
+    ``prefix``); ``log``: where its output goes (appended across restarts); ``starts``: when
+    each start became ready (``time.monotonic()``)."""
 
     config: Path
     port: int
     log: Path
     prefix: str = ""
     process: subprocess.Popen[bytes] | None = None
+    starts: list[float] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -43,6 +46,7 @@ class LockServerProcess(Harness):
         except TimeoutError:
             self.stop()
             raise
+        self.starts.append(time.monotonic())
         return self
 
     def _ready(self) -> bool:
