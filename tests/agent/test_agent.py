@@ -256,8 +256,15 @@ def test_sigkill_in_every_state_never_reboots_twice(node_factory: Callable[..., 
     node.wait_state("reported steady", agent=agent)
     assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
     node.wait_state("update finalized", agent=agent)
-    assert reboots(node) == 1
-    state = json.loads((node.root / "var/lib/zincati-py/state.json").read_text())
+    # "update finalized" is announced just before logind is asked, then the call is recorded.
+    wait_for(lambda: reboots(node) == 1, 5, "logind Reboot")
+    state_file = node.root / "var/lib/zincati-py/state.json"
+    wait_for(
+        lambda: (json.loads(state_file.read_text())["reboot_requested"] or {}).get("called"),
+        5,
+        "the reboot call recorded",
+    )
+    state = json.loads(state_file.read_text())
     assert state["reboot_requested"]["version"] == NEW
     assert state["reboot_requested"]["called"] is True
     for _ in range(3):

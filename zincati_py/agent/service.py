@@ -552,6 +552,10 @@ class Agent:
                 boot_id=self.boot_id,
             )
         )
+        # Announced before acting, as Zincati enters UpdateFinalized before rebooting: the
+        # host may go down (or the booted deployment change) before another evaluation runs.
+        finalized = machine.next_step(self._facts(time.time()))
+        self._publish(finalized, finalized.reason, None)
         try:
             await self.rpm.unlock_finalization(staged)
             log.info("finalization lock released for %s; asking logind to reboot", dep.label)
