@@ -14,8 +14,9 @@ $py -m ruff check . || status=1
 $py -m ruff format --check . || status=1
 $py -m mypy || status=1
 # Tests run as root against real systemd/dbus/etcd started by fixtures; -p no:cacheprovider
-# keeps a read-only checkout clean.
-$py -m pytest -p no:cacheprovider "${@:2}" tests
+# keeps a read-only checkout clean. Here a skipped test fails (tests/conftest.py): this command
+# runs where .ci/run installed every component.
+ZINCATI_PY_REQUIRE_ALL=${ZINCATI_PY_REQUIRE_ALL:-1} $py -m pytest -p no:cacheprovider "${@:2}" tests
 rc=$?
 if [ $rc -ne 0 ]; then status=$rc; fi
 exit $status

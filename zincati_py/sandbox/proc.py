@@ -3,6 +3,7 @@ where this environment's executables are, start-up waits, and teardown by PID.""
 
 from __future__ import annotations
 
+import abc
 import os
 import select
 import subprocess
@@ -103,14 +104,14 @@ def start_with_ready_fd(
     return process
 
 
-class Harness:
+class Harness(abc.ABC):
     """``with Harness() as h``: ``start()`` on entry, ``stop()`` on exit."""
 
-    def start(self) -> object:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self) -> object: ...
 
-    def stop(self) -> object:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> object: ...
 
     def __enter__(self) -> Self:
         self.start()
