@@ -13,16 +13,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from zincati_py.sandbox.bus import PrivateBus
+from zincati_py.sandbox.proc import agent_argv, zincati_py_argv
 from zincati_py.sandbox.rpmostree import RpmOstreeDouble
 
-ZPY = (sys.executable, "-c", "import sys; from zincati_py.cli import main; sys.exit(main())")
+ZPY = tuple(zincati_py_argv())
 AGENT_BUS_NAME = "io.github.zincatipy.Agent1"
 
 
@@ -84,17 +84,7 @@ class AgentProcess:
         self.log_path = log
         self._log = log.open("ab")
         self.process = subprocess.Popen(
-            [
-                *ZPY,
-                "-v",
-                "agent",
-                "--root",
-                str(node.root),
-                "--system-bus",
-                node.bus.address,
-                "--ostree-command",
-                " ".join(node.double.ostree_command),
-            ],
+            agent_argv(node.root, node.bus.address, node.double.ostree_command),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,

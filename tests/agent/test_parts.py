@@ -17,8 +17,9 @@ import pytest
 from zincati_py.agent import persist, status
 from zincati_py.agent.notify import Notifier
 from zincati_py.metrics import AgentMetrics, Exporter
+from zincati_py.sandbox.proc import zincati_py_argv
 
-ZPY = (sys.executable, "-c", "import sys; from zincati_py.cli import main; sys.exit(main())")
+ZPY = tuple(zincati_py_argv())
 
 
 def _datagram_socket(path: str | bytes) -> socket.socket:

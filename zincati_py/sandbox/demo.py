@@ -65,7 +65,7 @@ from typing import Any, TextIO
 
 from zincati_py.sandbox.bus import PrivateBus
 from zincati_py.sandbox.logind import LogindDouble
-from zincati_py.sandbox.proc import zincati_py_argv
+from zincati_py.sandbox.proc import agent_argv, zincati_py_argv
 from zincati_py.sandbox.rpmostree import RpmOstreeDouble
 from zincati_py.sandbox.systemd import UserManager
 
@@ -595,17 +595,7 @@ class Fleet:
             log.write(f"--- agent start #{node.agent_boot} at +{self.now():.2f}s\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                [
-                    *zincati_py_argv(),
-                    "-v",
-                    "agent",
-                    "--root",
-                    str(node.root),
-                    "--system-bus",
-                    node.bus.address,
-                    "--ostree-command",
-                    " ".join(node.double.ostree_command),
-                ],
+                agent_argv(node.root, node.bus.address, node.double.ostree_command),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

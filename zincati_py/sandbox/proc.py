@@ -9,7 +9,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -26,6 +26,21 @@ def zincati_py_argv() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "import sys; from zincati_py.cli import main; sys.exit(main())"]
+
+
+def agent_argv(root: Path, system_bus: str, ostree_command: Sequence[str]) -> list[str]:
+    """Argv of ``zincati-py agent`` for one sandboxed node (its root, bus and ostree stand-in)."""
+    return [
+        *zincati_py_argv(),
+        "-v",
+        "agent",
+        "--root",
+        str(root),
+        "--system-bus",
+        system_bus,
+        "--ostree-command",
+        " ".join(ostree_command),
+    ]
 
 
 def stop_process(
