@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zincati_py.sandbox.bus import PrivateBus
-from zincati_py.sandbox.logind import LogindDouble
-from zincati_py.sandbox.rpmostree import RpmOstreeDouble, control
+from testbed.bus import PrivateBus
+from testbed.logind import LogindDouble
+from testbed.rpmostree import RpmOstreeDouble, control
 
 BOOTED = "40.20240101.3.0"
 

@@ -31,14 +31,14 @@ from pathlib import Path
 
 import httpx
 
+from testbed.etcd import PrivateEtcd, free_port
+from testbed.lockserver import LockServerProcess
 from zincati_py.fleetlock.client import (
     FleetLockAdminClient,
     FleetLockClient,
     FleetLockError,
     new_session,
 )
-from zincati_py.sandbox.etcd import PrivateEtcd, free_port
-from zincati_py.sandbox.lockserver import LockServerProcess
 
 BUDGET = 300.0  # seconds for any one scenario
 

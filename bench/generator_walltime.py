@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from zincati_py.sandbox.proc import venv_script
+from testbed.proc import venv_script
 
 GENERATOR = venv_script("zincati-py-generator")
 

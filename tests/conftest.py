@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-# ---- systemd user manager (owner: generator/schedule CLI; zincati_py/sandbox/systemd.py) ----
-from zincati_py.sandbox.systemd import UserManager, user_manager_available
+# ---- systemd user manager (owner: generator/schedule CLI; testbed/systemd.py) ----
+from testbed.systemd import UserManager, user_manager_available
 
 # ---- every test runs in CI (owner: lead) ----
 # Tests skip when a real component is missing (dbus-daemon, systemd, dbusmock, etcd, rpmbuild),
@@ -72,13 +72,13 @@ def user_manager(
 # ---- end systemd user manager ----
 
 
-# ---- D-Bus peers (owner: dbus adapters; zincati_py/sandbox/{bus,rpmostree,logind}.py) ----
+# ---- D-Bus peers (owner: dbus adapters; testbed/{bus,rpmostree,logind}.py) ----
 import socket  # noqa: E402
 import time  # noqa: E402
 
-from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available  # noqa: E402
-from zincati_py.sandbox.logind import LogindDouble, logind_double_available  # noqa: E402
-from zincati_py.sandbox.rpmostree import RpmOstreeDouble  # noqa: E402
+from testbed.bus import PrivateBus, dbus_daemon_available  # noqa: E402
+from testbed.logind import LogindDouble, logind_double_available  # noqa: E402
+from testbed.rpmostree import RpmOstreeDouble  # noqa: E402
 
 #: A booted release and one newer release that the first update check finds.
 RPMOSTREE_SCRIPT: dict[str, object] = {

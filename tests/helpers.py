@@ -7,7 +7,7 @@ import os
 import subprocess
 from collections.abc import Iterable, Mapping
 
-from zincati_py.sandbox.proc import zincati_py_argv
+from testbed.proc import zincati_py_argv
 
 #: Bus addresses that fail fast: a ``zincati-py`` that must not reach any bus.
 NO_BUS = {

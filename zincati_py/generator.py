@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from zincati_py.config import Config, Schedule, Window
+    from zincati_py.config import ScheduleSettings, Settings, WindowSettings
 
 PREFIX = "zincati-py-"
 CHECK_UNIT = "zincati-py-check"
@@ -144,7 +144,7 @@ def _zone_suffix(tz: str | None) -> str | None:
     return None if tz in (None, "localtime") else tz
 
 
-def check_delay_secs(config: Config) -> int:
+def check_delay_secs(config: Settings) -> int:
     wariness = config.identity.rollout_wariness
     if not wariness:
         return 0
@@ -153,7 +153,7 @@ def check_delay_secs(config: Config) -> int:
     return min(round(wariness * interval), MAX_CHECK_DELAY_SECS)
 
 
-def window_calendar(window: Window, tz: str, hash_id: str | None) -> list[str]:
+def window_calendar(window: WindowSettings, tz: str, hash_id: str | None) -> list[str]:
     zone = _zone_suffix(tz)
     if window.cron is not None:
         from zincati_py.schedule import translate
@@ -165,7 +165,7 @@ def window_calendar(window: Window, tz: str, hash_id: str | None) -> list[str]:
     return [f"{line} {zone}" if zone else line]
 
 
-def schedule_calendar(job: Schedule, hash_id: str | None) -> list[str]:
+def schedule_calendar(job: ScheduleSettings, hash_id: str | None) -> list[str]:
     from zincati_py.schedule import translate
 
     return translate(job.cron, tz=_zone_suffix(job.time_zone), hash_id=hash_id)
@@ -185,7 +185,7 @@ class Rendered:
 
 
 def render(
-    config: Config,
+    config: Settings,
     *,
     fragments: Sequence[Path] = (),
     executable: str = "/usr/bin/zincati-py",
@@ -219,7 +219,7 @@ def render(
 
 
 def _render_check(
-    out: Rendered, config: Config, header: str, exe: str, hash_id: str | None
+    out: Rendered, config: Settings, header: str, exe: str, hash_id: str | None
 ) -> None:
     timing = config.agent.timing
     if timing.check_cron:
@@ -255,7 +255,7 @@ def _render_check(
 
 
 def _render_windows(
-    out: Rendered, config: Config, header: str, exe: str, hash_id: str | None
+    out: Rendered, config: Settings, header: str, exe: str, hash_id: str | None
 ) -> None:
     from zincati_py.schedule import CronError
 
@@ -289,7 +289,7 @@ def _render_windows(
 
 def _render_schedule(
     out: Rendered,
-    job: Schedule,
+    job: ScheduleSettings,
     header: str,
     exe: str,
     hash_id: str | None,

@@ -2,7 +2,7 @@
 
 A ``Node`` (the ``node`` fixture in conftest.py) is one sandboxed host: the private bus
 (``system_bus`` from tests/conftest.py), the rpm-ostree double (its sysroot doubles as the
-agent's ``--root``), python-dbusmock's logind (``zincati_py.sandbox.logind``) and
+agent's ``--root``), python-dbusmock's logind (``testbed.logind``) and
 ``node.agent(...)`` to start ``zincati-py agent``. Every wait is bounded.
 """
 
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zincati_py.sandbox.bus import PrivateBus
-from zincati_py.sandbox.proc import agent_argv, zincati_py_argv
-from zincati_py.sandbox.rpmostree import RpmOstreeDouble
+from testbed.bus import PrivateBus
+from testbed.proc import agent_argv, zincati_py_argv
+from testbed.rpmostree import RpmOstreeDouble
 
 ZPY = tuple(zincati_py_argv())
 AGENT_BUS_NAME = "io.github.zincatipy.Agent1"
@@ -179,7 +179,7 @@ class Node:
         return result
 
     def control(self, member: str, signature: str = "", *body: Any) -> list[Any]:
-        from zincati_py.sandbox.rpmostree import BUS_NAME, CONTROL_IFACE, CONTROL_PATH
+        from testbed.rpmostree import BUS_NAME, CONTROL_IFACE, CONTROL_PATH
 
         return dbus_call(
             self.bus.address, BUS_NAME, CONTROL_PATH, CONTROL_IFACE, member, signature, *body
@@ -196,17 +196,17 @@ class Node:
         raise AssertionError(f"no booted deployment in {state}")
 
     def logind_calls(self, method: str) -> list[Any]:
-        from zincati_py.sandbox.logind import recorded_calls
+        from testbed.logind import recorded_calls
 
         return self._on_bus(lambda bus: recorded_calls(bus, method))
 
     def add_session(self, session_id: str, **kw: Any) -> None:
-        from zincati_py.sandbox.logind import add_session
+        from testbed.logind import add_session
 
         self._on_bus(lambda bus: add_session(bus, session_id, **kw))
 
     def remove_session(self, session_id: str) -> None:
-        from zincati_py.sandbox.logind import remove_session
+        from testbed.logind import remove_session
 
         self._on_bus(lambda bus: remove_session(bus, session_id))
 
@@ -227,7 +227,7 @@ class Node:
 
     def inhibit(self, what: str = "shutdown", who: str = "backup", why: str = "nightly") -> int:
         """A block inhibitor held until the returned fd is closed."""
-        from zincati_py.sandbox.logind import inhibit
+        from testbed.logind import inhibit
 
         fd: int = self._on_bus(lambda bus: inhibit(bus, what, who, why, "block"), fds=True)
         return fd

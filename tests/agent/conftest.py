@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from zincati_py.sandbox.bus import PrivateBus
-from zincati_py.sandbox.rpmostree import RpmOstreeDouble
+from testbed.bus import PrivateBus
+from testbed.rpmostree import RpmOstreeDouble
 
 if TYPE_CHECKING:
     # Imported lazily in the fixture, like the sandbox modules.
@@ -22,8 +22,8 @@ def node_factory(
 ) -> Iterator[Callable[..., Node]]:
     """``node_factory(script=None, start_double=True)`` → a Node; agents and logind are
     stopped at teardown."""
+    from testbed import logind as logind_sandbox
     from tests.agent.agent_harness import Node
-    from zincati_py.sandbox import logind as logind_sandbox
 
     nodes: list[Node] = []
     mocks: list[Any] = []
@@ -58,9 +58,9 @@ def node(node_factory: Callable[..., Node]) -> Node:
 def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """``fleet_factory(name, script)`` → a Node with its own private bus (each node's
     rpm-ostree double and logind own the well-known names on their bus), as in the demo."""
+    from testbed import logind as logind_sandbox
+    from testbed.bus import dbus_daemon_available
     from tests.agent.agent_harness import Node
-    from zincati_py.sandbox import logind as logind_sandbox
-    from zincati_py.sandbox.bus import dbus_daemon_available
 
     if not dbus_daemon_available() or not logind_sandbox.logind_double_available():
         pytest.skip("needs dbus-daemon and python3-dbusmock")

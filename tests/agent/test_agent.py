@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from testbed.systemd import UserManager
 from tests.agent.agent_harness import (
     AGENT_BUS_NAME,
     ZPY,
@@ -19,7 +20,6 @@ from tests.agent.agent_harness import (
     dbus_call,
     wait_for,
 )
-from zincati_py.sandbox.systemd import UserManager
 
 NEW = "40.20240115.3.0"
 OLD = "40.20240101.3.0"
@@ -238,7 +238,7 @@ def test_sigkill_during_postponement_keeps_the_deadline_and_warns_once(node: Nod
 
 def test_sigkill_in_every_state_never_reboots_twice(node_factory: Callable[..., Node]) -> None:
     # The double does not reboot by itself here, so the agent stays "update finalized".
-    from zincati_py.sandbox.rpmostree import Script  # noqa: F401  (script keys documented there)
+    from testbed.rpmostree import Script  # noqa: F401  (script keys documented there)
 
     node = node_factory(
         {
@@ -429,7 +429,7 @@ def test_sigkill_during_a_check_does_not_lose_the_request(
 def test_fleet_lock_lets_one_node_reboot_at_a_time(
     fleet_factory: Callable[..., Node], tmp_path: Path
 ) -> None:
-    from zincati_py.sandbox.etcd import free_port
+    from testbed.etcd import free_port
 
     port = free_port()
     server_conf = tmp_path / "fleetlock.toml"

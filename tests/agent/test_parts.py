@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from testbed.proc import zincati_py_argv
 from zincati_py.agent import persist, status
 from zincati_py.agent.notify import Notifier
 from zincati_py.metrics import AgentMetrics, Exporter
-from zincati_py.sandbox.proc import zincati_py_argv
 
 ZPY = tuple(zincati_py_argv())
 
@@ -235,7 +235,7 @@ def test_status_cli(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args", [("check",), ("wake", "window"), ("reboot-now",)])
 def test_dbus_commands_without_agent(tmp_path: Path, args: tuple[str, ...]) -> None:
-    from zincati_py.sandbox.bus import PrivateBus
+    from testbed.bus import PrivateBus
 
     with PrivateBus("system", tmp_path / "bus") as bus:
         r = _cli(*args, "--system-bus", bus.address)
@@ -248,9 +248,9 @@ def test_dbus_commands_without_agent(tmp_path: Path, args: tuple[str, ...]) -> N
 
 def test_polkit_check_against_dbusmock_polkitd(tmp_path: Path) -> None:
     """RebootNow's non-root path asks polkit (python-dbusmock's polkitd template)."""
+    from testbed.bus import PrivateBus, dbus_daemon_available
+    from testbed.logind import logind_double_available
     from zincati_py.agent.api import REBOOT_NOW_ACTION, polkit_allows
-    from zincati_py.sandbox.bus import PrivateBus, dbus_daemon_available
-    from zincati_py.sandbox.logind import logind_double_available
 
     if not dbus_daemon_available() or not logind_double_available():
         pytest.skip("needs dbus-daemon and python3-dbusmock")
@@ -309,8 +309,8 @@ def test_polkit_check_against_dbusmock_polkitd(tmp_path: Path) -> None:
 
 
 def test_polkit_unreachable_refuses(tmp_path: Path) -> None:
+    from testbed.bus import PrivateBus
     from zincati_py.agent.api import REBOOT_NOW_ACTION, polkit_allows
-    from zincati_py.sandbox.bus import PrivateBus
 
     async def ask(address: str) -> bool:
         from dbus_fast import BusType

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from testbed.systemd import UserManager
 from tests.cli.schedule_helpers import assert_clean_error, make_root, wait_for, zpy, zpy_json
 from zincati_py.config import load
 from zincati_py.dbus.systemd import TIMER_IFACE
 from zincati_py.dbus.systemd_sync import Systemd
-from zincati_py.sandbox.systemd import UserManager
 from zincati_py.schedule import translate
 from zincati_py.schedule.preview import next_elapses
 

@@ -1,7 +1,7 @@
 """Layer 2: every Zincati key's type, default and validation rule, one table row each.
 
 A row is one fragment (``/etc/zincati/config.d/50-test.toml``), the effective value read from
-the validated Config, and the exact problems as (severity, file, key): ``F`` is the fragment,
+the validated Settings, and the exact problems as (severity, file, key): ``F`` is the fragment,
 ``None`` a problem not tied to one file.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from zincati_py.config import Config
+from zincati_py.config import Settings
 
 APP_ID = "de35106b6ec24688b63afddaa156679b"
 MACHINE_ID = "0123456789abcdef0123456789abcdef"  # what the ``tree`` fixture writes
@@ -33,7 +33,7 @@ def derived_node_id(machine_id: str) -> str:
     return b.hex()
 
 
-def get(config: Config, dotted: str) -> Any:
+def get(config: Settings, dotted: str) -> Any:
     value: Any = config
     for part in dotted.split("."):
         value = getattr(value, part)
@@ -43,7 +43,7 @@ def get(config: Config, dotted: str) -> Any:
 W = '[[updates.periodic.window]]\ndays = ["Mon"]\nstart_time = "01:00"\nlength_minutes = 60\n'
 PERIODIC = '[updates]\nstrategy = "periodic"\n' + W
 
-# (id, fragment, dotted attribute of Config, expected value, expected problems)
+# (id, fragment, dotted attribute of Settings, expected value, expected problems)
 ROWS: list[tuple[str, str, str, Any, list[tuple[str, str | None, str]]]] = [
     # [agent.timing] steady_interval_secs: int >= 1, default 300
     ("interval-default", "", "agent.timing.steady_interval_secs", 300, []),

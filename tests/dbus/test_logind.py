@@ -11,17 +11,17 @@ from typing import Any, TypeVar
 import pytest
 from dbus_fast.aio import MessageBus
 
-from zincati_py.dbus.logind import Logind, LogindError
-from zincati_py.dbus.rpmostree import RpmOstree
-from zincati_py.sandbox.bus import PrivateBus
-from zincati_py.sandbox.logind import (
+from testbed.bus import PrivateBus
+from testbed.logind import (
     LogindDouble,
     add_session,
     inhibit,
     recorded_calls,
     remove_session,
 )
-from zincati_py.sandbox.rpmostree import RpmOstreeDouble
+from testbed.rpmostree import RpmOstreeDouble
+from zincati_py.dbus.logind import Logind, LogindError
+from zincati_py.dbus.rpmostree import RpmOstree
 
 T = TypeVar("T")
 

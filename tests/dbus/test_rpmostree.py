@@ -14,15 +14,8 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from zincati_py.dbus.rpmostree import (
-    Deployment,
-    RpmOstree,
-    RpmOstreeError,
-    RpmOstreeUnavailable,
-    TransactionFailed,
-)
-from zincati_py.sandbox.bus import PrivateBus
-from zincati_py.sandbox.rpmostree import (
+from testbed.bus import PrivateBus
+from testbed.rpmostree import (
     BUS_NAME,
     LOCK_REL,
     STAGED_REL,
@@ -30,6 +23,13 @@ from zincati_py.sandbox.rpmostree import (
     control,
     install_activation,
     interface_xml,
+)
+from zincati_py.dbus.rpmostree import (
+    Deployment,
+    RpmOstree,
+    RpmOstreeError,
+    RpmOstreeUnavailable,
+    TransactionFailed,
 )
 
 T = TypeVar("T")

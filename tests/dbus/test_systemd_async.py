@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from testbed.systemd import UserManager
 from zincati_py.dbus import systemd
-from zincati_py.sandbox.systemd import UserManager
 
 
 def test_unit_object_path_matches_systemd(user_manager: UserManager) -> None:

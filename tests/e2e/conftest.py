@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the whole product in the demo's sandbox (zincati_py/sandbox/demo.py).
+"""End-to-end fixtures: the whole product in the demo's sandbox (testbed/demo.py).
 
 Each test runs a real fleet (systemd --user managers with our generator, private system buses,
 the rpm-ostree and logind doubles, ``zincati-py agent`` processes, ``zincati-py fleetlock
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from zincati_py.sandbox.demo import Fleet, prerequisites
+from testbed.demo import Fleet, prerequisites
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from testbed.demo import NEW_VERSION, OLD_VERSION
+from testbed.proc import zincati_py_argv
 from tests.e2e.conftest import strays
-from zincati_py.sandbox.demo import NEW_VERSION, OLD_VERSION
-from zincati_py.sandbox.proc import zincati_py_argv
 
 
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:

@@ -1,4 +1,4 @@
-"""Faults injected into a running fleet (the demo's orchestration, zincati_py/sandbox/demo.py).
+"""Faults injected into a running fleet (the demo's orchestration, testbed/demo.py).
 
 Each test ends with the same verdict the demo gives: every node on the newest version,
 exactly one reboot each, never two nodes rebooting at a time.
@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from zincati_py.sandbox.demo import (
+from testbed.demo import (
     GROUP,
     NEW_VERSION,
     Event,
@@ -22,8 +22,8 @@ from zincati_py.sandbox.demo import (
     Node,
     Summary,
 )
-from zincati_py.sandbox.logind import add_session
-from zincati_py.sandbox.proc import zincati_py_argv
+from testbed.logind import add_session
+from testbed.proc import zincati_py_argv
 
 # A node that takes the slot finds a logged-in user, warns and postpones its reboot by this
 # much while holding the slot: the moment the faults below aim at.

@@ -1,4 +1,4 @@
-"""FleetLock fixtures: a real etcd (zincati_py/sandbox/etcd.py), servers in-process on
+"""FleetLock fixtures: a real etcd (testbed/etcd.py), servers in-process on
 loopback, servers as real ``zincati-py fleetlock serve`` subprocesses."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from testbed.etcd import PrivateEtcd, etcd_available, free_port
+from testbed.lockserver import LockServerProcess
+from testbed.proc import zincati_py_argv
 from zincati_py.fleetlock.config import load
 from zincati_py.fleetlock.server import FleetLockServer
-from zincati_py.sandbox.etcd import PrivateEtcd, etcd_available, free_port
-from zincati_py.sandbox.lockserver import LockServerProcess
-from zincati_py.sandbox.proc import zincati_py_argv
 
 _prefix_counter = itertools.count()
 

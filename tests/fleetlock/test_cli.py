@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from testbed.etcd import free_port
 from tests import helpers
-from zincati_py.sandbox.etcd import free_port
 
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 

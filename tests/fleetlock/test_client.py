@@ -15,6 +15,7 @@ import httpx
 import pytest
 from aiohttp import web  # the stand-in server only; the client is httpx
 
+from testbed.etcd import free_port
 from zincati_py.fleetlock import protocol
 from zincati_py.fleetlock.client import (
     FleetLockAdminClient,
@@ -24,7 +25,6 @@ from zincati_py.fleetlock.client import (
     new_session,
 )
 from zincati_py.fleetlock.protocol import Kind
-from zincati_py.sandbox.etcd import free_port
 
 # The client does not care which backend: SQLite keeps these fast.
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

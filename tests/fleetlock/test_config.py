@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zincati_py.fleetlock.config import ConfigError, GroupConfig, Listen, load
+from zincati_py.fleetlock.config import ConfigError, GroupSettings, Listen, load
 
 
 def test_full_config(tmp_path: Path) -> None:
@@ -57,9 +57,9 @@ shared_token = "shared"
     ]
     assert cfg.prefix == "/fleet"
     assert cfg.groups == {
-        "default": GroupConfig(2, 600),
-        "workers": GroupConfig(10, 900),
-        "canary": GroupConfig(3, 60),
+        "default": GroupSettings(2, 600),
+        "workers": GroupSettings(10, 900),
+        "canary": GroupSettings(3, 60),
     }
     assert cfg.group("other") is None
     assert cfg.tls_cert_file == tmp_path / "srv.crt"
@@ -80,7 +80,7 @@ def test_defaults_and_relative_sqlite_path(tmp_path: Path) -> None:
     assert cfg.listen == (Listen("127.0.0.1", 8080),)
     assert cfg.lease_seconds == 1800 and cfg.default_slots == 1
     assert cfg.unknown_groups == "create"
-    assert cfg.group("anything") == GroupConfig(1, 1800)
+    assert cfg.group("anything") == GroupSettings(1, 1800)
     assert not cfg.node_auth and cfg.backend_options() == {}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from testbed.etcd import PrivateEtcd, free_port
 from zincati_py.fleetlock.backends.etcd import EtcdBackend
 from zincati_py.fleetlock.client import (
     FleetLockAdminClient,
@@ -19,7 +20,6 @@ from zincati_py.fleetlock.client import (
 )
 from zincati_py.fleetlock.config import load
 from zincati_py.fleetlock.server import FleetLockServer
-from zincati_py.sandbox.etcd import PrivateEtcd, free_port
 
 
 def config(tmp_path: Path, name: str, backend: str, body: str = "") -> Path:

@@ -1,5 +1,5 @@
 """The etcd backend over TLS with client certificates (etcd started with
---client-cert-auth by zincati_py/sandbox/etcd.py)."""
+--client-cert-auth by testbed/etcd.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testbed.etcd import EtcdTls, PrivateEtcd, etcd_available
 from zincati_py.fleetlock.client import FleetLockAdminClient, FleetLockClient, FleetLockError
 from zincati_py.fleetlock.config import load
 from zincati_py.fleetlock.server import FleetLockServer
-from zincati_py.sandbox.etcd import EtcdTls, PrivateEtcd, etcd_available
 
 
 def openssl(*args: str) -> None:

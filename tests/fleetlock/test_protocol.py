@@ -234,8 +234,8 @@ def test_no_write_for_noop_requests(
 
 
 def test_backend_unavailable_is_503(tmp_path: Path, backend: Any) -> None:
+    from testbed.etcd import free_port
     from zincati_py.fleetlock.server import FleetLockServer
-    from zincati_py.sandbox.etcd import free_port
 
     async def scenario(spec: str) -> None:
         path = tmp_path / "c.toml"

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from zincati_py.sandbox.proc import venv_script
+from testbed.proc import venv_script
 
 GENERATOR = venv_script("zincati-py-generator")
 MACHINE_ID = "0123456789abcdef0123456789abcdef"

@@ -1,7 +1,7 @@
 """The shipped sandboxes, applied by a real systemd: what the services need still works and
 what they must not do is refused.
 
-A real systemd (a user manager from zincati_py/sandbox/systemd.py) runs
+A real systemd (a user manager from testbed/systemd.py) runs
 ``sandbox_probe.py`` with the ``[Service]`` sandbox of each unit as shipped, minus what only
 a system manager can apply here:
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from zincati_py.sandbox.proc import venv_script
-from zincati_py.sandbox.systemd import UserManager
+from testbed.proc import venv_script
+from testbed.systemd import UserManager
 
 HERE = Path(__file__).resolve().parent
 UNITS = HERE.parent.parent / "units"

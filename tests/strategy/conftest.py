@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed.etcd import free_port
+from testbed.lockserver import LockServerProcess
 from zincati_py.config import load
-from zincati_py.sandbox.etcd import free_port
-from zincati_py.sandbox.lockserver import LockServerProcess
 from zincati_py.strategy import Strategy, StrategyContext, build
 
 NODE = "0123456789abcdef0123456789abcdef"

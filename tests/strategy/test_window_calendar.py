@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from zincati_py.config import Window, load
+from zincati_py.config import WindowSettings, load
 from zincati_py.config.model import parse_weekday
 from zincati_py.schedule.preview import next_elapses
 from zincati_py.strategy.windows import Calendar, Position, calendar_from_config, minutes_until
 
 
-def weekly(days: str, start: str, length: int) -> Window:
+def weekly(days: str, start: str, length: int) -> WindowSettings:
     hh, mm = (int(x) for x in start.split(":"))
     parsed = tuple(sorted(d for d in (parse_weekday(n) for n in days.split(",")) if d is not None))
-    return Window(length, days=parsed, start_time=time(hh, mm))
+    return WindowSettings(length, days=parsed, start_time=time(hh, mm))
 
 
-def cron(expr: str, length: int) -> Window:
-    return Window(length, cron=expr)
+def cron(expr: str, length: int) -> WindowSettings:
+    return WindowSettings(length, cron=expr)
 
 
 def z(stamp: str) -> datetime:
@@ -274,7 +274,7 @@ CASES = [
 )
 def test_position(
     zone: str,
-    windows: list[Window],
+    windows: list[WindowSettings],
     at: str,
     inside: bool,
     start: str | None,

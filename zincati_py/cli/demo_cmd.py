@@ -1,4 +1,5 @@
-"""``zincati-py demo``: a sandboxed fleet doing one coordinated update (see sandbox/demo.py).
+"""``zincati-py demo``: a sandboxed fleet doing one coordinated update (the demo lives in the
+separate test bed distribution, ``testbed/demo.py``; the product only dispatches to it).
 
 Exit codes: 0 every node updated exactly once and never two at a time; 1 the rollout was wrong
 or timed out (the reason is printed); 64 bad arguments; 69 this machine cannot run the
@@ -35,7 +36,14 @@ def register(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
-    from zincati_py.sandbox.demo import prerequisites, run_demo
+    try:
+        from testbed.demo import prerequisites, run_demo
+    except ImportError:
+        raise CliError(
+            "demo: the test bed is not installed (it is not part of the product): "
+            "pip install ./testbed from a source checkout, or run ./demo.sh",
+            os.EX_UNAVAILABLE,
+        ) from None
 
     if not 1 <= args.nodes <= MAX_NODES:
         raise CliError(f"--nodes: must be between 1 and {MAX_NODES}, got {args.nodes}", os.EX_USAGE)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from zincati_py.cli import CliError, add_root_argument, print_json
 
 if TYPE_CHECKING:
-    from zincati_py.config import LoadResult, Schedule
+    from zincati_py.config import LoadResult, ScheduleSettings
     from zincati_py.config.fragments import Entry
     from zincati_py.dbus.systemd_sync import Systemd
     from zincati_py.paths import Paths
@@ -171,7 +171,7 @@ def _job_files(entry: Entry) -> list[Path]:
     return sorted({v.file for v in entry.values.values()} | {entry.file}, key=lambda p: p.name)
 
 
-def _find(result: LoadResult, name: str) -> Schedule | None:
+def _find(result: LoadResult, name: str) -> ScheduleSettings | None:
     return next((j for j in result.config.schedules if j.name == name), None)
 
 
@@ -534,7 +534,7 @@ def _systemd_view(args: argparse.Namespace, names: list[str]) -> tuple[dict[str,
     return view, None
 
 
-def _row(job: Schedule, hash_id: str | None, live: dict[str, Any] | None) -> dict[str, Any]:
+def _row(job: ScheduleSettings, hash_id: str | None, live: dict[str, Any] | None) -> dict[str, Any]:
     from zincati_py.generator import schedule_calendar
 
     try:

@@ -3,7 +3,7 @@
 ``load(root)`` is the one entry point shared by the generator, the CLI and the agent::
 
     result = load()            # or load("/path/to/image/root")
-    result.config              # validated Config, defaults filled in (invalid keys → defaults)
+    result.config              # validated Settings, defaults filled in (invalid keys → defaults)
     result.problems            # every error and warning, each naming file and key
     result.ok                  # no errors (warnings allowed)
 """
@@ -16,17 +16,17 @@ from pathlib import Path
 
 from zincati_py.config.fragments import discover, merge
 from zincati_py.config.model import (
-    Agent,
-    Config,
-    FileGate,
-    FleetLock,
-    Identity,
-    Periodic,
+    AgentSettings,
+    FileGateSettings,
+    FleetLockSettings,
+    IdentitySettings,
+    PeriodicSettings,
     RebootSettings,
-    Schedule,
-    Timing,
-    Updates,
-    Window,
+    ScheduleSettings,
+    Settings,
+    TimingSettings,
+    UpdatesSettings,
+    WindowSettings,
     resolve_time_zone,
     validate,
 )
@@ -34,19 +34,19 @@ from zincati_py.config.problems import Problem
 from zincati_py.paths import Paths
 
 __all__ = [
-    "Agent",
-    "Config",
-    "FileGate",
-    "FleetLock",
-    "Identity",
+    "AgentSettings",
+    "FileGateSettings",
+    "FleetLockSettings",
+    "IdentitySettings",
     "LoadResult",
-    "Periodic",
+    "PeriodicSettings",
     "Problem",
     "RebootSettings",
-    "Schedule",
-    "Timing",
-    "Updates",
-    "Window",
+    "ScheduleSettings",
+    "Settings",
+    "TimingSettings",
+    "UpdatesSettings",
+    "WindowSettings",
     "load",
     "resolve_time_zone",
 ]
@@ -54,7 +54,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LoadResult:
-    config: Config
+    config: Settings
     problems: tuple[Problem, ...]
     fragments: tuple[Path, ...]
     paths: Paths

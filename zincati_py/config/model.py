@@ -37,7 +37,7 @@ _FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "satur
 
 
 @dataclass(frozen=True)
-class Timing:
+class TimingSettings:
     steady_interval_secs: int = 300
     check_cron: str | None = None
 
@@ -50,20 +50,20 @@ class RebootSettings:
 
 
 @dataclass(frozen=True)
-class Metrics:
+class MetricsSettings:
     # Optional TCP listen address ("HOST:PORT") in addition to the public Unix socket.
     listen: str | None = None
 
 
 @dataclass(frozen=True)
-class Agent:
-    timing: Timing = field(default_factory=Timing)
+class AgentSettings:
+    timing: TimingSettings = field(default_factory=TimingSettings)
     reboot: RebootSettings = field(default_factory=RebootSettings)
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 @dataclass(frozen=True)
-class Identity:
+class IdentitySettings:
     group: str = "default"
     # 32 lowercase hex digits; None only when neither configured nor derivable.
     node_uuid: str | None = None
@@ -71,7 +71,7 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class Window:
+class WindowSettings:
     """A maintenance window: weekly ``days`` at ``start_time``, or every ``cron`` fire time."""
 
     length_minutes: int
@@ -91,34 +91,34 @@ class Window:
 
 
 @dataclass(frozen=True)
-class Periodic:
+class PeriodicSettings:
     time_zone: str = "UTC"
-    windows: tuple[Window, ...] = ()
+    windows: tuple[WindowSettings, ...] = ()
 
 
 @dataclass(frozen=True)
-class FleetLock:
+class FleetLockSettings:
     base_url: str | None = None
 
 
 @dataclass(frozen=True)
-class FileGate:
+class FileGateSettings:
     path: str | None = None
     max_age_secs: int | None = None
 
 
 @dataclass(frozen=True)
-class Updates:
+class UpdatesSettings:
     enabled: bool = True
     allow_downgrade: bool = False
     strategy: tuple[str, ...] = ("immediate",)
-    fleet_lock: FleetLock = field(default_factory=FleetLock)
-    periodic: Periodic = field(default_factory=Periodic)
-    file: FileGate = field(default_factory=FileGate)
+    fleet_lock: FleetLockSettings = field(default_factory=FleetLockSettings)
+    periodic: PeriodicSettings = field(default_factory=PeriodicSettings)
+    file: FileGateSettings = field(default_factory=FileGateSettings)
 
 
 @dataclass(frozen=True)
-class Schedule:
+class ScheduleSettings:
     name: str
     cron: str
     command: str
@@ -144,12 +144,12 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class Config:
-    agent: Agent = field(default_factory=Agent)
-    identity: Identity = field(default_factory=Identity)
+class Settings:
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
     cincinnati_base_url: str | None = None
-    updates: Updates = field(default_factory=Updates)
-    schedules: tuple[Schedule, ...] = ()
+    updates: UpdatesSettings = field(default_factory=UpdatesSettings)
+    schedules: tuple[ScheduleSettings, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The TOML's section/key names with defaults filled in (``config show --json``)."""
@@ -276,11 +276,11 @@ class _Validator:
                 return default
         return item.value
 
-    def build(self) -> Config:
+    def build(self) -> Settings:
         strategy = self.strategy()
         identity = self.identity(fleet_lock="fleet_lock" in strategy)
-        agent = Agent(
-            timing=Timing(
+        agent = AgentSettings(
+            timing=TimingSettings(
                 steady_interval_secs=self.value(
                     "agent.timing.steady_interval_secs", 300, _at_least(1)
                 ),
@@ -294,9 +294,9 @@ class _Validator:
                 max_postpone_secs=self.value("agent.reboot.max_postpone_secs", 600, _at_least(0)),
                 warn_interactive=self.value("agent.reboot.warn_interactive", True),
             ),
-            metrics=Metrics(listen=self.value("agent.metrics.listen", None, _host_port)),
+            metrics=MetricsSettings(listen=self.value("agent.metrics.listen", None, _host_port)),
         )
-        updates = Updates(
+        updates = UpdatesSettings(
             enabled=self.value("updates.enabled", True),
             allow_downgrade=self.value("updates.allow_downgrade", False),
             strategy=strategy,
@@ -304,7 +304,7 @@ class _Validator:
             periodic=self.periodic(used="periodic" in strategy, hash_id=identity.node_uuid),
             file=self.file_gate(used="file" in strategy),
         )
-        return Config(
+        return Settings(
             agent=agent,
             identity=identity,
             cincinnati_base_url=self.value("cincinnati.base_url", None),
@@ -348,7 +348,7 @@ class _Validator:
             out.remove("immediate")  # immediate always allows: it adds nothing to a composition
         return tuple(out)
 
-    def identity(self, *, fleet_lock: bool) -> Identity:
+    def identity(self, *, fleet_lock: bool) -> IdentitySettings:
         # Zincati treats an empty group or node_uuid as unset (default group, derived id).
         for key in ("identity.group", "identity.node_uuid"):
             item = self.raw.scalars.get(key)
@@ -369,7 +369,7 @@ class _Validator:
             node_uuid = uuid.UUID(node_uuid).hex
         else:
             node_uuid = self.derived_node_uuid(fleet_lock)
-        return Identity(
+        return IdentitySettings(
             group=group,
             node_uuid=node_uuid,
             rollout_wariness=None if wariness is None else float(wariness),
@@ -391,7 +391,7 @@ class _Validator:
             )
             return None
 
-    def fleet_lock(self, *, used: bool) -> FleetLock:
+    def fleet_lock(self, *, used: bool) -> FleetLockSettings:
         severity: Severity = "error" if used else "warning"
         url = self.value("updates.fleet_lock.base_url", None, _url_problem, severity)
         if used and url is None and "updates.fleet_lock.base_url" not in self.raw.scalars:
@@ -401,9 +401,9 @@ class _Validator:
                 "updates.fleet_lock.base_url",
                 "required by strategy fleet_lock",
             )
-        return FleetLock(base_url=url)
+        return FleetLockSettings(base_url=url)
 
-    def file_gate(self, *, used: bool) -> FileGate:
+    def file_gate(self, *, used: bool) -> FileGateSettings:
         severity: Severity = "error" if used else "warning"
         path = self.value(
             "updates.file.path",
@@ -419,9 +419,9 @@ class _Validator:
                 "required by strategy file",
             )
         max_age = self.value("updates.file.max_age_secs", None, _at_least(1), severity)
-        return FileGate(path=path, max_age_secs=max_age)
+        return FileGateSettings(path=path, max_age_secs=max_age)
 
-    def periodic(self, *, used: bool, hash_id: str | None) -> Periodic:
+    def periodic(self, *, used: bool, hash_id: str | None) -> PeriodicSettings:
         severity: Severity = "error" if used else "warning"
         tz = self.value("updates.periodic.time_zone", "UTC", self._tz_problem, severity)
         windows = [
@@ -436,7 +436,7 @@ class _Validator:
                 "updates.periodic.window",
                 "strategy periodic needs at least one valid [[updates.periodic.window]]",
             )
-        return Periodic(time_zone=tz, windows=tuple(windows))
+        return PeriodicSettings(time_zone=tz, windows=tuple(windows))
 
     def _tz_problem(self, name: str) -> str | None:
         try:
@@ -447,7 +447,7 @@ class _Validator:
 
     def window(
         self, entry: Entry, severity: Severity, tz: str, hash_id: str | None
-    ) -> Window | None:
+    ) -> WindowSettings | None:
         """One window entry, or None; every problem of the entry is reported, not just one."""
         array = "updates.periodic.window"
         v = entry.values
@@ -489,12 +489,12 @@ class _Validator:
                 bad("start_time", f"{v['start_time'].value!r} is not HH:MM (00:00..23:59)")
         if len(self.problems) > before or length is None:
             return None
-        return Window(
+        return WindowSettings(
             length, days=tuple(sorted(days)), start_time=start, cron=cron, source=entry.file
         )
 
-    def schedules(self, hash_id: str | None) -> tuple[Schedule, ...]:
-        out: list[Schedule] = []
+    def schedules(self, hash_id: str | None) -> tuple[ScheduleSettings, ...]:
+        out: list[ScheduleSettings] = []
         for name, entry in self.raw.schedules.items():
             v = entry.values
 
@@ -533,7 +533,7 @@ class _Validator:
                 bad("timeout_secs", f"{timeout} must be >= 1", v["timeout_secs"].file)
                 continue
             out.append(
-                Schedule(
+                ScheduleSettings(
                     name=name,
                     cron=v["cron"].value,
                     command=v["command"].value,
@@ -587,7 +587,9 @@ def _parse_hhmm(text: str) -> time | None:
     return time(hour, minute)
 
 
-def validate(raw: RawConfig, *, machine_id: Path, localtime: Path) -> tuple[Config, list[Problem]]:
+def validate(
+    raw: RawConfig, *, machine_id: Path, localtime: Path
+) -> tuple[Settings, list[Problem]]:
     validator = _Validator(raw, machine_id, localtime)
     config = validator.build()
     return config, validator.problems

@@ -3,7 +3,7 @@
 Which manager: the system instance (system bus) by default; ``user=True`` talks to the calling
 user's manager over the session bus (``$DBUS_SESSION_BUS_ADDRESS``, else
 ``$XDG_RUNTIME_DIR/bus``): that is what ``--user`` means, as for ``systemctl``. The sandbox
-(:mod:`zincati_py.sandbox.systemd`) exports exactly those variables. ``address=`` connects to
+(:mod:`testbed.systemd`) exports exactly those variables. ``address=`` connects to
 any bus address instead.
 
 Only raw method calls and ``Properties.GetAll`` are used: pystemd's ``Unit``/``Manager``

@@ -1,4 +1,4 @@
-"""The FleetLock server's TOML config, validated into :class:`ServerConfig`.
+"""The FleetLock server's TOML config, validated into :class:`ServerSettings`.
 
 Example::
 
@@ -55,7 +55,7 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class GroupConfig:
+class GroupSettings:
     slots: int
     lease_seconds: int
 
@@ -79,14 +79,14 @@ class Listen:
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerSettings:
     path: Path
     listen: tuple[Listen, ...] = (Listen("127.0.0.1", 8080),)
     prefix: str = ""
     backend: str = DEFAULT_BACKEND
     default_slots: int = 1
     lease_seconds: int = DEFAULT_LEASE_SECONDS
-    groups: dict[str, GroupConfig] = field(default_factory=dict)
+    groups: dict[str, GroupSettings] = field(default_factory=dict)
     unknown_groups: str = "create"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -98,13 +98,13 @@ class ServerConfig:
     shared_token: str | None = None
     node_tokens: dict[str, str] = field(default_factory=dict)
 
-    def group(self, name: str) -> GroupConfig | None:
+    def group(self, name: str) -> GroupSettings | None:
         """The group's settings, or None if it is unknown and unknown groups are rejected."""
         found = self.groups.get(name)
         if found is not None:
             return found
         if self.unknown_groups == "create":
-            return GroupConfig(self.default_slots, self.lease_seconds)
+            return GroupSettings(self.default_slots, self.lease_seconds)
         return None
 
     @property
@@ -200,7 +200,7 @@ _TOP = {
 }
 
 
-def load(path: Path) -> ServerConfig:
+def load(path: Path) -> ServerSettings:
     """Read and validate ``path``; raises :class:`ConfigError` naming the file and key."""
     r = _Reader(path)
     try:
@@ -240,7 +240,7 @@ def load(path: Path) -> ServerConfig:
     if unknown not in ("reject", "create"):
         raise r.fail("unknown_groups", f"must be 'reject' or 'create', got {unknown!r}")
 
-    groups: dict[str, GroupConfig] = {}
+    groups: dict[str, GroupSettings] = {}
     raw_groups = doc.get("groups", {})
     if not isinstance(raw_groups, dict):
         raise r.fail("groups", "must be a table")
@@ -257,7 +257,7 @@ def load(path: Path) -> ServerConfig:
         else:
             slots = r.int_(raw_groups, name, key, default_slots, 1)
             group_lease = lease
-        groups[name] = GroupConfig(slots, group_lease)
+        groups[name] = GroupSettings(slots, group_lease)
 
     tls = r.table(doc, "tls", {"cert_file", "key_file"})
     cert = r.file(tls, "cert_file", "tls.cert_file")
@@ -279,7 +279,7 @@ def load(path: Path) -> ServerConfig:
     if not isinstance(nodes, dict) or not all(isinstance(v, str) and v for v in nodes.values()):
         raise r.fail("auth.nodes", "must be a table of node id = non-empty token string")
 
-    return ServerConfig(
+    return ServerSettings(
         path=path,
         listen=r.listen(doc.get("listen", DEFAULT_LISTEN)),
         prefix=prefix,

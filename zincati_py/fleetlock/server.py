@@ -26,7 +26,7 @@ from aiohttp import web
 
 from zincati_py.fleetlock import protocol
 from zincati_py.fleetlock.backends import Backend, BackendUnavailable, Holder, open_backend
-from zincati_py.fleetlock.config import ConfigError, GroupConfig, ServerConfig
+from zincati_py.fleetlock.config import ConfigError, GroupSettings, ServerSettings
 from zincati_py.fleetlock.config import load as load_config
 from zincati_py.fleetlock.metrics import ServerMetrics
 from zincati_py.fleetlock.protocol import ClientParams, Kind, ProtocolError
@@ -73,7 +73,7 @@ def _holder_view(h: Holder, now: float) -> dict[str, Any]:
 class FleetLockServer:
     """The HTTP application around one backend. ``start()`` listens, ``stop()`` closes."""
 
-    def __init__(self, config: ServerConfig, backend: Backend | None = None) -> None:
+    def __init__(self, config: ServerSettings, backend: Backend | None = None) -> None:
         self.config = config
         self.backend = backend or open_backend(config.backend, **config.backend_options())
         self.metrics = ServerMetrics()
@@ -164,7 +164,7 @@ class FleetLockServer:
             raise ProtocolError(Kind.UNAUTHORIZED, "the admin bearer token is required")
         raise ProtocolError(Kind.FORBIDDEN, "this token is not the admin token")
 
-    def _group_config(self, group: str) -> GroupConfig:
+    def _group_config(self, group: str) -> GroupSettings:
         found = self.config.group(group)
         if found is None:
             raise ProtocolError(Kind.UNKNOWN_GROUP, f"unknown group {group!r}")
@@ -310,7 +310,7 @@ class FleetLockServer:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def reload(self, config: ServerConfig) -> None:
+    def reload(self, config: ServerSettings) -> None:
         """Take new slots, leases and tokens (listen addresses and backend need a restart)."""
         kept = replace(
             config,
@@ -398,7 +398,7 @@ def _sd_notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads the config file."""
     server = FleetLockServer(config)
     addresses = await server.start()

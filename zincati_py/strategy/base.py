@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from zincati_py.config import Config
+from zincati_py.config import Settings
 from zincati_py.paths import Paths
 
 
@@ -33,7 +33,7 @@ class Verdict:
 
 @dataclass(frozen=True)
 class StrategyContext:
-    config: Config
+    config: Settings
     paths: Paths
     # Ask the agent to re-evaluate now; safe to call from any coroutine or callback in the
     # agent's event loop.

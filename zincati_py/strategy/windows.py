@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from zincati_py.config import Config, Window
+    from zincati_py.config import Settings, WindowSettings
     from zincati_py.paths import Paths
 
 __all__ = ["Calendar", "Position", "Span", "calendar_from_config", "minutes_until"]
@@ -100,7 +100,7 @@ class Calendar:
     """The windows of one ``[updates.periodic]`` section in one time zone."""
 
     def __init__(
-        self, windows: Sequence[Window], tz: tzinfo, *, hash_id: str | None = None
+        self, windows: Sequence[WindowSettings], tz: tzinfo, *, hash_id: str | None = None
     ) -> None:
         self.windows = tuple(windows)
         self.tz = tz
@@ -108,7 +108,7 @@ class Calendar:
 
     # -- wall-clock side -----------------------------------------------------------------------
 
-    def _starts(self, window: Window, lo: datetime, hi: datetime) -> Iterator[datetime]:
+    def _starts(self, window: WindowSettings, lo: datetime, hi: datetime) -> Iterator[datetime]:
         """Naive wall-clock starts ``s`` of ``window`` with ``s < hi`` and ``s + length > lo``."""
         length = timedelta(minutes=window.length_minutes)
         if window.cron is not None:
@@ -276,7 +276,7 @@ def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, d
     return out
 
 
-def calendar_from_config(config: Config, paths: Paths) -> Calendar:
+def calendar_from_config(config: Settings, paths: Paths) -> Calendar:
     """The configured windows in the configured zone. Raises ValueError (user-facing message)
     when the zone cannot be resolved."""
     from zincati_py.config import resolve_time_zone

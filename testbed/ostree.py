@@ -1,6 +1,6 @@
 """A stand-in for the one ``ostree`` command the agent runs, acting on the double's ``--root``.
 
-``python -m zincati_py.sandbox.ostree admin lock-finalization [--unlock] [--sysroot=ROOT]``
+``python -m testbed.ostree admin lock-finalization [--unlock] [--sysroot=ROOT]``
 behaves like ostree's builtin (ostree ≥ 2023.8): it needs a staged deployment, is idempotent,
 prints the same messages, and changes the state the same way rpm-ostree observes it — the
 presence of ``run/ostree/staged-deployment-locked``. Real ostree keeps ``/run/ostree`` at the
@@ -15,7 +15,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from zincati_py.sandbox.rpmostree import LOCK_REL, STAGED_REL
+from testbed.rpmostree import LOCK_REL, STAGED_REL
 
 
 def lock_finalization(root: Path, unlock: bool) -> tuple[int, str]:

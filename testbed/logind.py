@@ -1,7 +1,7 @@
 """A logind double: python-dbusmock's ``logind`` template, extended for zincati-py.
 
 ``LogindDouble(bus_address).start()`` runs ``/usr/bin/python3 -m dbusmock --system --template
-zincati_py/sandbox/logind_template.py -l LOG`` on the given (private) system bus; see that
+testbed/logind_template.py -l LOG`` on the given (private) system bus; see that
 template for what it adds to the stock one (inhibitors whose ``BlockInhibited`` changes with
 ``PropertiesChanged``, ``ScheduleShutdown``, ``SetWallMessage``, sessions with TTY/Type/Remote).
 The system python is used because dbusmock needs dbus-python and GLib, which the project's
@@ -26,8 +26,8 @@ from typing import Any
 from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
 
-from zincati_py.sandbox.bus import call_method
-from zincati_py.sandbox.proc import start_with_ready_fd, stop_process
+from testbed.bus import call_method
+from testbed.proc import start_with_ready_fd, stop_process
 
 BUS_NAME = "org.freedesktop.login1"
 MANAGER_PATH = "/org/freedesktop/login1"

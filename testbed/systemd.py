@@ -41,8 +41,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from zincati_py.sandbox.bus import BUS_CONFIG
-from zincati_py.sandbox.proc import Harness, stop_process, venv_script
+from testbed.bus import BUS_CONFIG
+from testbed.proc import Harness, stop_process, venv_script
 
 SYSTEMD_BINARY = Path("/lib/systemd/systemd")
 

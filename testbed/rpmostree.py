@@ -1,9 +1,9 @@
 """An rpm-ostree daemon double: the real D-Bus protocol over a scripted update stream.
 
-Run it as ``python -m zincati_py.sandbox.rpmostree --bus ADDRESS --root DIR --script FILE``
+Run it as ``python -m testbed.rpmostree --bus ADDRESS --root DIR --script FILE``
 (or through :class:`RpmOstreeDouble` / :func:`install_activation`). It owns
 ``org.projectatomic.rpmostree1`` and serves the interface XML shipped in
-``zincati_py/sandbox/data/`` (a copy of ``../shared/dbus/org.projectatomic.rpmostree1.xml``):
+``testbed/data/`` (a copy of ``../shared/dbus/org.projectatomic.rpmostree1.xml``):
 introspection returns that XML and every call is checked against its signatures. Modelled
 like rpm-ostreed:
 
@@ -20,7 +20,7 @@ like rpm-ostreed:
   ``run/ostree/staged-deployment`` (JSON here, a GVariant in ostree) and the finalization lock
   ``run/ostree/staged-deployment-locked``, whose presence is what rpm-ostree reports as
   ``finalization-locked``. State is re-read from disk on every request, so edits made while the
-  daemon was not running (or by :mod:`zincati_py.sandbox.ostree`) are seen.
+  daemon was not running (or by :mod:`testbed.ostree`) are seen.
 
 Script (JSON)::
 
@@ -72,8 +72,8 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.introspection import Interface, Node
 
-from zincati_py.sandbox.bus import PrivateBus, call_method
-from zincati_py.sandbox.proc import start_with_ready_fd, stop_process
+from testbed.bus import PrivateBus, call_method
+from testbed.proc import start_with_ready_fd, stop_process
 
 BUS_NAME = "org.projectatomic.rpmostree1"
 SYSROOT_PATH = "/org/projectatomic/rpmostree1/Sysroot"
@@ -105,7 +105,7 @@ _CONTROL_XML = f"""<node>
 def interface_xml() -> str:
     """The rpm-ostree interface XML shipped as package data."""
     return (
-        resources.files("zincati_py.sandbox")
+        resources.files("testbed")
         .joinpath("data/org.projectatomic.rpmostree1.xml")
         .read_text(encoding="utf-8")
     )
@@ -881,7 +881,7 @@ async def serve(bus_address: str, root: Path, script: Script, ready_fd: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zincati_py.sandbox.rpmostree")
+    p = argparse.ArgumentParser(prog="python -m testbed.rpmostree")
     p.add_argument("--bus", required=True, help="D-Bus address of the (private) system bus")
     p.add_argument("--root", required=True, type=Path, help="sysroot prefix")
     p.add_argument("--script", required=True, type=Path, help="update stream (JSON)")
@@ -924,13 +924,13 @@ class RpmOstreeDouble:
     @property
     def ostree_command(self) -> tuple[str, ...]:
         """Argv prefix of the ``ostree`` stand-in operating on this double's root."""
-        return (sys.executable, "-m", "zincati_py.sandbox.ostree")
+        return (sys.executable, "-m", "testbed.ostree")
 
     def command(self) -> list[str]:
         cmd = [
             sys.executable,
             "-m",
-            "zincati_py.sandbox.rpmostree",
+            "testbed.rpmostree",
             "--bus",
             self.bus_address,
             "--root",

@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zincati_py.sandbox.proc import Harness, stop_process, wait_ready, zincati_py_argv
+from testbed.proc import Harness, stop_process, wait_ready, zincati_py_argv
 
 
 @dataclass

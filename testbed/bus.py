@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zincati_py.sandbox.proc import Harness, stop_process, wait_ready
+from testbed.proc import Harness, stop_process, wait_ready
 
 if TYPE_CHECKING:
     from dbus_fast import Message

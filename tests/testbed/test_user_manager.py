@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from zincati_py.sandbox.systemd import UserManager
+from testbed.systemd import UserManager
 
 # A stand-in generator (the harness must work before and independently of ours): records its
 # arguments and ZINCATI_PY_ROOT and emits one timer + service.

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from zincati_py.sandbox.proc import Harness, stop_process, wait_ready
+from testbed.proc import Harness, stop_process, wait_ready
 
 
 def free_port() -> int:

@@ -63,11 +63,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from zincati_py.sandbox.bus import PrivateBus
-from zincati_py.sandbox.logind import LogindDouble
-from zincati_py.sandbox.proc import agent_argv, zincati_py_argv
-from zincati_py.sandbox.rpmostree import RpmOstreeDouble
-from zincati_py.sandbox.systemd import UserManager
+from testbed.bus import PrivateBus
+from testbed.logind import LogindDouble
+from testbed.proc import agent_argv, zincati_py_argv
+from testbed.rpmostree import RpmOstreeDouble
+from testbed.systemd import UserManager
 
 OLD_VERSION = "40.20251102.3.0"
 NEW_VERSION = "40.20251116.3.0"
@@ -96,8 +96,8 @@ NORMAL = Timing("normal", 10, 15.0, 60.0, 10, 60, 0.5, 600.0)
 
 def prerequisites() -> list[str]:
     """What this machine lacks to run the demo (empty: it can run)."""
-    from zincati_py.sandbox.logind import logind_double_available
-    from zincati_py.sandbox.systemd import user_manager_available
+    from testbed.logind import logind_double_available
+    from testbed.systemd import user_manager_available
 
     missing = []
     if not user_manager_available():
@@ -418,7 +418,7 @@ class Fleet:
         )
 
     async def start(self) -> None:
-        from zincati_py.sandbox.etcd import free_port
+        from testbed.etcd import free_port
 
         t = self.timing
         self._t0 = time.monotonic()
@@ -545,7 +545,7 @@ class Fleet:
         }
 
     async def _publish_release(self) -> None:
-        from zincati_py.sandbox.rpmostree import control
+        from testbed.rpmostree import control
 
         # The scenario's clock, not a poll: the release appears at a fixed point in the story.
         await asyncio.sleep(max(0.0, self.timing.publish_after - self.now()))
@@ -816,7 +816,7 @@ class Fleet:
         return bool(node.reboot_calls) and node.steady_at is None
 
     async def _reboot(self, node: Node) -> None:
-        from zincati_py.sandbox.rpmostree import control
+        from testbed.rpmostree import control
 
         await self.kill_agent(node, "the host goes down for the reboot")
         (booted,) = await control(node.watch_bus, "Reboot")
@@ -1121,8 +1121,8 @@ class Fleet:
         return await self.summary(None, [])
 
     async def summary(self, failure: str | None, pending: list[str]) -> Summary:
-        from zincati_py.sandbox.logind import recorded_calls
-        from zincati_py.sandbox.rpmostree import control
+        from testbed.logind import recorded_calls
+        from testbed.rpmostree import control
 
         results = []
         problems = [failure] if failure else []
