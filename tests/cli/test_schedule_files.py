@@ -259,20 +259,20 @@ def test_record_hook_appends_and_history_reads(tmp_path: Path) -> None:
 
 
 def test_record_trims_history(tmp_path: Path) -> None:
-    from zincati_py.cli import schedule_cmd
+    from zincati_py.schedule import history
 
     root = make_root(tmp_path)
     path = root / "var" / "lib" / "zincati-py" / "history" / "j.jsonl"
     path.parent.mkdir(parents=True)
-    pad = schedule_cmd.HISTORY_MAX_BYTES // (schedule_cmd.HISTORY_KEEP + 100) - 30
+    pad = history.MAX_BYTES // (history.KEEP + 100) - 30
     line = json.dumps({"name": "j", "pad": "x" * pad}) + "\n"
-    count = schedule_cmd.HISTORY_MAX_BYTES // len(line) + 1
-    assert count > schedule_cmd.HISTORY_KEEP
+    count = history.MAX_BYTES // len(line) + 1
+    assert count > history.KEEP
     path.write_text(line * count)
     env = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"}
     assert zpy("schedule", "_record", "j", "--root", str(root), "--user", env=env).returncode == 0
     lines = path.read_text().splitlines()
-    assert len(lines) == schedule_cmd.HISTORY_KEEP
+    assert len(lines) == history.KEEP
     assert json.loads(lines[-1])["unit"] == "zincati-py-schedule-j.service"
 
 

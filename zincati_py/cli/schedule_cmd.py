@@ -3,43 +3,38 @@
 One ``_register_<name>`` + ``_cmd_<name>`` pair per subcommand; add new subcommands to
 ``_SUBCOMMANDS``. croniter is imported lazily by the translation itself.
 
-Jobs live in config fragments (``[[schedule]]``, merged by name; see zincati_py.config). The
-commands that change them write one fragment per job in the admin directory
-(``/etc/zincati/config.d``): ``70-schedule-NAME.toml``, or ``99-schedule-NAME.toml`` when a
-fragment that sorts after ``70-...`` also sets keys of that job (fragments merge in file-name
-order, so an override must come later). Jobs defined in other files (a vendor's
-``/usr/lib/zincati/config.d`` fragment, a hand-written one) are never edited: ``enable``,
-``disable`` and ``delete`` write such an override instead. Every write is atomic, re-loaded
-through the same loader the generator uses and rolled back if the result is not what was asked
-(nothing is left behind on bad input). Then systemd is asked to reload (the generator re-runs)
-unless ``--no-reload``; if it cannot be reached the file stays and the exit status is 69.
-
-Run history: every run of a job's service ends with ``schedule _record NAME`` (the generated
-``ExecStopPost=``), which appends one JSON line to ``<state_dir>/history/NAME.jsonl`` with the
-start and end of the main process as systemd reports them (``ExecMainStartTimestamp``,
-``ExecMainExitTimestamp``) and systemd's ``$SERVICE_RESULT``, ``$EXIT_CODE``, ``$EXIT_STATUS``.
-systemd itself only remembers the last run, and the journal may be volatile.
+This module is the command line only: job editing (which fragment to write, ``/etc``
+overrides of vendor jobs, roll-back) is :mod:`zincati_py.schedule.jobs`, the run history is
+:mod:`zincati_py.schedule.history`; their errors become sysexits codes here (:func:`_job_errors`).
+A command that changed a fragment then asks systemd to reload (the generator re-runs) unless
+``--no-reload``; if it cannot be reached the file stays and the exit status is 69.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from zincati_py.cli import CliError, add_root_argument, print_json
+from zincati_py.cli.common import (
+    CliError,
+    add_root_argument,
+    add_user_argument,
+    check_job_name,
+    connect,
+    fmt_time,
+    iso,
+    paths_of,
+    positive_int,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from zincati_py.config import LoadResult, ScheduleSettings
-    from zincati_py.config.fragments import Entry
-    from zincati_py.dbus.systemd_sync import Systemd
-    from zincati_py.paths import Paths
 
 # argparse's subparsers action type is private; it only needs add_parser().
 _Subparsers = Any
@@ -84,18 +79,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- shared helpers (also used by trigger_cmd) -------------------------------------------
-
-HISTORY_KEEP = 500  # records kept per job once the file passes HISTORY_MAX_BYTES
-HISTORY_MAX_BYTES = 256 * 1024
-
-
-def add_user_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--user",
-        action="store_true",
-        help="talk to the calling user's systemd (session bus) instead of the system manager",
-    )
+# ---- helpers --------------------------------------------------------------------------------
 
 
 def _add_change_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,158 +100,22 @@ def _job_parser(
     return parser
 
 
-def check_name(name: str) -> str:
-    from zincati_py.config.model import SCHEDULE_NAME_RE
-
-    if not SCHEDULE_NAME_RE.fullmatch(name):
-        raise CliError(
-            f"schedule name {name!r}: must match {SCHEDULE_NAME_RE.pattern} "
-            "(letters, digits, '_' and '-'; at most 64)",
-            os.EX_DATAERR,
-        )
-    return name
-
-
-def fmt_time(when: datetime | None) -> str:
-    """A timestamp as systemd prints it, in local time; ``-`` for never."""
-    return when.astimezone().strftime("%a %Y-%m-%d %H:%M:%S %Z") if when else "-"
-
-
-def iso(when: datetime | None) -> str | None:
-    return when.astimezone(UTC).isoformat() if when else None
-
-
 @contextlib.contextmanager
-def connect(args: argparse.Namespace) -> Iterator[Systemd]:
-    """A systemd connection for ``args.user``; raises CliError(69) if unreachable."""
-    from zincati_py.dbus.systemd_sync import Systemd, SystemdUnavailable
+def _job_errors() -> Iterator[None]:
+    """JobError/HistoryError from zincati_py.schedule as CliError with a sysexits code."""
+    from zincati_py.schedule.history import HistoryError
+    from zincati_py.schedule.jobs import JobError, Reason
 
     try:
-        systemd = Systemd(user=args.user).__enter__()
-    except SystemdUnavailable as exc:
-        raise CliError(f"systemd is unreachable: {exc.message}", os.EX_UNAVAILABLE) from None
-    try:
-        yield systemd
-    finally:
-        systemd.__exit__(None, None, None)
-
-
-def _paths(args: argparse.Namespace) -> Paths:
-    from zincati_py.paths import Paths
-
-    return Paths.from_root(args.root)
-
-
-def _raw_jobs(paths: Paths) -> dict[str, Entry]:
-    """Jobs by name as merged from the fragments, valid or not (nothing validated)."""
-    from zincati_py.config.fragments import discover, merge
-
-    files, _ = discover(paths.config_dirs)
-    raw, _ = merge(files)
-    return raw.schedules
-
-
-def _job_files(entry: Entry) -> list[Path]:
-    return sorted({v.file for v in entry.values.values()} | {entry.file}, key=lambda p: p.name)
-
-
-def _find(result: LoadResult, name: str) -> ScheduleSettings | None:
-    return next((j for j in result.config.schedules if j.name == name), None)
-
-
-def _job_problems(result: LoadResult, name: str) -> list[str]:
-    return [str(p) for p in result.errors if p.key.startswith(f"schedule[{name}]")]
-
-
-_OWN_NAMES = ("70-schedule-{name}.toml", "99-schedule-{name}.toml")
-
-
-def _own_files(paths: Paths, name: str) -> list[Path]:
-    """The fragments this CLI writes for ``name`` that exist."""
-    files = [paths.admin_config_dir / n.format(name=name) for n in _OWN_NAMES]
-    return [f for f in files if f.exists()]
-
-
-def _read_own(path: Path, name: str) -> list[dict[str, Any]]:
-    """The ``[[schedule]]`` entries of one of our files; refuses a file holding anything else
-    (someone edited it by hand: rewriting or deleting it would lose their part)."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except (OSError, ValueError) as exc:
-        raise CliError(f"{path}: cannot read ({exc}); edit it by hand") from None
-    jobs = data.get("schedule")
-    if (
-        set(data) != {"schedule"}
-        or not isinstance(jobs, list)
-        or any(not isinstance(j, dict) or j.get("name") != name for j in jobs)
-    ):
-        raise CliError(f"{path}: holds more than schedule {name}; edit it by hand")
-    return jobs
-
-
-def _override_target(paths: Paths, name: str, entry: Entry | None) -> Path:
-    """Where to write ``name``'s keys so they win: after every other fragment touching it.
-
-    A candidate is skipped if a file of the same name exists in an earlier directory: ours
-    would replace that file whole (Zincati's rule), not merge after it.
-    """
-    others = [f for f in (_job_files(entry) if entry else []) if f not in _own_files(paths, name)]
-    for pattern in _OWN_NAMES:
-        target = paths.admin_config_dir / pattern.format(name=name)
-        shadowed = any((d / target.name).exists() for d in paths.config_dirs[:-1])
-        if not shadowed and all(f.name < target.name for f in others):
-            return target
-    later = ", ".join(str(f) for f in others if f.name > _OWN_NAMES[-1].format(name=name))
-    raise CliError(
-        f"schedule {name}: {later} sorts after every file zincati-py writes, so an override "
-        "cannot win; edit that file",
-        os.EX_DATAERR,
-    )
-
-
-def _dump(jobs: list[dict[str, Any]]) -> str:
-    import tomli_w
-
-    header = (
-        "# Written by `zincati-py schedule`. Jobs merge by name across fragments (later keys\n"
-        "# win); `zincati-py config show` prints the result.\n"
-    )
-    return header + tomli_w.dumps({"schedule": jobs})
-
-
-def _write_checked(
-    paths: Paths, target: Path, text: str | None, check: Callable[[LoadResult], str | None]
-) -> LoadResult:
-    """Write (or with ``text`` None, remove) ``target``, re-load, roll back if ``check`` objects.
-
-    ``check`` returns an error message for the re-loaded configuration, or None if it is what
-    was asked for.
-    """
-    from zincati_py.config import load
-    from zincati_py.fsutil import atomic_write
-
-    try:
-        previous = target.read_bytes() if target.exists() else None
-        if text is None:
-            target.unlink(missing_ok=True)
-        else:
-            atomic_write(target, text)
-    except OSError as exc:
-        code = os.EX_NOPERM if isinstance(exc, PermissionError) else os.EX_CANTCREAT
-        raise CliError(f"{target}: {exc.strerror or exc}", code) from None
-    result = load(paths)
-    problem = check(result)
-    if problem is not None:
-        if previous is None:
-            target.unlink(missing_ok=True)
-        else:
-            atomic_write(target, previous)
-        raise CliError(f"{target}: {problem}; nothing changed", os.EX_DATAERR)
-    return result
+        yield
+    except JobError as exc:
+        code = {
+            Reason.PERMISSION: os.EX_NOPERM,
+            Reason.CANNOT_WRITE: os.EX_CANTCREAT,
+        }.get(exc.reason, os.EX_DATAERR)
+        raise CliError(str(exc), code) from None
+    except HistoryError as exc:
+        raise CliError(str(exc), os.EX_NOPERM if exc.permission else os.EX_IOERR) from None
 
 
 def _reload(args: argparse.Namespace, done: str) -> int:
@@ -289,27 +137,6 @@ def _reload(args: argparse.Namespace, done: str) -> int:
     except SystemdError as exc:
         raise CliError(f"daemon-reload failed: {exc}", os.EX_UNAVAILABLE) from None
     return 0
-
-
-def history_file(paths: Paths, name: str) -> Path:
-    return paths.state_dir / "history" / f"{name}.jsonl"
-
-
-def read_history(paths: Paths, name: str) -> list[dict[str, Any]]:
-    """Recorded runs, oldest first; lines that do not parse (a torn write) are skipped."""
-    try:
-        lines = history_file(paths, name).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    runs = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            runs.append(record)
-    return runs
 
 
 # ---- create ---------------------------------------------------------------------------------
@@ -344,42 +171,26 @@ def _register_create(sub: _Subparsers) -> None:
     _add_change_arguments(parser)
 
 
-def _seconds(option: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise CliError(f"{option}: {text!r} is not a whole number of seconds", 64) from None
-    if value < minimum:
-        raise CliError(f"{option}: {value} must be >= {minimum}", 64)
-    return value
-
-
 def _cmd_create(args: argparse.Namespace) -> int:
     from zincati_py.config import load
-    from zincati_py.schedule import CronError, translate, validate_time_zone
+    from zincati_py.schedule import CronError, jobs, translate, validate_time_zone
 
-    name = check_name(args.name)
-    delay = _seconds("--randomized-delay", args.randomized_delay, 0)
-    timeout = None if args.timeout is None else _seconds("--timeout", args.timeout, 1)
+    name = check_job_name(args.name)
+    delay = positive_int("--randomized-delay", args.randomized_delay, 0)
+    timeout = None if args.timeout is None else positive_int("--timeout", args.timeout, 1)
     if not args.command.strip():
         raise CliError("--command: empty")
     try:
         tz = None if args.tz is None else validate_time_zone(args.tz)
     except CronError as exc:
         raise CliError(f"--tz: {exc}") from None
-    paths = _paths(args)
+    paths = paths_of(args)
     node = load(paths).config.identity.node_uuid
     try:
         lines = translate(args.cron, tz=tz, hash_id=node)
     except CronError as exc:
         raise CliError(f"--cron: {exc}") from None
 
-    existing = _raw_jobs(paths).get(name)
-    if existing is not None and not args.replace:
-        where = ", ".join(str(f) for f in _job_files(existing))
-        raise CliError(f"schedule {name} already exists ({where}); use --replace")
-    target = _override_target(paths, name, existing)
-    _read_own(target, name)  # refuses to overwrite a file that holds more than this job
     job: dict[str, Any] = {"name": name, "cron": args.cron, "command": args.command}
     if tz is not None:
         job["time_zone"] = tz
@@ -387,21 +198,8 @@ def _cmd_create(args: argparse.Namespace) -> int:
     if timeout is not None:
         job["timeout_secs"] = timeout
     job["enabled"] = not args.disabled
-
-    def check(result: LoadResult) -> str | None:
-        problems = _job_problems(result, name)
-        if problems:
-            return "; ".join(problems)
-        got = _find(result, name)
-        if got is None or (got.cron, got.command, got.enabled) != (
-            args.cron,
-            args.command,
-            not args.disabled,
-        ):
-            return "the merged configuration does not contain the job as written"
-        return None
-
-    _write_checked(paths, target, _dump([job]), check)
+    with _job_errors():
+        target = jobs.create(paths, job, replace=args.replace)
     state = "disabled" if args.disabled else "enabled"
     return _reload(
         args,
@@ -428,48 +226,17 @@ def _register_delete(sub: _Subparsers) -> None:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    name = check_name(args.name)
-    paths = _paths(args)
-    if name not in _raw_jobs(paths):
-        raise CliError(f"no schedule {name}")
-    own = _own_files(paths, name)
-    for path in own:
-        _read_own(path, name)  # refuses a file that holds more than this job
-    for path in own:
-        _write_checked(paths, path, None, lambda _result: None)
-    remaining = _raw_jobs(paths).get(name)
-    if remaining is None:
-        return _reload(args, f"schedule {name} deleted ({', '.join(map(str, own))})")
-    where = ", ".join(str(f) for f in _job_files(remaining))
-    target = _set_enabled(paths, name, remaining, False)
+    from zincati_py.schedule import jobs
+
+    name = check_job_name(args.name)
+    with _job_errors():
+        done = jobs.delete(paths_of(args), name)
+    if done.override is None:
+        return _reload(args, f"schedule {name} deleted ({', '.join(map(str, done.removed))})")
+    where = ", ".join(str(f) for f in done.remaining_in)
     return _reload(
-        args, f"schedule {name} is defined in {where} (not edited); disabled it in {target}"
+        args, f"schedule {name} is defined in {where} (not edited); disabled it in {done.override}"
     )
-
-
-def _set_enabled(paths: Paths, name: str, entry: Entry, enabled: bool) -> Path:
-    from zincati_py.config import load
-
-    target = _override_target(paths, name, entry)
-    jobs = _read_own(target, name) or [{"name": name}]
-    for job in jobs:
-        job["enabled"] = enabled
-    before = set(_job_problems(load(paths), name))
-
-    def check(result: LoadResult) -> str | None:
-        problems = _job_problems(result, name)
-        got = _find(result, name)
-        if enabled and (problems or got is None):
-            return "job is invalid: " + ("; ".join(problems) or "not in the merged configuration")
-        new = [p for p in problems if p not in before]
-        if new:  # never turn a valid job into a broken one
-            return "; ".join(new)
-        if got is not None and got.enabled != enabled:
-            return f"a later fragment still sets enabled = {str(got.enabled).lower()}"
-        return None
-
-    _write_checked(paths, target, _dump(jobs), check)
-    return target
 
 
 def _register_toggle(verb: str, enabled: bool) -> Callable[[_Subparsers], None]:
@@ -490,12 +257,11 @@ def _register_toggle(verb: str, enabled: bool) -> Callable[[_Subparsers], None]:
 
 
 def _cmd_toggle(args: argparse.Namespace, enabled: bool) -> int:
-    name = check_name(args.name)
-    paths = _paths(args)
-    entry = _raw_jobs(paths).get(name)
-    if entry is None:
-        raise CliError(f"no schedule {name}")
-    target = _set_enabled(paths, name, entry, enabled)
+    from zincati_py.schedule import jobs
+
+    name = check_job_name(args.name)
+    with _job_errors():
+        target = jobs.set_enabled(paths_of(args), name, enabled)
     return _reload(args, f"schedule {name} {'enabled' if enabled else 'disabled'}: {target}")
 
 
@@ -581,7 +347,7 @@ def _register_list(sub: _Subparsers) -> None:
 def _load_reporting(args: argparse.Namespace) -> LoadResult:
     from zincati_py.config import load
 
-    result = load(_paths(args))
+    result = load(paths_of(args))
     for problem in result.problems:
         if problem.key.startswith("schedule") or problem.severity == "error":
             print(f"zincati-py: {problem}", file=sys.stderr)
@@ -638,15 +404,18 @@ def _register_status(sub: _Subparsers) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    name = check_name(args.name)
+    from zincati_py.schedule import history, jobs
+
+    name = check_job_name(args.name)
     result = _load_reporting(args)
-    job = _find(result, name)
+    job = jobs.find(result, name)
     if job is None:
-        problems = _job_problems(result, name)
+        problems = jobs.job_problems(result, name)
         raise CliError(f"schedule {name} is invalid" if problems else f"no schedule {name}")
     view, note = _systemd_view(args, [name])
     row = _row(job, result.config.identity.node_uuid, view.get(name))
-    runs = read_history(result.paths, name)
+    with _job_errors():
+        runs = history.read(result.paths, name)
     row["last_recorded_run"] = runs[-1] if runs else None
     row["note"] = note
     if args.json:
@@ -712,13 +481,17 @@ def _register_history(sub: _Subparsers) -> None:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    name = check_name(args.name)
-    paths = _paths(args)
-    runs = read_history(paths, name)
-    if not runs and name not in _raw_jobs(paths):
+    from zincati_py.schedule import history, jobs
+
+    name = check_job_name(args.name)
+    limit = None if args.limit is None else positive_int("--limit", args.limit, 1, unit="runs")
+    paths = paths_of(args)
+    with _job_errors():
+        runs = history.read(paths, name)
+    if not runs and name not in jobs.raw_jobs(paths):
         raise CliError(f"no schedule {name} and no recorded runs")
-    if args.limit is not None:
-        runs = runs[-_seconds("--limit", args.limit, 1) :]
+    if limit is not None:
+        runs = runs[-limit:]
     if args.json:
         print_json({"name": name, "runs": runs})
         return 0
@@ -752,10 +525,10 @@ def _register_record(sub: _Subparsers) -> None:
 def _cmd_record(args: argparse.Namespace) -> int:
     from zincati_py.dbus.systemd import SERVICE_IFACE, usec_to_datetime
     from zincati_py.dbus.systemd_sync import SystemdError
-    from zincati_py.fsutil import atomic_write
     from zincati_py.generator import schedule_unit
+    from zincati_py.schedule import history
 
-    name = check_name(args.name)
+    name = check_job_name(args.name)
     unit = schedule_unit(name)
     start = end = None
     try:
@@ -765,29 +538,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
         end = usec_to_datetime(int(props.get("ExecMainExitTimestamp", 0)))
     except (CliError, SystemdError) as exc:
         print(f"zincati-py: {unit}: start time unknown: {exc}", file=sys.stderr)
-    record = {
-        "name": name,
-        "unit": unit,
-        "invocation_id": os.environ.get("INVOCATION_ID"),
-        "start": iso(start),
-        "end": iso(end or datetime.now(UTC)),
-        "result": os.environ.get("SERVICE_RESULT"),
-        "exit_code": os.environ.get("EXIT_CODE"),
-        "exit_status": os.environ.get("EXIT_STATUS"),
-    }
-    path = history_file(_paths(args), name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    # One O_APPEND write per record: concurrent readers see whole lines or none.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if size > HISTORY_MAX_BYTES:
-        kept = path.read_bytes().splitlines(keepends=True)[-HISTORY_KEEP:]
-        atomic_write(path, b"".join(kept))
+    record = history.make_record(name, unit, start, end, os.environ)
+    with _job_errors():
+        history.append(paths_of(args), name, record)
     return 0
 
 

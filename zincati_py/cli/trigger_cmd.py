@@ -14,7 +14,14 @@ import argparse
 import os
 from typing import Any
 
-from zincati_py.cli import CliError, add_root_argument
+from zincati_py.cli.common import (
+    CliError,
+    add_root_argument,
+    add_user_argument,
+    check_job_name,
+    connect,
+    fmt_time,
+)
 
 
 def register(sub: Any) -> None:
@@ -26,8 +33,6 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("name", metavar="NAME", help="the [[schedule]] job name")
     add_root_argument(parser)
-    from zincati_py.cli.schedule_cmd import add_user_argument
-
     add_user_argument(parser)
     parser.set_defaults(func=cmd_trigger)
 
@@ -51,11 +56,10 @@ def _not_loaded(args: argparse.Namespace, name: str) -> CliError:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    from zincati_py.cli.schedule_cmd import check_name, connect, fmt_time
     from zincati_py.dbus.systemd_sync import SystemdError, SystemdUnavailable
     from zincati_py.generator import schedule_unit
 
-    name = check_name(args.name)
+    name = check_job_name(args.name)
     unit = schedule_unit(name)
     try:
         with connect(args) as systemd:
