@@ -347,7 +347,16 @@ class _PeerBus(MessageBus):
 
 
 async def _server_auth(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bool:
-    """Server side of the SASL handshake: EXTERNAL only, for our own uid (like GDBusServer)."""
+    """Server side of the SASL handshake, as rpm-ostreed's transaction server does it.
+
+    rpm-ostreed creates the server with ``g_dbus_server_new_sync(..., G_DBUS_SERVER_FLAGS_NONE,
+    guid, NULL /* no GDBusAuthObserver */, ...)``: GDBus then accepts EXTERNAL for *any* uid
+    whose claim matches the kernel's ``SO_PEERCRED`` (no ``..._REQUIRE_SAME_USER`` flag), and
+    refuses ANONYMOUS. Who may start a transaction at all is decided on the system bus (bus
+    policy, polkit) when the client calls ``UpdateDeployment``; the socket address is handed
+    only to that caller. So Zincati (user ``zincati``) and our agent (user ``zincati-py``) stage
+    through a daemon running as root. A claim that differs from the peer's real uid is refused.
+    """
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     guid = uuid.uuid4().hex
@@ -364,6 +373,7 @@ async def _server_auth(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> 
 
     if await loop.sock_recv(sock, 1) != b"\0":
         return False
+    authenticated = False
     while True:
         words = (await line()).split()
         if not words:
@@ -371,16 +381,17 @@ async def _server_auth(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> 
         cmd = words[0]
         if cmd == b"AUTH" and len(words) >= 2 and words[1] == b"EXTERNAL":
             claimed = bytes.fromhex(words[2].decode()).decode() if len(words) > 2 else str(uid)
-            if uid not in (0, os.getuid()) or claimed != str(uid):
+            if claimed != str(uid):
                 await loop.sock_sendall(sock, b"REJECTED EXTERNAL\r\n")
                 continue
+            authenticated = True
             await loop.sock_sendall(sock, b"OK " + guid.encode() + b"\r\n")
         elif cmd == b"AUTH":
             await loop.sock_sendall(sock, b"REJECTED EXTERNAL\r\n")
         elif cmd == b"NEGOTIATE_UNIX_FD":
             await loop.sock_sendall(sock, b"AGREE_UNIX_FD\r\n")
         elif cmd == b"BEGIN":
-            return True
+            return authenticated  # BEGIN before OK: GDBus drops the connection
         elif cmd == b"CANCEL":
             await loop.sock_sendall(sock, b"REJECTED EXTERNAL\r\n")
         else:
