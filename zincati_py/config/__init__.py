@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zincati_py.config.checks import resolve_time_zone
 from zincati_py.config.fragments import discover, merge
 from zincati_py.config.model import (
     AgentSettings,
@@ -27,10 +28,9 @@ from zincati_py.config.model import (
     TimingSettings,
     UpdatesSettings,
     WindowSettings,
-    resolve_time_zone,
-    validate,
 )
 from zincati_py.config.problems import Problem
+from zincati_py.config.validate import validate
 from zincati_py.paths import Paths
 
 __all__ = [

@@ -18,20 +18,18 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zincati_py.config.jobs import SCHEDULE_SCHEMA
 from zincati_py.config.problems import Problem
+from zincati_py.config.raw import Entry, ListOf, RawConfig, Sourced
+
+__all__ = ["SCHEMA", "Entry", "ListOf", "RawConfig", "Sourced", "discover", "merge"]
 
 # Key schema. A dict is a table; a ``ListOf`` is an array of tables; a tuple of types is
 # the accepted TOML value types (int is accepted for float, as serde does for Zincati).
-
-
-@dataclass(frozen=True)
-class ListOf:
-    item: dict[str, Any]
-
+# ``[[schedule]]`` keys live with the rest of the job rules in ``jobs.py``.
 
 STRATEGY_TYPES = (str, list)
 
@@ -40,17 +38,6 @@ WINDOW_SCHEMA: dict[str, Any] = {
     "start_time": (str,),
     "length_minutes": (int,),
     "cron": (str,),
-}
-
-SCHEDULE_SCHEMA: dict[str, Any] = {
-    "name": (str,),
-    "cron": (str,),
-    "command": (str,),
-    "time_zone": (str,),
-    "catch_up": (bool,),
-    "randomized_delay_secs": (int,),
-    "timeout_secs": (int,),
-    "enabled": (bool,),
 }
 
 SCHEMA: dict[str, Any] = {
@@ -80,45 +67,6 @@ _TYPE_NAMES = {
     list: "an array",
     dict: "a table",
 }
-
-
-@dataclass(frozen=True)
-class Sourced:
-    """A value and the fragment that set it, so later errors can name the file."""
-
-    value: Any
-    file: Path
-
-
-@dataclass
-class Entry:
-    """One ``[[...]]`` table: its keys, where each came from, and its position in its file."""
-
-    values: dict[str, Sourced]
-    file: Path
-    index: int
-
-    def key(self, array: str, name: str | None = None) -> str:
-        base = f"{array}[{self.index}]"
-        return f"{base}.{name}" if name else base
-
-
-@dataclass
-class RawConfig:
-    """The merged tree: dotted scalar keys, window entries in order, schedules by name."""
-
-    scalars: dict[str, Sourced] = field(default_factory=dict)
-    windows: list[Entry] = field(default_factory=list)
-    schedules: dict[str, Entry] = field(default_factory=dict)
-    fragments: list[Path] = field(default_factory=list)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        item = self.scalars.get(key)
-        return default if item is None else item.value
-
-    def source(self, key: str) -> Path | None:
-        item = self.scalars.get(key)
-        return None if item is None else item.file
 
 
 def discover(config_dirs: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
