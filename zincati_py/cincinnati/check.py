@@ -54,7 +54,12 @@ def basearch() -> str:
 
 def oci_pullspec(reference: str, digest: str) -> str:
     """``quay.io/x/y@sha256:…`` from rpm-ostree's container image reference and digest."""
-    image = reference.rsplit(":docker://", 1)[-1].split("://", 1)[-1]
+    if reference.startswith("ostree-unverified-registry:"):
+        image = reference.removeprefix("ostree-unverified-registry:")
+    elif "docker://" in reference:
+        image = reference.rsplit("docker://", 1)[-1]
+    else:
+        image = reference.rsplit("registry:", 1)[-1]
     name = image.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
     if ":" in last:  # a tag, not a registry port
