@@ -41,7 +41,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ImportError:
         raise CliError(
             "demo: the test bed is not installed (it is not part of the product): "
-            "pip install ./testbed from a source checkout, or run ./demo.sh",
+            "pip install -e ./testbed from a source checkout, or run testbed/demo.sh",
             os.EX_UNAVAILABLE,
         ) from None
 
