@@ -29,7 +29,10 @@ Script (JSON)::
      "releases": [{"version": "40.2", "available_after_checks": 0}],
      "idle_timeout": 60, "transaction_delay": 0.05, "reboot_on_logind": true}
 
-Releases are listed oldest first. ``available_after_checks`` N makes a release visible to the
+Releases are listed oldest first (a release may give its ``timestamp``). ``stream`` (default:
+the origin ref's last part) is reported as ``fedora-coreos.stream`` in every deployment's
+``base-commit-meta``. ``set-revision`` (``rpm-ostree deploy``) refuses an older commit unless
+the ``allow-downgrade`` option is true, as rpm-ostreed does. ``available_after_checks`` N makes a release visible to the
 (N+1)-th update check; without it the release appears only through the control method
 ``PublishRelease``. Checksums default to the SHA-256 of the version.
 
@@ -141,6 +144,8 @@ class Script:
     idle_timeout: float = 60.0
     transaction_delay: float = 0.05
     reboot_on_logind: bool = True
+    # The base commits' ``fedora-coreos.stream`` metadata (default: the origin ref's last part).
+    stream: str = ""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Script:
@@ -164,6 +169,10 @@ class Script:
             idle_timeout=float(raw.get("idle_timeout", 60.0)),
             transaction_delay=float(raw.get("transaction_delay", 0.05)),
             reboot_on_logind=bool(raw.get("reboot_on_logind", True)),
+            stream=str(
+                raw.get("stream")
+                or str(raw.get("origin", "fedora:fedora/x86_64/coreos/stable")).rsplit("/", 1)[-1]
+            ),
         )
 
     @classmethod
@@ -313,6 +322,13 @@ class Sysroot:
                 "unlocked": Variant("s", "none"),
                 "packages": Variant("as", []),
                 "requested-packages": Variant("as", []),
+                "base-commit-meta": Variant(
+                    "a{sv}",
+                    {
+                        "fedora-coreos.stream": Variant("s", self.script.stream),
+                        "version": Variant("s", e["version"]),
+                    },
+                ),
             }
             # rpm-ostree sets the key only when true (lock file present for the staged one).
             if is_staged and self.lock_file.exists():
@@ -743,9 +759,12 @@ class Daemon:
         revision = modifiers["set-revision"].value if "set-revision" in modifiers else None
         lock = bool(options["lock-finalization"].value) if "lock-finalization" in options else False
         dry = any(bool(options[k].value) for k in ("dry-run", "download-only") if k in options)
+        # rpm-ostreed's default: no downgrade unless "allow-downgrade" (the deploy CLI's
+        # --disallow-downgrade sends false).
+        downgrade = "allow-downgrade" in options and bool(options["allow-downgrade"].value)
 
         def work() -> tuple[bool, str]:
-            return self._update(revision, lock, dry)
+            return self._update(revision, lock, dry, downgrade)
 
         txn = Transaction(title, work, self.script.transaction_delay, self._txn_done)
         self.transaction = txn
@@ -760,7 +779,9 @@ class Daemon:
         self.sync_properties()
         self.touch()
 
-    def _update(self, revision: str | None, lock: bool, dry: bool) -> tuple[bool, str]:
+    def _update(
+        self, revision: str | None, lock: bool, dry: bool, allow_downgrade: bool = False
+    ) -> tuple[bool, str]:
         if self.failure:
             return False, self.failure
         state = self.sysroot.load()
@@ -768,6 +789,15 @@ class Daemon:
         self.sysroot.save(state)
         if revision is not None:
             target = self.script.release(re.sub(r"^(revision|version)=", "", revision))
+            booted = self.script.release(state["booted"])
+            if target.timestamp < booted.timestamp and not allow_downgrade:
+                # ostree's sysroot upgrader refuses an older commit without ALLOW_OLDER.
+                return False, (
+                    f"Upgrade target revision '{target.checksum}' with timestamp "
+                    f"'{target.timestamp}' is chronologically older than current revision "
+                    f"'{booted.checksum}' with timestamp '{booted.timestamp}'; use "
+                    "--allow-downgrade to permit"
+                )
         else:
             available = [
                 r

@@ -32,7 +32,6 @@ from zincati_py.config.model import Settings
 
 log = logging.getLogger(__name__)
 
-STREAM_KEY = "fedora-coreos.stream"
 PLATFORM_ARG = "ignition.platform.id="
 
 
@@ -78,15 +77,14 @@ class BootedFacts:
 
     @classmethod
     def from_deployment(cls, dep: Any) -> BootedFacts:
-        """From the rpm-ostree adapter's ``Deployment`` (``base_checksum``, ``commit_meta``,
-        ``container_image_reference[_digest]`` when rpm-ostree reports them)."""
-        meta = getattr(dep, "commit_meta", None) or {}
+        """From the rpm-ostree adapter's ``Deployment`` (``base_checksum``, ``stream`` from the
+        base commit's ``fedora-coreos.stream``, ``container_image_reference[_digest]``)."""
         ref = getattr(dep, "container_image_reference", "") or ""
         digest = getattr(dep, "container_image_reference_digest", "") or ""
         return cls(
-            version=str(dep.version or meta.get("version", "")),
+            version=str(dep.version or ""),
             checksum=str(getattr(dep, "base_checksum", "") or dep.checksum),
-            stream=str(meta.get(STREAM_KEY, "")),
+            stream=str(getattr(dep, "stream", "") or ""),
             oci_pullspec=oci_pullspec(ref, digest) if ref and digest else None,
         )
 

@@ -90,6 +90,12 @@ class Deployment:
     origin: str
     timestamp: int
     serial: int
+    # For the Cincinnati graph request: the base commit (before local layering), its
+    # ``fedora-coreos.stream`` commit metadata and, for an OCI deployment, its image.
+    base_checksum: str = ""
+    stream: str = ""
+    container_image_reference: str = ""
+    container_image_reference_digest: str = ""
 
     @classmethod
     def from_dbus(cls, d: dict[str, Variant]) -> Deployment:
@@ -109,6 +115,12 @@ class Deployment:
             origin=str(get("origin", "")),
             timestamp=int(get("timestamp", 0)),
             serial=int(get("serial", 0)),
+            base_checksum=str(get("base-checksum", "")),
+            stream=str(
+                getattr(get("base-commit-meta", {}).get("fedora-coreos.stream"), "value", "")
+            ),
+            container_image_reference=str(get("container-image-reference", "")),
+            container_image_reference_digest=str(get("container-image-reference-digest", "")),
         )
 
 
@@ -218,10 +230,16 @@ class RpmOstree:
 
     # -- operations -----------------------------------------------------------------------
     async def stage_update(
-        self, *, revision: str | None = None, timeout: float = 1800.0
+        self,
+        *,
+        revision: str | None = None,
+        allow_downgrade: bool | None = None,
+        timeout: float = 1800.0,
     ) -> Deployment | None:
         """Stage the newest update (or ``revision``) with the finalization lock set.
 
+        ``revision`` (``revision=CHECKSUM``) is rpm-ostree's ``deploy`` of a revision, as Zincati
+        runs it: ``skip-branch-check`` and, unless ``allow_downgrade``, no downgrade.
         Runs ``UpdateDeployment`` with ``lock-finalization`` as a transaction, registered as a
         client only meanwhile. Returns the staged deployment afterwards (also when it had been
         staged before), ``None`` when there is nothing to stage. Raises
@@ -243,6 +261,10 @@ class RpmOstree:
                 "lock-finalization": Variant("b", True),
                 "initiating-command-line": Variant("s", self.client_id),
             }
+            if revision is not None:
+                options["skip-branch-check"] = Variant("b", True)
+            if allow_downgrade is not None:
+                options["allow-downgrade"] = Variant("b", allow_downgrade)
             reply = await self._call(
                 os_path, OS_IFACE, "UpdateDeployment", "a{sv}a{sv}", modifiers, options
             )
