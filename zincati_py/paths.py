@@ -57,6 +57,12 @@ class Paths:
         return self._under("var/lib/zincati-py")
 
     @property
+    def schedule_history_dir(self) -> Path:
+        """Run records of ``[[schedule]]`` jobs, written by root's ``ExecStopPost=`` hook: a
+        directory only root writes (not the agent's ``state_dir``, which its user controls)."""
+        return self._under("var/lib/zincati-py-schedule/history")
+
+    @property
     def run_dir(self) -> Path:
         """Volatile state: status.json and the public metrics socket."""
         return self._under("run/zincati-py")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -248,7 +250,9 @@ def test_record_hook_appends_and_history_reads(tmp_path: Path) -> None:
     for _ in range(2):
         proc = zpy("schedule", "_record", "vendor-job", "--root", str(root), "--user", env=env)
         assert proc.returncode == 0  # systemd unreachable: recorded without a start time
-    path = root / "var" / "lib" / "zincati-py" / "history" / "vendor-job.jsonl"
+    path = root / "var" / "lib" / "zincati-py-schedule" / "history" / "vendor-job.jsonl"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(records) == 2
     assert records[0]["result"] == "exit-code" and records[0]["exit_status"] == "3"
@@ -262,7 +266,7 @@ def test_record_trims_history(tmp_path: Path) -> None:
     from zincati_py.schedule import history
 
     root = make_root(tmp_path)
-    path = root / "var" / "lib" / "zincati-py" / "history" / "j.jsonl"
+    path = root / "var" / "lib" / "zincati-py-schedule" / "history" / "j.jsonl"
     path.parent.mkdir(parents=True)
     pad = history.MAX_BYTES // (history.KEEP + 100) - 30
     line = json.dumps({"name": "j", "pad": "x" * pad}) + "\n"
@@ -274,6 +278,85 @@ def test_record_trims_history(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     assert len(lines) == history.KEEP
     assert json.loads(lines[-1])["unit"] == "zincati-py-schedule-j.service"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in path.parent.iterdir()] == ["j.jsonl"]  # no temp file left
+
+
+NOBODY = 65534
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown to another user)")
+
+
+@root_only
+def test_record_never_follows_a_path_another_user_controls(tmp_path: Path) -> None:
+    """Issue 11 item 7: the hook runs as root. The agent user owned the old history directory
+    (/var/lib/zincati-py/history) and could plant NAME.jsonl -> any file: root then appended
+    to it and, when trimming, rewrote it 0644 (a root-only file copied world-readable)."""
+    root = make_root(tmp_path)
+    env = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus", "SERVICE_RESULT": "success"}
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+
+    def record(name: str) -> subprocess.CompletedProcess[str]:
+        return zpy("schedule", "_record", name, "--root", str(root), "--user", env=env)
+
+    def refused(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+        # The first stderr line says systemd is unreachable (no start time): not the point.
+        assert proc.returncode == code, (proc.returncode, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert all(needle in last for needle in needles), last
+
+    def untouched() -> None:
+        assert secret.read_text() == "root only\n"
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+    # The reported attack: a symlink in the agent-owned state directory (trimming size, too).
+    agent_dir = root / "var" / "lib" / "zincati-py" / "history"
+    agent_dir.mkdir(parents=True)
+    os.chown(agent_dir.parent, NOBODY, NOBODY)
+    os.chown(agent_dir, NOBODY, NOBODY)
+    secret.write_text("root only\n" + "x" * 300_000)
+    (agent_dir / "j.jsonl").symlink_to(secret)
+    os.lchown(agent_dir / "j.jsonl", NOBODY, NOBODY)
+    assert record("j").returncode == 0
+    assert secret.read_text().endswith("x" * 1000) and len(secret.read_text()) == 300_010
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    secret.write_text("root only\n")
+    assert len(zpy_json("schedule", "history", "j", "--root", str(root))["runs"]) == 1
+    history_dir = root / "var" / "lib" / "zincati-py-schedule" / "history"
+    assert (history_dir / "j.jsonl").is_file() and not (history_dir / "j.jsonl").is_symlink()
+
+    # A symlink in our own directory (however it got there) is not followed either.
+    (history_dir / "k.jsonl").symlink_to(secret)
+    refused(record("k"), 77, "k.jsonl", "symbolic link")
+    untouched()
+    # Nor a hard link to someone else's file.
+    other = tmp_path / "other"
+    other.write_text("theirs\n")
+    os.chown(other, NOBODY, NOBODY)
+    os.link(other, history_dir / "h.jsonl")
+    refused(record("h"), 77, "h.jsonl", "refusing")
+    assert other.read_text() == "theirs\n"
+
+    # A history directory (or a parent) another user can change is refused: they could swap a
+    # component for a symlink between our checks.
+    for victim in (history_dir, history_dir.parent, root / "var"):
+        os.chown(victim, NOBODY, NOBODY)
+        (history_dir / "m.jsonl").unlink(missing_ok=True)
+        refused(record("m"), 77, str(victim), "another user")
+        assert not (history_dir / "m.jsonl").exists()
+        os.chown(victim, 0, 0)
+    history_dir.chmod(0o777)
+    refused(record("m"), 77, str(history_dir), "another user")
+    history_dir.chmod(0o750)
+    # A symlinked directory on the way is not followed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "var" / "lib" / "zincati-py-schedule").rename(tmp_path / "moved")
+    (root / "var" / "lib" / "zincati-py-schedule").symlink_to(elsewhere)
+    refused(record("m"), 77, "symbolic link")
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_generator_and_cli_agree_on_the_history_path(tmp_path: Path) -> None:
