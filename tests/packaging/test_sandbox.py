@@ -11,11 +11,17 @@ a system manager can apply here:
   that setting hides (on a host the interpreter is /usr/bin/python3).
 - ``Type=notify``, ``WatchdogSec=``, ``Restart*=``, ``ExecStart=`` and ``Environment=``:
   the probe is a oneshot.
+
+And it adds one line for the probe only: when the venv or the checkout (editable installs
+import from it) lives under ``/tmp`` or ``/var/tmp`` (a clone under /tmp), which
+``PrivateTmp=yes`` replaces with an empty directory, ``BindReadOnlyPaths=`` puts them back,
+read-only (on a host the program lives under /usr, which the sandbox keeps).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import sys
@@ -36,6 +42,22 @@ NOT_APPLIED = re.compile(
     r"^(Type|ExecStart|User|Group|Restart|RestartSec|WatchdogSec|Environment|ProtectHome)="
 )
 EROFS, EAFNOSUPPORT = 30, 97
+PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))
+
+
+def program_binds() -> list[str]:
+    """The sandbox lines that let the test's own interpreter and code run in it: a
+    ``BindReadOnlyPaths=`` for those of the venv, the base interpreter and the checkout that
+    ``PrivateTmp=`` would hide; nothing when none is under /tmp or /var/tmp."""
+    programs = (Path(sys.prefix), Path(sys.base_prefix), HERE.parent.parent)
+    # As named (ExecStart= uses these) and with symlinks resolved (what the kernel opens).
+    candidates = {q for p in programs for q in (Path(os.path.abspath(p)), p.resolve())}
+    hidden = sorted(str(p) for p in candidates if any(p.is_relative_to(tmp) for tmp in PRIVATE_TMP))
+    if not hidden:
+        return []
+    for path in hidden:
+        assert not re.search(r"[\s%$\\\"']", path), f"unsupported path for a unit file: {path}"
+    return ["BindReadOnlyPaths=" + " ".join(hidden)]
 
 
 def probe(manager: UserManager, unit: str, modules: list[str]) -> dict[str, object]:
@@ -46,7 +68,10 @@ def probe(manager: UserManager, unit: str, modules: list[str]) -> dict[str, obje
     name = f"probe-{unit}"
     exec_start = " ".join([sys.executable, str(HERE / "sandbox_probe.py"), *modules])
     (manager.unit_dir / name).write_text(
-        "[Service]\nType=oneshot\n" + f"ExecStart={exec_start}\n" + "\n".join(kept) + "\n"
+        "[Service]\nType=oneshot\n"
+        + f"ExecStart={exec_start}\n"
+        + "\n".join(kept + program_binds())
+        + "\n"
     )
     manager.daemon_reload()
     manager.systemctl("start", name, check=False, timeout=60)
@@ -113,7 +138,9 @@ def test_fleetlock_server_serves_inside_its_sandbox(manager: UserManager) -> Non
     kept = [line for line in service.splitlines() if not NOT_APPLIED.match(line)]
     exe = venv_script("zincati-py")
     (manager.unit_dir / "lockserver.service").write_text(
-        f"[Service]\nExecStart={exe} fleetlock serve --config {config}\n" + "\n".join(kept) + "\n"
+        f"[Service]\nExecStart={exe} fleetlock serve --config {config}\n"
+        + "\n".join(kept + program_binds())
+        + "\n"
     )
     manager.daemon_reload()
     manager.systemctl("start", "lockserver.service")
