@@ -24,6 +24,7 @@ from typing import Any
 from zincati_py.config.jobs import SCHEDULE_SCHEMA
 from zincati_py.config.problems import Problem
 from zincati_py.config.raw import Entry, ListOf, RawConfig, Sourced
+from zincati_py.unitfile import control_characters
 
 __all__ = ["SCHEMA", "Entry", "ListOf", "RawConfig", "Sourced", "discover", "merge"]
 
@@ -88,6 +89,18 @@ def discover(config_dirs: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
             name = os.fsencode(entry.name)
             path = Path(entry.path)
             if entry.name.startswith("."):
+                continue
+            bad = control_characters(entry.name)
+            if bad:
+                # It would reach unit files (header, SourcePath=) and the journal verbatim.
+                problems.append(
+                    Problem.error(
+                        path,
+                        "",
+                        "file name contains control characters or non-UTF-8 bytes "
+                        f"({' '.join(bad)}); file ignored: rename it",
+                    )
+                )
                 continue
             # As liboverdrop: the link text must be "/dev/null" (not merely resolve to it).
             if entry.is_symlink() and _readlink(path) == os.devnull:
