@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,3 +198,29 @@ class GraphCheck:
             "deadend": None if p is None or p.booted is None else p.deadend,
             "deadend_reason": p.deadend_reason if p is not None and p.deadend else None,
         }
+
+
+# The deny-list the agent keeps in its persisted state (``extra``): releases that failed to
+# stage, each with the boot it failed in. Like Zincati's in-memory list it lasts until the
+# next reboot, but an agent restart within the boot does not retry a release that failed.
+DENYLIST_KEY = "cincinnati_denylist"
+
+
+def denylist(extra: Mapping[str, Any], failed: Iterable[str], boot_id: str) -> set[str]:
+    """Checksums never to update to: ``failed`` (rebooted into, did not come up) and the
+    releases that failed to stage in this boot."""
+    out = set(failed)
+    for entry in extra.get(DENYLIST_KEY) or ():
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] == boot_id:
+            out.add(str(entry[0]))
+    return out
+
+
+def denylist_add(extra: Mapping[str, Any], checksum: str, boot_id: str) -> dict[str, Any]:
+    """``extra`` with ``checksum`` deny-listed for this boot (other boots' entries dropped)."""
+    kept = [
+        e
+        for e in extra.get(DENYLIST_KEY) or ()
+        if isinstance(e, list) and len(e) == 2 and e[1] == boot_id and e[0] != checksum
+    ]
+    return {**extra, DENYLIST_KEY: [*kept, [checksum, boot_id]]}

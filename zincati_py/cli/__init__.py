@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trigger_cmd",
     "fleetlock_cmd",
     "windows_cmd",
+    "updates_cmd",
     "agent_cmd",
     "demo_cmd",
 )
