@@ -15,7 +15,9 @@ emit the valid parts.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +29,9 @@ from zincati_py.config.raw import Entry, ListOf, RawConfig, Sourced
 from zincati_py.unitfile import control_characters
 
 __all__ = ["SCHEMA", "Entry", "ListOf", "RawConfig", "Sourced", "discover", "merge"]
+
+# A fragment is a few hundred bytes; parsing 100 MB took 18 s at boot. Larger files are refused.
+MAX_FRAGMENT_BYTES = 256 * 1024
 
 # Key schema. A dict is a table; a ``ListOf`` is an array of tables; a tuple of types is
 # the accepted TOML value types (int is accepted for float, as serde does for Zincati).
@@ -138,15 +143,49 @@ def _readlink(path: Path) -> str | None:
 
 
 def read_fragment(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """One fragment's TOML, or None and one error naming the file (never an exception)."""
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f), []
-    except tomllib.TOMLDecodeError as exc:
-        return None, [Problem.error(path, "", f"invalid TOML, file ignored: {exc}")]
+        data = _read_bounded(path)
+    except _TooLarge:
+        return None, [
+            Problem.error(path, "", f"larger than {MAX_FRAGMENT_BYTES // 1024} KiB, file ignored")
+        ]
     except OSError as exc:
         return None, [Problem.error(path, "", f"cannot read, file ignored: {exc.strerror}")]
+    try:
+        return tomllib.loads(data.decode("utf-8")), []
+    except tomllib.TOMLDecodeError as exc:
+        return None, [Problem.error(path, "", f"invalid TOML, file ignored: {exc}")]
     except UnicodeDecodeError as exc:
         return None, [Problem.error(path, "", f"not UTF-8, file ignored: {exc}")]
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        return None, [Problem.error(path, "", "invalid TOML, file ignored: nested too deeply")]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes; _TooLarge past MAX_FRAGMENT_BYTES (a symlink or a FIFO is not read:
+    discovery keeps regular files only, and the file may have been swapped since)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = os.read(fd, MAX_FRAGMENT_BYTES + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FRAGMENT_BYTES:
+                raise _TooLarge
+    finally:
+        os.close(fd)
 
 
 def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
