@@ -1,7 +1,7 @@
 """``zincati-py schedule`` commands that write fragments: contents, refusals, bad input.
 
 No systemd here (the bus address points nowhere): the reload step is skipped with
---no-reload or must fail with 69 while keeping the written file.
+--no-reload or must fail with 75 while keeping the written file.
 """
 
 from __future__ import annotations
@@ -127,13 +127,19 @@ def test_bad_input_writes_nothing(tmp_path: Path, argv: list[str], code: int, ne
     assert tree(root) == before
 
 
-def test_unreachable_systemd_keeps_the_file_and_exits_69(tmp_path: Path) -> None:
+def test_unreachable_systemd_keeps_the_file_says_so_and_exits_75(tmp_path: Path) -> None:
+    """Issue 11 item 13: the write succeeded, the reload did not: never leave the admin guessing
+    (75 = temporary failure; stdout names the saved file, stderr how to apply it)."""
     root = make_root(tmp_path)
-    proc = zpy("schedule", "create", "j", "--cron", "@daily", "--command", "x", "--root", str(root))
-    assert proc.returncode == 69
-    assert "unreachable" in proc.stderr and "daemon-reload" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    args = ("--root", str(root), "--user")
+    proc = zpy("schedule", "create", "j", "--cron", "@daily", "--command", "x", *args)
+    assert_clean_error(proc, 75, "the change is saved but not applied", "unreachable")
+    assert "'systemctl --user daemon-reload' to apply it" in proc.stderr
+    assert str(_etc(root) / "70-schedule-j.toml") in proc.stdout
     assert (_etc(root) / "70-schedule-j.toml").exists()
+    for verb in ("disable", "enable", "delete"):
+        assert_clean_error(zpy("schedule", verb, "j", *args), 75, "saved but not applied")
+    assert not (_etc(root) / "70-schedule-j.toml").exists()
 
 
 def test_unwritable_config_dir_is_a_clean_error(tmp_path: Path) -> None:
@@ -259,6 +265,9 @@ def test_record_hook_appends_and_history_reads(tmp_path: Path) -> None:
     assert records[0]["start"] is None and records[0]["end"]
     doc = zpy_json("schedule", "history", "vendor-job", "--root", str(root), "--limit", "1")
     assert doc == {"name": "vendor-job", "runs": records[-1:]}
+    # --user like every other schedule command (issue 11 item 13).
+    doc = zpy_json("schedule", "history", "vendor-job", "--root", str(root), "--user")
+    assert doc == {"name": "vendor-job", "runs": records}
     assert_clean_error(zpy("schedule", "history", "nope", "--root", str(root)), 65, "no schedule")
 
 

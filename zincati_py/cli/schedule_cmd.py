@@ -119,7 +119,11 @@ def _job_errors() -> Iterator[None]:
 
 
 def _reload(args: argparse.Namespace, done: str) -> int:
-    """Print ``done`` and ask systemd to reload (unless --no-reload); 69 if unreachable."""
+    """Print ``done`` (the saved change) and ask systemd to reload (unless --no-reload).
+
+    The change is saved either way; if the reload cannot happen, say so and how to apply it,
+    and exit 75 (temporary failure: the file is right, systemd has not read it yet).
+    """
     from zincati_py.dbus.systemd_sync import SystemdError
 
     print(done)
@@ -128,14 +132,13 @@ def _reload(args: argparse.Namespace, done: str) -> int:
     try:
         with connect(args) as systemd:
             systemd.reload()
-    except CliError as exc:
+    except (CliError, SystemdError) as exc:
+        reason = str(exc) if isinstance(exc, CliError) else f"daemon-reload failed: {exc}"
         raise CliError(
-            f"{exc}; the change is saved, run 'systemctl{' --user' if args.user else ''} "
-            "daemon-reload' to apply it",
-            os.EX_UNAVAILABLE,
+            f"the change is saved but not applied: {reason}; run "
+            f"'systemctl{' --user' if args.user else ''} daemon-reload' to apply it",
+            os.EX_TEMPFAIL,
         ) from None
-    except SystemdError as exc:
-        raise CliError(f"daemon-reload failed: {exc}", os.EX_UNAVAILABLE) from None
     return 0
 
 
@@ -478,6 +481,7 @@ def _register_history(sub: _Subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--limit", metavar="N", default=None, help="only the last N runs")
     add_root_argument(parser)
+    add_user_argument(parser)
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
