@@ -1,0 +1,90 @@
+"""The small interface between the agent's loop and its collaborators.
+
+``service.Agent`` is the loop and lifecycle: it owns the collaborators (``deployments``,
+``reboot``, ``reload``, ``publish``) and calls into them. They talk back to it only through
+:class:`Host` (wake me, run this task, announce the state now), and read each other one way:
+``reboot`` and ``publish`` read ``deployments`` and ``reload``; ``deployments`` and ``reload``
+read nobody. None of them imports ``service``, so there is no cycle.
+
+:class:`Retries` is the per-action retry bookkeeping the loop and the collaborators share
+(backoff, "not before", the failure text the status shows meanwhile).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+from zincati_py.agent.machine import Action
+from zincati_py.backoff import Backoff
+
+if TYPE_CHECKING:
+    import asyncio
+
+log = logging.getLogger("zincati_py.agent")
+
+# What an action leaves behind: None when it made progress (evaluate again at once), else the
+# reason the agent waits and the wall-clock time to evaluate again without an event.
+Outcome = tuple[str, float | None] | None
+
+
+class Host(Protocol):
+    """What a collaborator may ask of the loop."""
+
+    lock: asyncio.Lock  # held by every evaluation; a collaborator changing facts takes it
+
+    def wake(self, reason: str) -> None:
+        """Evaluate again soon (safe from any callback in the loop)."""
+
+    def note_event(self) -> None:
+        """An event arrived that will wake the loop later: the decision latency starts now."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the loop cancels and awaits at shutdown."""
+
+    def announce(self) -> None:
+        """Publish the state the facts describe right now (before an action that may end
+        the host before another evaluation runs)."""
+
+
+class Retries:
+    """Backoff per action, the time before which it is not tried again, and why."""
+
+    def __init__(self) -> None:
+        self.backoffs = {a: Backoff(1.0, 300.0) for a in Action}
+        self.not_before: dict[Action, float] = {}
+        self.failure: dict[Action, str] = {}
+
+    def retry(self, action: Action, message: str) -> tuple[str, float]:
+        from zincati_py.agent.status import iso
+
+        at = self.defer(action)
+        text = f"{message}; retrying at {iso(at)}"
+        self.failure[action] = text
+        return (text, at)
+
+    def defer(self, action: Action) -> float:
+        """Do not try ``action`` before the next backoff delay has passed; returns when."""
+        at = time.time() + self.backoffs[action].next_delay()
+        self.not_before[action] = at
+        return at
+
+    def succeeded(self, action: Action) -> None:
+        self.backoffs[action].reset()
+        self.failure.pop(action, None)
+        self.not_before.pop(action, None)
+
+    def forget(self) -> None:
+        """A new boot: earlier failures and waits no longer apply (backoffs keep growing)."""
+        self.not_before.clear()
+        self.failure.clear()
+
+
+async def save(saved: Awaitable[Any], what: str) -> None:
+    """Await a durable write nothing waits for (a record no action depends on)."""
+    try:
+        await saved
+    except OSError as exc:
+        log.warning("%s not saved: %s", what, exc)
