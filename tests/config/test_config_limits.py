@@ -1,4 +1,5 @@
-"""Issue 11 items 9 and 10: hostile or mistaken fragments cost one error, never the rest.
+"""Issue 11 items 9 and 10: hostile or mistaken fragments cost one error, never the rest;
+what ``config check`` accepts, systemd accepts.
 
 A deeply nested fragment used to raise RecursionError (``config check`` printed a traceback,
 the generator wrote no unit at all); a huge fragment took seconds to parse at boot.
@@ -8,12 +9,17 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.config.conftest import Tree
 from tests.generator.helpers import run_generator
 from tests.helpers import zpy
+from zincati_py.config.checks import SYSTEMD_MAX_SECS
 from zincati_py.config.fragments import MAX_FRAGMENT_BYTES
 
 run = functools.partial(zpy, unset=("ZINCATI_PY_ROOT",))
@@ -71,3 +77,59 @@ def test_oversized_fragment_is_refused_quickly(tree: Tree) -> None:
     # Exactly at the limit is read.
     big.write_text("#" * (MAX_FRAGMENT_BYTES - 1) + "\n")
     assert tree.load().errors == ()
+
+
+# Issue 11 item 10: every number of seconds is bounded by what systemd parses.
+SECS_KEYS = [
+    ("agent.timing.steady_interval_secs", "[agent.timing]\nsteady_interval_secs = {v}\n"),
+    ("agent.reboot.max_postpone_secs", "[agent.reboot]\nmax_postpone_secs = {v}\n"),
+    ("updates.file.max_age_secs", "[updates.file]\nmax_age_secs = {v}\n"),
+    ("schedule[job].randomized_delay_secs", JOB + "randomized_delay_secs = {v}\n"),
+    ("schedule[job].timeout_secs", JOB + "timeout_secs = {v}\n"),
+]
+
+
+@pytest.mark.parametrize(("key", "text"), SECS_KEYS, ids=[k for k, _ in SECS_KEYS])
+def test_seconds_past_what_systemd_parses_are_errors(tree: Tree, key: str, text: str) -> None:
+    path = tree.write("etc", "50-secs.toml", text.format(v=SYSTEMD_MAX_SECS))
+    assert tree.load().problems == ()
+    for value in (SYSTEMD_MAX_SECS + 1, 20000000000000):
+        path.write_text(text.format(v=value))
+        problems = [(p.severity, p.file, p.key) for p in tree.load().problems]
+        if key == "updates.file.max_age_secs":  # file strategy not used: a warning
+            assert problems == [("warning", path, key)]
+        else:
+            assert problems == [("error", path, key)]
+        (problem,) = tree.load().problems
+        assert f"{value} is more than systemd accepts" in problem.message
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_accepts_every_value_config_check_accepts(tmp_path: Path) -> None:
+    tree = Tree(tmp_path / "root")
+    v = SYSTEMD_MAX_SECS
+    tree.write("etc", "50-max.toml", f"[agent.timing]\nsteady_interval_secs = {v}\n")
+    tree.write("etc", "60-job.toml", JOB + f"randomized_delay_secs = {v}\ntimeout_secs = {v}\n")
+    assert run("config", "check", "--root", str(tree.root)).returncode == 0
+    out = tmp_path / "out"
+    assert run_generator(tree.root, out).returncode == 0
+    units = sorted(str(p) for p in out.iterdir() if p.is_file())
+    assert len(units) == 4
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", *units],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=out,
+        )
+
+    proc = verify()
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    # One second more and systemd refuses the timer: config check must say so first.
+    timer = out / "zincati-py-check.timer"
+    timer.write_text(timer.read_text().replace(f"={v}s", f"={v + 1}s"))
+    assert "Timer unit lacks value setting" in verify().stderr
+    tree.write("etc", "50-max.toml", f"[agent.timing]\nsteady_interval_secs = {v + 1}\n")
+    assert run("config", "check", "--root", str(tree.root)).returncode == os.EX_DATAERR

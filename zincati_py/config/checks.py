@@ -18,6 +18,10 @@ from urllib.parse import urlsplit
 
 # Zincati's application id for deriving the node id from /etc/machine-id.
 ZINCATI_APP_ID = "de35106b6ec24688b63afddaa156679b"
+# The most seconds systemd (252) parses in a time span (OnBootSec=, TimeoutStartSec=,
+# RandomizedDelaySec=, ...): 2^64 - 1 µs means infinity and one more second fails to parse, so
+# systemd drops the setting ("Timer unit lacks value setting"). Every *_secs key is bounded by it.
+SYSTEMD_MAX_SECS = 18_446_744_073_708
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -93,6 +97,23 @@ def cron_problem(expr: str, tz: str | None, hash_id: str | None) -> str | None:
 
 def at_least(minimum: int) -> Callable[[int], str | None]:
     return lambda v: None if v >= minimum else f"{v} must be >= {minimum}"
+
+
+def seconds(minimum: int) -> Callable[[int], str | None]:
+    """A number of seconds: at least ``minimum`` and no more than systemd accepts."""
+
+    def check(value: int) -> str | None:
+        if value < minimum:
+            return f"{value} must be >= {minimum}"
+        return too_many_seconds(value)
+
+    return check
+
+
+def too_many_seconds(value: int) -> str | None:
+    if value > SYSTEMD_MAX_SECS:
+        return f"{value} is more than systemd accepts (at most {SYSTEMD_MAX_SECS} seconds)"
+    return None
 
 
 def uuid_problem(value: str) -> str | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zincati_py.config.checks import cron_problem
+from zincati_py.config.checks import cron_problem, too_many_seconds
 from zincati_py.config.raw import Entry
 
 SCHEDULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -87,6 +87,9 @@ def validate_jobs(
         if not v["command"].value.strip():
             bad("command", "empty", v["command"].file)
             continue
+        if "\0" in v["command"].value:  # no program can receive one: it ends a C string
+            bad("command", "contains a NUL character", v["command"].file)
+            continue
         tz = v["time_zone"].value if "time_zone" in v else None
         if tz == "localtime":
             tz = None  # systemd's OnCalendar= without a zone suffix is the local zone
@@ -101,9 +104,15 @@ def validate_jobs(
         if delay < 0:
             bad("randomized_delay_secs", f"{delay} is negative", v["randomized_delay_secs"].file)
             continue
+        if (message := too_many_seconds(delay)) is not None:
+            bad("randomized_delay_secs", message, v["randomized_delay_secs"].file)
+            continue
         timeout = v["timeout_secs"].value if "timeout_secs" in v else None
         if timeout is not None and timeout < 1:
             bad("timeout_secs", f"{timeout} must be >= 1", v["timeout_secs"].file)
+            continue
+        if timeout is not None and (message := too_many_seconds(timeout)) is not None:
+            bad("timeout_secs", message, v["timeout_secs"].file)
             continue
         out.append(
             ScheduleSettings(

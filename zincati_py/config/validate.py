@@ -17,11 +17,11 @@ from typing import Any
 
 from zincati_py.config.checks import (
     app_specific_id,
-    at_least,
     cron_problem,
     host_port_problem,
     parse_hhmm,
     parse_weekday,
+    seconds,
     tz_problem,
     url_problem,
     uuid_problem,
@@ -81,7 +81,7 @@ class _Validator:
         agent = AgentSettings(
             timing=TimingSettings(
                 steady_interval_secs=self.value(
-                    "agent.timing.steady_interval_secs", 300, at_least(1)
+                    "agent.timing.steady_interval_secs", 300, seconds(1)
                 ),
                 check_cron=self.value(
                     "agent.timing.check_cron",
@@ -90,7 +90,7 @@ class _Validator:
                 ),
             ),
             reboot=RebootSettings(
-                max_postpone_secs=self.value("agent.reboot.max_postpone_secs", 600, at_least(0)),
+                max_postpone_secs=self.value("agent.reboot.max_postpone_secs", 600, seconds(0)),
                 warn_interactive=self.value("agent.reboot.warn_interactive", True),
             ),
             metrics=MetricsSettings(
@@ -219,7 +219,7 @@ class _Validator:
                 "updates.file.path",
                 "required by strategy file",
             )
-        max_age = self.value("updates.file.max_age_secs", None, at_least(1), severity)
+        max_age = self.value("updates.file.max_age_secs", None, seconds(1), severity)
         return FileGateSettings(path=path, max_age_secs=max_age)
 
     def periodic(self, *, used: bool, hash_id: str | None) -> PeriodicSettings:
