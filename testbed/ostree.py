@@ -6,16 +6,25 @@ prints the same messages, and changes the state the same way rpm-ostree observes
 presence of ``run/ostree/staged-deployment-locked``. Real ostree keeps ``/run/ostree`` at the
 absolute path whatever ``--sysroot`` says; here it lives under ROOT so several sandboxed nodes
 can share a machine.
+
+``python -m testbed.ostree admin finalize-staged [--sysroot=ROOT] [--script=FILE]`` is what
+``ostree-finalize-staged.service`` runs when the system goes down (the real-host tier,
+:mod:`testbed.realhost`): an unlocked staged deployment becomes the default one (booted next),
+a finalization-locked one is discarded. It needs the rpm-ostree double's script (``--script``
+or ``$TESTBED_RPMOSTREE_SCRIPT``) for the booted deployment of a sysroot the double never saw.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
-from testbed.rpmostree import LOCK_REL, STAGED_REL
+from testbed.rpmostree import LOCK_REL, STAGED_REL, Script, Sysroot
+
+SCRIPT_ENV = "TESTBED_RPMOSTREE_SCRIPT"
 
 
 def lock_finalization(root: Path, unlock: bool) -> tuple[int, str]:
@@ -34,6 +43,18 @@ def lock_finalization(root: Path, unlock: bool) -> tuple[int, str]:
     return 0, "Staged deployment is now finalization locked"
 
 
+def finalize_staged(root: Path, script: Path) -> tuple[int, str]:
+    sysroot = Sysroot(root, Script.load(script))
+    staged = sysroot.staged()
+    if staged is None:
+        return 0, "No staged deployment"
+    locked = sysroot.lock_file.exists()
+    booted = sysroot.reboot()
+    if locked:
+        return 0, f"Not finalizing; found {LOCK_REL}: discarded {staged['version']}"
+    return 0, f"Finalized {booted['version']} ({booted['checksum']}.{booted['serial']})"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ostree")
     sub = p.add_subparsers(dest="group", required=True)
@@ -41,8 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     lf = admin.add_parser("lock-finalization")
     lf.add_argument("--unlock", action="store_true")
     lf.add_argument("--sysroot", type=Path, default=Path("/"))
+    fs = admin.add_parser("finalize-staged")
+    fs.add_argument("--sysroot", type=Path, default=Path("/"))
+    fs.add_argument("--script", type=Path, default=os.environ.get(SCRIPT_ENV))
     args = p.parse_args(argv)
-    code, message = lock_finalization(args.sysroot, args.unlock)
+    if args.command == "finalize-staged":
+        if args.script is None:
+            p.error(f"finalize-staged needs --script or ${SCRIPT_ENV}")
+        code, message = finalize_staged(args.sysroot, args.script)
+    else:
+        code, message = lock_finalization(args.sysroot, args.unlock)
     print(message, file=sys.stderr if code else sys.stdout)
     return code
 

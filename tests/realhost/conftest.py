@@ -1,0 +1,90 @@
+"""Real-host tier fixtures: zincati-py in booted systemd-nspawn containers (testbed.realhost).
+
+One container per test module (booting is cheap, installing and tearing down is what costs), so
+the tests of a module share a host and run in file order. A failing test gets the journal of
+our units (all boots) and the failed units attached to its report. Marker: ``realhost``; run
+only this tier with ``pytest -m realhost``, leave it out with ``-m 'not realhost'``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.realhost import Container, Image, make_host, missing_host_tools, prepare_image
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+ACTIVE: list[Container] = []
+JOURNAL_UNITS = (
+    "zincati-py.service", "zincati-py-*", "rpm-ostreed.service", "ostree-finalize-staged.service",
+    "polkit.service", "systemd-logind.service", "dbus.service",
+)  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "realhost: boots systemd-nspawn containers (root, systemd-container, mmdebstrap)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.realhost)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and ACTIVE:
+        for host in ACTIVE:
+            args = [a for u in JOURNAL_UNITS for a in ("-u", u)]
+            report.sections.append(
+                (f"journal of {host.name} (our units, all boots)", host.journal(*args, tail=250))
+            )
+            if host.running():
+                failed = host.run(["systemctl", "--failed", "--no-legend"], check=False).stdout
+                report.sections.append((f"failed units of {host.name}", failed or "(none)"))
+
+
+@pytest.fixture(scope="session")
+def realhost_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    missing = missing_host_tools()
+    if missing:
+        pytest.skip("real-host tier needs: " + ", ".join(missing))
+    return prepare_image(CHECKOUT, tmp_path_factory.mktemp("realhost-image"))
+
+
+HostFactory = Callable[..., Container]
+
+
+@pytest.fixture(scope="module")
+def host_factory(
+    realhost_image: Image, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[HostFactory]:
+    """``host_factory(script=..., fragments=..., enable=...)``: a booted container, powered off
+    and removed at the end of the module."""
+    hosts: list[Container] = []
+    stem = re.sub(r"[^a-z0-9]+", "-", request.module.__name__.rsplit(".", 1)[-1].lower())
+
+    def make(**kwargs: Any) -> Container:
+        name = f"zpy-{stem}-{len(hosts) + 1}"[:40].strip("-")
+        workdir = tmp_path_factory.mktemp(name)
+        host = make_host(realhost_image, workdir, name, **kwargs)
+        hosts.append(host)
+        ACTIVE.append(host)
+        host.boot()
+        return host
+
+    try:
+        yield make
+    finally:
+        for host in hosts:
+            host.close()
+            ACTIVE.remove(host)
