@@ -18,15 +18,10 @@ the LATE directory, so a unit of the same name in /etc or /usr/lib wins over our
     ``Mon,Wed *-*-* 03:00:00 ZONE``; a cron window is translated; ZONE is the periodic time
     zone (none for ``localtime``: the host's zone).
 ``zincati-py-schedule-NAME.timer`` + ``.service``
-    One per enabled ``[[schedule]]`` job. ``OnCalendar=`` from the cron translation (job time
-    zone, ``H`` hashed with the node id); ``Persistent=`` from ``catch_up`` (a run missed while
-    the machine was down happens once at boot, never piled up); ``RandomizedDelaySec=`` and
-    ``TimeoutStartSec=`` from the job. The service is ``Type=oneshot`` and runs the command as
-    ``/bin/sh -c COMMAND`` (so it is written exactly as in a crontab); the command is quoted for
-    systemd so ``$``, ``%``, ``\\``, quotes and newlines reach the shell unchanged.
-    ``ExecStopPost=`` runs ``zincati-py schedule _record NAME`` after every run (timer, trigger
-    or manual start): it appends one JSON line (start, end, result, exit code/status as systemd
-    reports them) to ``<state_dir>/history/NAME.jsonl``, which ``schedule history`` reads.
+    One per enabled ``[[schedule]]`` job, rendered by :mod:`zincati_py.schedule.units` (see
+    there): ``OnCalendar=`` from the cron translation, ``Persistent=`` from ``catch_up``, a
+    ``Type=oneshot`` service running the command, and an ``ExecStopPost=`` hook
+    (``zincati-py schedule _record NAME``) that records each run for ``schedule history``.
 ``timers.target.wants/*.timer``
     Symlinks that start every generated timer.
 
@@ -48,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from zincati_py import unitfile
+from zincati_py.schedule.units import unit_name as schedule_unit
 from zincati_py.unitfile import escape_specifiers, exec_word, quote_exec_arg
 
 __all__ = ["exec_word", "main", "quote_exec_arg", "render", "schedule_calendar", "schedule_unit"]
@@ -58,14 +54,9 @@ if TYPE_CHECKING:
 PREFIX = "zincati-py-"
 CHECK_UNIT = "zincati-py-check"
 WINDOW_UNIT = "zincati-py-window-{n}"
-SCHEDULE_UNIT = "zincati-py-schedule-{name}"
 WANTS_DIR = "timers.target.wants"
 MAX_CHECK_DELAY_SECS = 3600
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-
-
-def schedule_unit(name: str, suffix: str = "service") -> str:
-    return f"{SCHEDULE_UNIT.format(name=name)}.{suffix}"
 
 
 def _safe_name(name: str) -> bool:
@@ -140,9 +131,9 @@ def window_calendar(window: WindowSettings, tz: str, hash_id: str | None) -> lis
 
 
 def schedule_calendar(job: ScheduleSettings, hash_id: str | None) -> list[str]:
-    from zincati_py.schedule import translate
+    from zincati_py.schedule.units import calendar
 
-    return translate(job.cron, tz=_zone_suffix(job.time_zone), hash_id=hash_id)
+    return calendar(job, hash_id)
 
 
 class Rendered:
@@ -269,42 +260,20 @@ def _render_schedule(
     hash_id: str | None,
     hook_args: str,
 ) -> None:
-    from zincati_py.schedule import CronError
+    """A job's units come from zincati_py.schedule.units (the scheduling domain)."""
+    from zincati_py.schedule import units
 
     try:
-        lines = schedule_calendar(job, hash_id)
-    except CronError as exc:
-        _problem(f"{job.source}: schedule[{job.name}].cron: {exc}; job skipped")
+        job_units = units.render_job(
+            job, header=header, exe=exe, hash_id=hash_id, hook_args=hook_args
+        )
+    except units.JobSkipped as exc:
+        _problem(str(exc))
         return
-    base = SCHEDULE_UNIT.format(name=job.name)
-    zone = f" {job.time_zone}" if job.time_zone else ""
-    source = ""
-    if job.source:
-        try:
-            source = f"SourcePath={unitfile.setting(str(job.source), 'fragment path')}\n"
-        except unitfile.UnsafeValue as exc:
-            _problem(f"schedule[{job.name}]: {exc}; SourcePath= left out")
-    delay = job.randomized_delay_secs
-    timer = (
-        f"{header}\n[Unit]\n"
-        f"Description={_description(f'zincati-py schedule {job.name} (cron {job.cron}{zone})')}\n"
-        f"{source}"
-        "\n[Timer]\n"
-        + "".join(f"OnCalendar={line}\n" for line in lines)
-        + f"Persistent={'yes' if job.catch_up else 'no'}\n"
-        + (f"RandomizedDelaySec={delay}s\n" if delay else "")
-        + "AccuracySec=1s\n"
-    )
-    service = (
-        f"{header}\n[Unit]\nDescription={_description(f'zincati-py schedule {job.name}')}\n"
-        f"{source}"
-        "\n[Service]\nType=oneshot\n"
-        f"ExecStart=/bin/sh -c {quote_exec_arg(job.command)}\n"
-        + (f"TimeoutStartSec={job.timeout_secs}s\n" if job.timeout_secs else "")
-        # "-": recording history must never turn a run into a failure.
-        + f"ExecStopPost=-{exe} schedule _record {job.name}{hook_args}\n"
-    )
-    out.add_pair(base, timer, service)
+    for note in job_units.notes:
+        _problem(note)
+    out.add_pair(job_units.base, job_units.timer, job_units.service)
+    out.units.update(job_units.extra)
 
 
 def write(rendered: Rendered, directory: Path) -> None:

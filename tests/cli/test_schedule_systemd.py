@@ -289,3 +289,26 @@ def test_catch_up_runs_a_missed_job_once_at_start(
     time.sleep(1.5)  # time for a (wrong) second catch-up run or a nocatch run to show up
     assert len(history("catchup")) == 1 and runs[0]["result"] == "success"
     assert history("nocatch") == []
+
+
+def test_a_command_starting_with_a_dash_or_plus_runs_as_a_command(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    """Issue 11 item 11: ``/bin/sh -c -x...`` read the command as shell options; it is passed
+    after ``--`` so sh runs it (here: '-v' is not found, then the rest runs)."""
+    out = {sign: tmp_path / f"ran{i}" for i, sign in enumerate("-+")}
+    config = "".join(
+        f'[[schedule]]\nname = "j{i}"\ncron = "0 0 1 1 *"\n'
+        f"command = '{sign}v 2>/dev/null; echo ran > {out[sign]}'\n"
+        for i, sign in enumerate("-+")
+    )
+    root, manager = _start(user_manager_factory, tmp_path, config)
+    for i in range(2):
+        proc = zpy("schedule", "trigger", f"j{i}", "--root", str(root), "--user", env=manager.env())
+        assert proc.returncode == 0, proc.stderr
+    for i in range(2):
+        wait_for(
+            lambda i=i: zpy_json("schedule", "history", f"j{i}", "--root", str(root))["runs"],
+            what="a run",
+        )
+    assert all(path.read_text() == "ran\n" for path in out.values())

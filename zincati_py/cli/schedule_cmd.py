@@ -275,7 +275,7 @@ def _systemd_view(args: argparse.Namespace, names: list[str]) -> tuple[dict[str,
     """Per job: timer + service state from systemd; or ({}, note) if it is unreachable."""
     from zincati_py.dbus.systemd import SERVICE_IFACE, usec_to_datetime
     from zincati_py.dbus.systemd_sync import SystemdError
-    from zincati_py.generator import schedule_unit
+    from zincati_py.schedule.units import unit_name as schedule_unit
 
     view: dict[str, Any] = {}
     try:
@@ -304,7 +304,7 @@ def _systemd_view(args: argparse.Namespace, names: list[str]) -> tuple[dict[str,
 
 
 def _row(job: ScheduleSettings, hash_id: str | None, live: dict[str, Any] | None) -> dict[str, Any]:
-    from zincati_py.generator import schedule_calendar
+    from zincati_py.schedule.units import calendar as schedule_calendar
 
     try:
         calendar = schedule_calendar(job, hash_id)
@@ -529,8 +529,8 @@ def _register_record(sub: _Subparsers) -> None:
 def _cmd_record(args: argparse.Namespace) -> int:
     from zincati_py.dbus.systemd import SERVICE_IFACE, usec_to_datetime
     from zincati_py.dbus.systemd_sync import SystemdError
-    from zincati_py.generator import schedule_unit
     from zincati_py.schedule import history
+    from zincati_py.schedule.units import unit_name as schedule_unit
 
     name = check_job_name(args.name)
     unit = schedule_unit(name)

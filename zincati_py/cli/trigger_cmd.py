@@ -57,7 +57,7 @@ def _not_loaded(args: argparse.Namespace, name: str) -> CliError:
 
 def cmd_trigger(args: argparse.Namespace) -> int:
     from zincati_py.dbus.systemd_sync import SystemdError, SystemdUnavailable
-    from zincati_py.generator import schedule_unit
+    from zincati_py.schedule.units import unit_name as schedule_unit
 
     name = check_job_name(args.name)
     unit = schedule_unit(name)
