@@ -3,6 +3,8 @@ that port, for tests and benchmarks. Torn down by PID."""
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
 import subprocess
 import time
@@ -18,7 +20,9 @@ from testbed.proc import Harness, stop_process, wait_ready, zincati_py_argv
 class LockServerProcess(Harness):
     """``config``: the server's TOML (its ``listen`` is 127.0.0.1:``port``, its ``prefix``
     ``prefix``); ``log``: where its output goes (appended across restarts); ``starts``: when
-    each start became ready (``time.monotonic()``)."""
+    each start became ready (``time.monotonic()``); ``options``: arguments before
+    ``fleetlock`` (``["-v"]``); ``env``: extra environment; ``nofile``: the process's
+    open-file limit (soft and hard)."""
 
     config: Path
     port: int
@@ -26,6 +30,9 @@ class LockServerProcess(Harness):
     prefix: str = ""
     process: subprocess.Popen[bytes] | None = None
     starts: list[float] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    nofile: int | None = None
 
     @property
     def url(self) -> str:
@@ -34,12 +41,27 @@ class LockServerProcess(Harness):
 
     def start(self, timeout: float = 15.0) -> LockServerProcess:
         """Start the server; return once ``/readyz`` answers 200."""
+        nofile = self.nofile
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [*zincati_py_argv(), "fleetlock", "serve", "--config", str(self.config)],
+                [
+                    *zincati_py_argv(),
+                    *self.options,
+                    "fleetlock",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                preexec_fn=limit if nofile is not None else None,
             )
         try:
             wait_ready(self.process, self._ready, what="server", timeout=timeout, log=self.log)

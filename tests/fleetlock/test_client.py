@@ -98,7 +98,8 @@ def test_no_lease_when_the_server_sends_none(serve: Callable[..., Any]) -> None:
 @sqlite_only
 def test_token(serve: Callable[..., Any]) -> None:
     async def scenario() -> None:
-        async with serve('[auth]\n[auth.nodes]\na = "secret-a"\n') as srv:
+        cfg = '[auth]\nadmin_token = "adm"\n[auth.nodes]\na = "secret-a"\n'
+        async with serve(cfg) as srv:
             good = FleetLockClient(srv.url, "a", "default", token="secret-a")
             none = FleetLockClient(srv.url, "a", "default")
             other = FleetLockClient(srv.url, "b", "default", token="secret-a")

@@ -100,7 +100,7 @@ def test_defaults_and_relative_sqlite_path(tmp_path: Path) -> None:
         ("tls = 1\n", "tls"),
         ("[etcd]\nfoo = 1\n", "etcd.foo"),
         ('[etcd]\nkey_prefix = ""\n', "etcd.key_prefix"),
-        ("[auth.nodes]\nn = 1\n", "auth.nodes"),
+        ("[auth.nodes]\nn = 1\n", "auth.nodes.n"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:

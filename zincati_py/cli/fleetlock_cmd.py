@@ -96,12 +96,12 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from zincati_py.fleetlock.protocol import GROUP_RE
+    from zincati_py.fleetlock.protocol import GROUP_PATTERN, GROUP_RE
 
     if not args.url.startswith(("http://", "https://")):
         raise CliError(f"--url: expected an http:// or https:// URL, got {args.url!r}")
-    if args.group is not None and not GROUP_RE.match(args.group):
-        raise CliError(f"--group: {args.group!r} must match ^[a-zA-Z0-9.-]+$")
+    if args.group is not None and not GROUP_RE.fullmatch(args.group):
+        raise CliError(f"--group: {args.group!r} must match {GROUP_PATTERN}")
     if getattr(args, "node_id", "x") == "":
         raise CliError("--id: must not be empty")
 

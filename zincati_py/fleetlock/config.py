@@ -23,11 +23,23 @@ Example::
     key_file = "client.key"
     key_prefix = "/zincati-py/fleetlock/"
 
-    [auth]                           # optional bearer tokens
-    admin_token = "..."              # admin endpoints (and any node)
-    shared_token = "..."             # lock/unlock for any node id
+    [limits]                         # slow or too many clients
+    connections_per_listener = 4096  # lowered to fit the open-file limit at start
+    header_timeout_secs = 10         # a connection must send a request's headers in time
+    body_timeout_secs = 10           # and its body
+    backend_timeout_secs = 10        # a store answer later than this is a 503
+
+    [auth]                           # optional bearer tokens; any token => admin_token needed
+    admin_token_file = "admin.token" # admin endpoints (and any node)
+    shared_token_credential = "fleetlock-shared"   # lock/unlock for any node id
     [auth.nodes]
-    "node-id" = "..."                # lock/unlock for this node id only
+    "node-id" = { file = "/etc/zincati-py/fleetlock.d/node-id.token" }  # this node id only
+
+Each token is ``NAME = "inline"`` (discouraged: the config file then holds a secret),
+``NAME_file = "PATH"`` (first line of the file) or ``NAME_credential = "CRED"`` (a systemd
+credential, ``$CREDENTIALS_DIRECTORY/CRED``, from ``LoadCredential=`` in the unit); a node's
+token is a string or ``{ file = ... }`` / ``{ credential = ... }``. Files readable by other
+users are reported as warnings at start.
 
 Relative file paths are relative to the config file's directory.
 """
@@ -39,12 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zincati_py.fleetlock.protocol import GROUP_RE
+from zincati_py.fleetlock.protocol import GROUP_PATTERN, GROUP_RE
+from zincati_py.fleetlock.secrets import TokenReader, readable_by_others
 
 DEFAULT_LEASE_SECONDS = 1800
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_BACKEND = "sqlite:/var/lib/zincati-py-fleetlock/locks.db"
 DEFAULT_ETCD_KEY_PREFIX = "/zincati-py/fleetlock/"
+TOKEN_KEYS = ("admin_token", "shared_token")
 
 
 class ConfigError(Exception):
@@ -79,6 +93,14 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class Limits:
+    connections_per_listener: int = 4096
+    header_timeout_secs: float = 10.0
+    body_timeout_secs: float = 10.0
+    backend_timeout_secs: float = 10.0
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     path: Path
     listen: tuple[Listen, ...] = (Listen("127.0.0.1", 8080),)
@@ -94,9 +116,21 @@ class ServerSettings:
     etcd_cert_file: Path | None = None
     etcd_key_file: Path | None = None
     etcd_key_prefix: str = DEFAULT_ETCD_KEY_PREFIX
-    admin_token: str | None = None
-    shared_token: str | None = None
-    node_tokens: dict[str, str] = field(default_factory=dict)
+    admin_token: str | None = field(default=None, repr=False)
+    shared_token: str | None = field(default=None, repr=False)
+    node_tokens: dict[str, str] = field(default_factory=dict, repr=False)
+    limits: Limits = field(default_factory=Limits)
+    # Problems that don't stop the server (logged at start): token files others can read.
+    warnings: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        # Tokens never appear in a repr (and so in no log line or traceback).
+        return f"ServerSettings(path={self.path!r}, backend={self.backend!r}, auth={self.auth})"
+
+    @property
+    def auth(self) -> bool:
+        """Whether any token is configured (then every admin endpoint needs the admin token)."""
+        return self.admin_token is not None or self.node_auth
 
     def group(self, name: str) -> GroupSettings | None:
         """The group's settings, or None if it is unknown and unknown groups are rejected."""
@@ -162,6 +196,15 @@ class _Reader:
             raise self.fail(name, f"no such file: {path}")
         return path
 
+    def seconds(self, doc: dict[str, Any], key: str) -> float:
+        name = f"limits.{key}"
+        value = doc.get(key, 10)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise self.fail(name, f"must be a number of seconds, got {value!r}")
+        if not 0.1 <= value <= 3600:
+            raise self.fail(name, f"must be between 0.1 and 3600 seconds, got {value}")
+        return float(value)
+
     def listen(self, value: object) -> tuple[Listen, ...]:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
@@ -197,6 +240,7 @@ _TOP = {
     "tls",
     "etcd",
     "auth",
+    "limits",
 }
 
 
@@ -246,8 +290,8 @@ def load(path: Path) -> ServerSettings:
         raise r.fail("groups", "must be a table")
     for name, value in raw_groups.items():
         key = f"groups.{name}"
-        if not GROUP_RE.match(name):
-            raise r.fail(key, "group names must match ^[a-zA-Z0-9.-]+$")
+        if not GROUP_RE.fullmatch(name):
+            raise r.fail(key, f"group names must match {GROUP_PATTERN}")
         if isinstance(value, dict):
             for k in value:
                 if k not in ("slots", "lease_seconds"):
@@ -274,10 +318,46 @@ def load(path: Path) -> ServerSettings:
     if (etcd_cert is None) != (etcd_key is None):
         raise r.fail("etcd", "set both cert_file and key_file, or neither")
 
-    auth = r.table(doc, "auth", {"admin_token", "shared_token", "nodes"})
-    nodes = auth.get("nodes", {})
-    if not isinstance(nodes, dict) or not all(isinstance(v, str) and v for v in nodes.values()):
-        raise r.fail("auth.nodes", "must be a table of node id = non-empty token string")
+    auth_keys = {"nodes"} | {f"{k}{s}" for k in TOKEN_KEYS for s in ("", "_file", "_credential")}
+    auth = r.table(doc, "auth", auth_keys)
+    tokens = TokenReader(path, r.fail)
+    admin = tokens.token(auth, "admin_token")
+    shared = tokens.token(auth, "shared_token")
+    nodes = tokens.node_tokens(auth.get("nodes", {}))
+    warnings = tokens.warnings
+    if (shared is not None or nodes) and admin is None:
+        raise r.fail(
+            "auth.admin_token",
+            "required when shared_token or [auth.nodes] is set (otherwise anyone who can "
+            "connect could force-release any slot): set admin_token_file or "
+            "admin_token_credential",
+        )
+    if any(s.origin == "inline" for s in [admin, shared, *nodes.values()] if s is not None):
+        mode = readable_by_others(path)
+        if mode is not None:
+            warnings.append(
+                f"{path}: auth: holds inline tokens and other users can read it ({mode}); "
+                "chmod 0640 it, or move the tokens to *_file or *_credential"
+            )
+
+    limits_doc = r.table(
+        doc,
+        "limits",
+        {
+            "connections_per_listener",
+            "header_timeout_secs",
+            "body_timeout_secs",
+            "backend_timeout_secs",
+        },
+    )
+    limits = Limits(
+        connections_per_listener=r.int_(
+            limits_doc, "connections_per_listener", "limits.connections_per_listener", 4096, 1
+        ),
+        header_timeout_secs=r.seconds(limits_doc, "header_timeout_secs"),
+        body_timeout_secs=r.seconds(limits_doc, "body_timeout_secs"),
+        backend_timeout_secs=r.seconds(limits_doc, "backend_timeout_secs"),
+    )
 
     return ServerSettings(
         path=path,
@@ -294,7 +374,9 @@ def load(path: Path) -> ServerSettings:
         etcd_cert_file=etcd_cert,
         etcd_key_file=etcd_key,
         etcd_key_prefix=etcd_prefix,
-        admin_token=r.str_(auth, "admin_token", "auth.admin_token"),
-        shared_token=r.str_(auth, "shared_token", "auth.shared_token"),
-        node_tokens=dict(nodes),
+        admin_token=None if admin is None else admin.value,
+        shared_token=None if shared is None else shared.value,
+        node_tokens={node: secret.value for node, secret in nodes.items()},
+        limits=limits,
+        warnings=tuple(warnings),
     )

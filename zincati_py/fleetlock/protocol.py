@@ -23,7 +23,9 @@ STEADY_STATE: Final = "v1/steady-state"
 GROUPS: Final = "v1/groups"
 ADMIN_RELEASE: Final = "v1/admin/release"
 
-GROUP_RE: Final = re.compile(r"^[a-zA-Z0-9.-]+$")
+# Always used with fullmatch: with match, "$" also matches before a trailing newline.
+GROUP_RE: Final = re.compile(r"[a-zA-Z0-9.-]+")
+GROUP_PATTERN: Final = "^[a-zA-Z0-9.-]+$"
 MAX_ID_LENGTH: Final = 256
 
 
@@ -41,6 +43,7 @@ class Kind:
     BODY_TOO_LARGE: Final = "body_too_large"
     INTERNAL: Final = "internal_error"
     BACKEND_UNAVAILABLE: Final = "backend_unavailable"
+    REQUEST_TIMEOUT: Final = "request_timeout"
     # Client side only: no HTTP answer at all (connection refused, timeout, TLS failure).
     TRANSPORT: Final = "transport"
 
@@ -57,6 +60,7 @@ STATUS: Final[dict[str, int]] = {
     Kind.BODY_TOO_LARGE: 413,
     Kind.INTERNAL: 500,
     Kind.BACKEND_UNAVAILABLE: 503,
+    Kind.REQUEST_TIMEOUT: 408,
 }
 
 
@@ -73,6 +77,18 @@ class ProtocolError(Exception):
         return STATUS.get(self.kind, 500)
 
 
+_INVALID: Final = object()
+
+
+def loads(raw: bytes | str) -> Any:
+    """``json.loads``, or ``_INVALID`` for anything that is not JSON, including input nested
+    too deeply for the parser (``[[[[...`` raises RecursionError, not ValueError)."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _INVALID
+
+
 @dataclass(frozen=True)
 class ClientParams:
     id: str
@@ -84,10 +100,9 @@ class ClientParams:
     @classmethod
     def from_body(cls, raw: bytes) -> ClientParams:
         """Parse a request body whatever its Content-Type (Zincati sends none)."""
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolError(Kind.INVALID_BODY, f"body is not JSON: {exc}") from None
+        doc = loads(raw)
+        if doc is _INVALID:
+            raise ProtocolError(Kind.INVALID_BODY, "body is not JSON (or nested too deeply)")
         params = doc.get("client_params") if isinstance(doc, dict) else None
         if not isinstance(params, dict):
             raise ProtocolError(Kind.INVALID_BODY, "missing object 'client_params'")
@@ -100,9 +115,9 @@ class ClientParams:
                 Kind.INVALID_BODY,
                 f"'client_params.id' must be printable and at most {MAX_ID_LENGTH} characters",
             )
-        if not isinstance(group, str) or not GROUP_RE.match(group):
+        if not isinstance(group, str) or not GROUP_RE.fullmatch(group):
             raise ProtocolError(
-                Kind.INVALID_BODY, "'client_params.group' must match ^[a-zA-Z0-9.-]+$"
+                Kind.INVALID_BODY, f"'client_params.group' must match {GROUP_PATTERN}"
             )
         return cls(id=node_id, group=group)
 
@@ -132,10 +147,7 @@ def kind_for_status(status: int) -> str:
 def parse_error_body(status: int, raw: bytes) -> tuple[str, str]:
     """``(kind, value)`` of an error response, falling back to the status when the body isn't
     the protocol's JSON (a proxy's HTML page, an empty body)."""
-    try:
-        doc: Any = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        doc = None
+    doc = loads(raw)
     if isinstance(doc, dict) and isinstance(doc.get("kind"), str):
         value = doc.get("value")
         return doc["kind"], value if isinstance(value, str) else json.dumps(value)
@@ -145,10 +157,7 @@ def parse_error_body(status: int, raw: bytes) -> tuple[str, str]:
 
 def parse_lease_seconds(raw: bytes) -> int | None:
     """``lease_seconds`` from a ``pre-reboot`` success body, if it carries a usable one."""
-    try:
-        doc: Any = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        return None
+    doc = loads(raw)
     value = doc.get("lease_seconds") if isinstance(doc, dict) else None
     # bool is an int subclass; a JSON true is not a lease.
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

@@ -28,6 +28,13 @@ from zincati_py.fleetlock import protocol
 from zincati_py.fleetlock.backends import Backend, BackendUnavailable, Holder, open_backend
 from zincati_py.fleetlock.config import ConfigError, GroupSettings, ServerSettings
 from zincati_py.fleetlock.config import load as load_config
+from zincati_py.fleetlock.guard import (
+    GuardedRunner,
+    GuardedServer,
+    GuardedSite,
+    Listener,
+    fd_budget,
+)
 from zincati_py.fleetlock.metrics import ServerMetrics
 from zincati_py.fleetlock.protocol import ClientParams, Kind, ProtocolError
 
@@ -35,7 +42,6 @@ log = logging.getLogger("zincati_py.fleetlock.server")
 audit = logging.getLogger("zincati_py.fleetlock.audit")
 
 MAX_BODY = 64 * 1024
-BACKEND_TIMEOUT = 10.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -81,6 +87,7 @@ class FleetLockServer:
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.addresses: list[str] = []
+        self.listeners: list[Listener] = []
 
     # -- application -------------------------------------------------------------------------
 
@@ -102,6 +109,21 @@ class FleetLockServer:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         route = request.match_info.route.name or "other"
+        manager = self._runner.server if self._runner is not None else None
+        guarded = isinstance(manager, GuardedServer) and request.protocol is not None
+        if guarded:
+            assert isinstance(manager, GuardedServer)
+            manager.request_started(request.protocol)
+        try:
+            return await self._handle(request, handler, route, started)
+        finally:
+            if guarded:
+                assert isinstance(manager, GuardedServer)
+                manager.request_done(request.protocol)
+
+    async def _handle(
+        self, request: web.Request, handler: Handler, route: str, started: float
+    ) -> web.StreamResponse:
         try:
             resp: web.StreamResponse = await handler(request)
             kind = "ok"
@@ -131,7 +153,15 @@ class FleetLockServer:
             raise ProtocolError(
                 Kind.INVALID_HEADER, f"header '{protocol.HEADER}: true' is required"
             )
-        return ClientParams.from_body(await request.read())
+        try:
+            async with asyncio.timeout(self.config.limits.body_timeout_secs):
+                raw = await request.read()
+        except TimeoutError:
+            raise ProtocolError(
+                Kind.REQUEST_TIMEOUT,
+                f"the body did not arrive within {self.config.limits.body_timeout_secs:g}s",
+            ) from None
+        return ClientParams.from_body(raw)
 
     def _token(self, request: web.Request) -> str | None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -155,8 +185,8 @@ class FleetLockServer:
         raise ProtocolError(Kind.UNAUTHORIZED, "a valid bearer token is required")
 
     def _authorize_admin(self, request: web.Request) -> None:
-        if self.config.admin_token is None:
-            return
+        if not self.config.auth:
+            return  # no [auth] at all: open, as the start-up warning says
         token = self._token(request)
         if self._same(token, self.config.admin_token):
             return
@@ -170,11 +200,22 @@ class FleetLockServer:
             raise ProtocolError(Kind.UNKNOWN_GROUP, f"unknown group {group!r}")
         return found
 
-    async def _backend(self, op: Awaitable[Any]) -> Any:
+    async def _backend(self, op: Awaitable[Any], *, change: bool = False) -> Any:
+        """Await a backend call, bounded. For a ``change`` (lock, unlock), a failure may come
+        after the store applied it: the answer says the outcome is unknown, and a retry by the
+        same node is safe (locking a held slot and releasing a free one change nothing)."""
+        timeout = self.config.limits.backend_timeout_secs
         try:
-            return await asyncio.wait_for(op, BACKEND_TIMEOUT)
+            return await asyncio.wait_for(op, timeout)
         except TimeoutError:
-            raise BackendUnavailable(f"no answer within {BACKEND_TIMEOUT:g}s") from None
+            what = f"the store did not answer within {timeout:g}s"
+        except BackendUnavailable as exc:
+            if not change:
+                raise
+            what = str(exc)
+        if change:
+            what += "; the outcome is unknown (the change may have been applied): retry"
+        raise BackendUnavailable(what)
 
     def _note_expired(self, group: str, expired: tuple[Holder, ...]) -> None:
         for h in expired:
@@ -189,7 +230,8 @@ class FleetLockServer:
         gc = self._group_config(params.group)
         now = time.time()
         outcome = await self._backend(
-            self.backend.lock(params.group, params.id, gc.slots, gc.lease_seconds, now)
+            self.backend.lock(params.group, params.id, gc.slots, gc.lease_seconds, now),
+            change=True,
         )
         self._note_expired(params.group, outcome.expired)
         if not outcome.granted:
@@ -206,7 +248,9 @@ class FleetLockServer:
         params = await self._params(request)
         self._authorize_node(request, params.id)
         self._group_config(params.group)
-        outcome = await self._backend(self.backend.unlock(params.group, params.id, time.time()))
+        outcome = await self._backend(
+            self.backend.unlock(params.group, params.id, time.time()), change=True
+        )
         self._note_expired(params.group, outcome.expired)
         if outcome.released:
             log.info("slot in group %s released by %s", params.group, params.id)
@@ -235,8 +279,8 @@ class FleetLockServer:
     async def _group(self, request: web.Request) -> web.Response:
         self._authorize_admin(request)
         name = request.match_info["group"]
-        if not protocol.GROUP_RE.match(name):
-            raise ProtocolError(Kind.INVALID_BODY, "group names match ^[a-zA-Z0-9.-]+$")
+        if not protocol.GROUP_RE.fullmatch(name):
+            raise ProtocolError(Kind.INVALID_BODY, f"group names match {protocol.GROUP_PATTERN}")
         holders = await self._backend(self.backend.holders(name))
         if self.config.group(name) is None and not holders:
             raise ProtocolError(Kind.UNKNOWN_GROUP, f"unknown group {name!r}")
@@ -329,26 +373,59 @@ class FleetLockServer:
         ctx.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
         return ctx
 
+    def _log_start_warnings(self) -> None:
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
+        if not self.config.auth:
+            log.warning(
+                "%s: no [auth] configured: any client that can connect may lock and release "
+                "any node's slot and use the admin API (force-release included)",
+                self.config.path,
+            )
+
     async def start(self) -> list[str]:
         """Listen on every configured address; returns them as bound (TCP port 0 resolved)."""
         ctx = self._ssl_context()
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        limits = self.config.limits
+        limit, backlog = fd_budget(limits.connections_per_listener, len(self.config.listen))
+        if limit < limits.connections_per_listener:
+            log.warning(
+                "open-file limit too low for %d connections per listener: %d each "
+                "(raise LimitNOFILE=)",
+                limits.connections_per_listener,
+                limit,
+            )
+        runner = GuardedRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            header_timeout=limits.header_timeout_secs,
+        )
         await runner.setup()
         self._runner = runner
+        self.listeners = []
         try:
             for listen in self.config.listen:
-                site: web.BaseSite
+                listener = Listener(str(listen), limit)
+                self.listeners.append(listener)
                 if listen.path is not None:
                     _remove_stale_socket(listen.path)
                     listen.path.parent.mkdir(parents=True, exist_ok=True)
-                    site = web.UnixSite(runner, str(listen.path))
-                else:
-                    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ctx)
+                site = GuardedSite(
+                    runner,
+                    listener,
+                    host=listen.host,
+                    port=listen.port,
+                    path=listen.path,
+                    ssl_context=None if listen.path is not None else ctx,
+                    backlog=backlog,
+                )
                 await site.start()
         except BaseException:
             await self.stop()
             raise
         self.addresses = [_format_address(a) for a in runner.addresses]
+        self._log_start_warnings()
         self._sweeper = asyncio.create_task(self._sweep_forever())
         return self.addresses
 
