@@ -207,6 +207,32 @@ _RPMOSTREED_POLICY = """\
 </busconfig>
 """
 
+# The action ids of rpm-ostree's org.projectatomic.rpmostree1.policy (current releases; the
+# client-management, reload-daemon, deploy and finalize-deployment ones came after 2018). The
+# defaults are auth_admin for everyone (rpm-ostree allows some for active local sessions); what
+# matters here is that the actions exist, so polkit evaluates our rules for them.
+_RPMOSTREE_ACTIONS = (
+    "package-install-uninstall", "rebase", "deploy", "upgrade", "rollback", "bootconfig",
+    "reload-daemon", "cleanup", "client-management", "override", "repo-refresh",
+    "finalize-deployment", "set-initramfs-state",
+)  # fmt: skip
+_RPMOSTREE_POLKIT = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<!DOCTYPE policyconfig PUBLIC "-//freedesktop//DTD PolicyKit Policy Configuration 1.0//EN"\n'
+    ' "http://www.freedesktop.org/standards/PolicyKit/1.0/policyconfig.dtd">\n'
+    "<policyconfig>\n  <vendor>Project Atomic (zincati-py test bed copy)</vendor>\n"
+    + "".join(
+        f'  <action id="org.projectatomic.rpmostree1.{a}">\n'
+        f"    <description>rpm-ostree {a}</description>\n"
+        f"    <message>Authentication is required for rpm-ostree {a}</message>\n"
+        "    <defaults><allow_any>auth_admin</allow_any><allow_inactive>auth_admin"
+        "</allow_inactive><allow_active>auth_admin_keep</allow_active></defaults>\n"
+        "  </action>\n"
+        for a in _RPMOSTREE_ACTIONS
+    )
+    + "</policyconfig>\n"
+)
+
 _OSTREE_WRAPPER = f"""\
 #!/bin/sh
 # zincati-py test bed: the ostree stand-in (testbed/ostree.py) on the rpm-ostree double's state.
@@ -260,6 +286,9 @@ def install_standins(root: Path, wheelhouse: Path, script: Mapping[str, Any]) ->
         _RPMOSTREED_ACTIVATION,
     )
     _write(root / "usr/share/dbus-1/system.d/org.projectatomic.rpmostree1.conf", _RPMOSTREED_POLICY)
+    _write(
+        root / "usr/share/polkit-1/actions/org.projectatomic.rpmostree1.policy", _RPMOSTREE_POLKIT
+    )
     _write(root / "usr/bin/ostree", _OSTREE_WRAPPER, 0o755)
     _write(unitdir / "ostree-finalize-staged.path", _FINALIZE_PATH)
     _write(unitdir / "ostree-finalize-staged.service", _FINALIZE_SERVICE)
