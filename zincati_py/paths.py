@@ -1,7 +1,7 @@
 """Where zincati-py reads and writes, all under one optional root prefix.
 
-The prefix (``--root`` or ``ZINCATI_PY_ROOT``) lets image builders inspect an image tree
-and lets tests and the sandbox run several nodes on one machine.
+The prefix (``--root`` or ``ZINCATI_PY_ROOT``, see :mod:`zincati_py.envhooks`) lets image
+builders inspect an image tree and lets tests and the test bed run several nodes on one machine.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT_ENV = "ZINCATI_PY_ROOT"
+from zincati_py import envhooks
+
+ROOT_ENV = envhooks.ROOT
 
 # Zincati's order: a file in a later directory replaces the same name in an earlier one.
 CONFIG_DIRS = ("usr/lib/zincati/config.d", "run/zincati/config.d", "etc/zincati/config.d")
@@ -19,7 +21,7 @@ CONFIG_DIRS = ("usr/lib/zincati/config.d", "run/zincati/config.d", "etc/zincati/
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The prefix to use: the explicit argument, else ``$ZINCATI_PY_ROOT``, else ``/``."""
     if root is None or str(root) == "":
-        root = os.environ.get(ROOT_ENV) or "/"
+        root = envhooks.get(ROOT_ENV) or "/"
     return Path(root)
 
 

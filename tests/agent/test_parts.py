@@ -64,8 +64,8 @@ def test_persist_roundtrip_and_atomic(tmp_path: Path) -> None:
     req = persist.RebootRequest("b" * 64, "40.2", "a" * 64, 123.0, "boot", called=False)
     store.update(reboot_requested=req, failed=("c" * 64,))
     again = persist.Store(tmp_path)
-    assert again.state.reboot_requested == req
-    assert again.state.failed == ("c" * 64,)
+    assert again.record.reboot_requested == req
+    assert again.record.failed == ("c" * 64,)
     assert oct((tmp_path / "state.json").stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp files left
 
@@ -93,11 +93,11 @@ def test_persist_commit_writes_off_the_event_loop_before_returning(tmp_path: Pat
         ran: list[str] = []
         asyncio.get_running_loop().call_soon(ran.append, "loop ran")
         saved = store.commit(reboot_requested=req)
-        assert store.state.reboot_requested == req  # decided at once, in order
+        assert store.record.reboot_requested == req  # decided at once, in order
         state = await saved
         ran.append("committed")
         assert state.reboot_requested == req
-        assert persist.Store(state_dir).state.reboot_requested == req
+        assert persist.Store(state_dir).record.reboot_requested == req
         return loop_thread, ran
 
     _OPENS.clear()
@@ -119,7 +119,7 @@ def test_persist_commits_apply_in_order_and_a_failed_write_is_not_in_force(
         first = store.commit(last_check=1.0)
         second = store.commit(last_check_result="no new update")
         await asyncio.gather(first, second)
-        on_disk = persist.Store(state_dir).state
+        on_disk = persist.Store(state_dir).record
         assert (on_disk.last_check, on_disk.last_check_result) == (1.0, "no new update")
         # The state directory replaced by a file: the write fails, the change is not in force
         # (the caller must not act on it), and the next one is saved once writing works again.
@@ -128,12 +128,12 @@ def test_persist_commits_apply_in_order_and_a_failed_write_is_not_in_force(
         post = persist.Postponement("c" * 64, 5.0)
         with pytest.raises(persist.StateWriteError):
             await store.commit(postponed=post)
-        assert store.state.postponed is None and store.state.last_check == 1.0
+        assert store.record.postponed is None and store.record.last_check == 1.0
         state_dir.unlink()
         (tmp_path / "moved").rename(state_dir)
         await store.commit(last_check=2.0)
-        assert persist.Store(state_dir).state == store.state
-        assert store.state.postponed is None and store.state.last_check == 2.0
+        assert persist.Store(state_dir).record == store.record
+        assert store.record.postponed is None and store.record.last_check == 2.0
 
     asyncio.run(body())
 
@@ -141,7 +141,7 @@ def test_persist_commits_apply_in_order_and_a_failed_write_is_not_in_force(
 def test_persist_corrupt_file_is_kept_aside(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text("{not json")
     store = persist.Store(tmp_path)
-    assert store.state == persist.State()
+    assert store.record == persist.Record()
     assert any(p.name.startswith("state.json.corrupt-") for p in tmp_path.iterdir())
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from zincati_py.agent import persist
 from zincati_py.agent.core import Host, Outcome, Retries
@@ -27,9 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("zincati_py.agent")
 
 
-def fact(d: Any) -> Deployment | None:
-    """The machine's view of an adapter deployment."""
-    return None if d is None else Deployment(d.checksum, d.version or None)
+def _same(a: Deployment | None, b: Deployment | None) -> bool:
+    return (a and a.identity) == (b and b.identity)
 
 
 class DeploymentTracker:
@@ -48,9 +47,9 @@ class DeploymentTracker:
         self.on_new_boot = on_new_boot
         self.rpm: RpmOstree | None = None
         self.booted: Deployment | None = None
-        self.staged: Any = None  # the adapter's Deployment (needed to unlock it)
+        self.staged: Deployment | None = None
         # A check requested before a crash or restart is still owed.
-        self.check_requested = bool(store.state.extra.get("check_pending"))
+        self.check_requested = bool(store.record.extra.get("check_pending"))
         self.checked = False  # at least one check completed since boot
         self._read_backoff = Backoff(1.0, 300.0)
         self._read_retry: asyncio.TimerHandle | None = None
@@ -68,10 +67,6 @@ class DeploymentTracker:
     def close(self) -> None:
         if self._read_retry is not None:
             self._read_retry.cancel()
-
-    @property
-    def staged_fact(self) -> Deployment | None:
-        return fact(self.staged)
 
     # -- reading --------------------------------------------------------------------------
     def on_change(self, reason: str) -> None:
@@ -110,27 +105,26 @@ class DeploymentTracker:
         self.retries.failure.pop(Action.NONE, None)
         booted = next((d for d in deployments if d.booted), None)
         staged = next((d for d in deployments if d.staged), None)
-        new_booted = fact(booted)
-        if self.booted is not None and new_booted != self.booted:
+        if self.booted is not None and not _same(booted, self.booted):
             # A new boot (the test bed's rpm-ostree double reboots without restarting us).
             log.info(
                 "booted deployment changed from %s to %s: starting over",
                 self.booted.label,
-                new_booted.label if new_booted else "none",
+                booted.label if booted else "none",
             )
-            self.check_requested = bool(self.store.state.extra.get("check_pending"))
+            self.check_requested = bool(self.store.record.extra.get("check_pending"))
             self.checked = False
             self.staged = None
             self.on_new_boot()
-        self.booted = new_booted
-        if fact(staged) != fact(self.staged):
-            log.info("staged deployment: %s", fact(staged).label if staged is not None else "none")  # type: ignore[union-attr]
+        self.booted = booted
+        if not _same(staged, self.staged):
+            log.info("staged deployment: %s", staged.label if staged is not None else "none")
         self.staged = staged
-        if staged is not None and self.store.state.extra.get("check_pending"):
+        if staged is not None and self.store.record.extra.get("check_pending"):
             # An update got staged (by our interrupted check or anyone): the check is answered.
             # The fact and its record change together (a CheckNow during the write wins).
             self.check_requested = False
-            await self.store.commit(extra={**self.store.state.extra, "check_pending": False})
+            await self.store.commit(extra={**self.store.record.extra, "check_pending": False})
         self.host.wake(f"deployments changed ({reason})")
 
     # -- checking -------------------------------------------------------------------------
@@ -138,7 +132,7 @@ class DeploymentTracker:
         """CheckNow on the API: durable before it returns (a crash meanwhile keeps it owed)."""
         log.info("update check requested")
         self.check_requested = True
-        saved = self.store.commit(extra={**self.store.state.extra, "check_pending": True})
+        saved = self.store.commit(extra={**self.store.record.extra, "check_pending": True})
         self.retries.not_before.pop(Action.CHECK, None)
         await saved
         self.host.wake("check requested")
@@ -161,31 +155,30 @@ class DeploymentTracker:
             self.check_requested = True  # the retry below runs it again
             return self.retries.retry(Action.CHECK, f"update check failed: {exc}")
         self.retries.succeeded(Action.CHECK)
-        await self.store.commit(extra={**self.store.state.extra, "check_pending": False})
+        await self.store.commit(extra={**self.store.record.extra, "check_pending": False})
         self.checked = True
-        dep = fact(staged)
-        if dep is None:
+        if staged is None:
             log.info("update check: no new update")
             await self.store.commit(last_check=time.time(), last_check_result="no new update")
             return None
-        log.info("update check: %s staged (finalization locked)", dep.label)
+        log.info("update check: %s staged (finalization locked)", staged.label)
         self.staged = staged  # before the write: a deployments read meanwhile is newer
         await self.store.commit(
             last_check=time.time(),
-            last_check_result=f"staged {dep.label}",
-            staged_by_us=persist.Staged(dep.checksum, dep.version, time.time()),
+            last_check_result=f"staged {staged.label}",
+            staged_by_us=persist.Staged(staged.checksum, staged.version, time.time()),
         )
         return None
 
-    async def unlock_finalization(self, staged: Any) -> None:
+    async def unlock_finalization(self, staged: Deployment) -> None:
         assert self.rpm is not None
         await self.rpm.unlock_finalization(staged)
 
     # -- records --------------------------------------------------------------------------
     async def reconcile(self) -> None:
         """Settle the "staged by us" record against what is booted and staged."""
-        booted, staged = self.booted, self.staged_fact
-        ours = self.store.state.staged_by_us
+        booted, staged = self.booted, self.staged
+        ours = self.store.record.staged_by_us
         if booted is None or ours is None:
             return
         if booted.checksum == ours.checksum:

@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 
 from zincati_py.agent.persist import RebootRequest
+from zincati_py.deployment import Deployment as Deployment  # the one type, re-exported
 
 # How long a requested reboot may take before the agent concludes it did not happen (e.g.
 # the agent died between recording the request and logind receiving it) and asks again.
@@ -41,17 +42,6 @@ class Action(enum.StrEnum):
     CHECK = "check"
     FINALIZE = "finalize"
     AWAIT_REBOOT = "await reboot"
-
-
-@dataclass(frozen=True)
-class Deployment:
-    checksum: str
-    version: str | None = None
-
-    @property
-    def label(self) -> str:
-        short = self.checksum[:12]
-        return f"{self.version} ({short})" if self.version else short
 
 
 @dataclass(frozen=True)

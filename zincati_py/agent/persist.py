@@ -68,7 +68,9 @@ class Postponement:
 
 
 @dataclass(frozen=True)
-class State:
+class Record:
+    """What ``state.json`` holds (``agent.machine.State`` is the update state, not this)."""
+
     staged_by_us: Staged | None = None
     reboot_requested: RebootRequest | None = None
     postponed: Postponement | None = None
@@ -85,7 +87,7 @@ class State:
         return out
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> State:
+    def from_dict(cls, raw: dict[str, Any]) -> Record:
         def opt(kind: Any, key: str) -> Any:
             value = raw.get(key)
             return None if value is None else kind(**value)
@@ -108,63 +110,63 @@ class StateWriteError(OSError):
 class Store:
     """Load once, then record changes durably before acting on them.
 
-    ``state`` is always the newest decided state, so a decision builds on the ones before it
+    ``record`` is always the newest decided state, so a decision builds on the ones before it
     even while their write is still running. Writes happen one at a time, each of the newest
-    state, so the file only moves forward. A failed write puts ``state`` back to what the
+    state, so the file only moves forward. A failed write puts ``record`` back to what the
     file holds, and every change that was not in the file yet fails for its caller (none of
     them is acted on).
     """
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "state.json"
-        self.state = self._load()
-        self._gen = 0  # generation of ``state``; each change makes a new one
-        self._durable = self.state  # what the file holds ...
+        self.record = self._load()
+        self._gen = 0  # generation of ``record``; each change makes a new one
+        self._durable = self.record  # what the file holds ...
         self._durable_gen = 0  # ... and its generation
         self._lost: list[tuple[int, int]] = []  # (after, upto]: generations a failure discarded
         self._state_lock = threading.Lock()  # guards the fields above; never held during I/O
         self._write_lock = threading.Lock()  # one writer at a time
 
-    def _load(self) -> State:
+    def _load(self) -> Record:
         try:
             raw = json.loads(self.path.read_text())
             if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unsupported format {raw.get('version')!r}")
-            return State.from_dict(raw)
+            return Record.from_dict(raw)
         except FileNotFoundError:
-            return State()
+            return Record()
         except (OSError, ValueError, TypeError) as exc:
             # Keep the unreadable file for inspection rather than silently overwrite it.
             keep = self.path.with_name(f"state.json.corrupt-{int(time.time())}")
             with contextlib.suppress(OSError):
                 os.replace(self.path, keep)
             log.error("%s: unreadable (%s); kept as %s, starting afresh", self.path, exc, keep)
-            return State()
+            return Record()
 
-    def update(self, **changes: Any) -> State:
+    def update(self, **changes: Any) -> Record:
         """Record ``changes``; durable when it returns. Blocks on the fsync: for callers that
         are not coroutines (coroutines await :meth:`commit`)."""
         new, gen = self._decide(changes)
         self._make_durable(gen)
         return new
 
-    def commit(self, **changes: Any) -> Coroutine[Any, Any, State]:
-        """Record ``changes`` now (``state`` has them at once); await the result to know they
+    def commit(self, **changes: Any) -> Coroutine[Any, Any, Record]:
+        """Record ``changes`` now (``record`` has them at once); await the result to know they
         are durable. The fsync runs in a worker thread, off the event loop."""
         new, gen = self._decide(changes)
 
-        async def durable() -> State:
+        async def durable() -> Record:
             await asyncio.to_thread(self._make_durable, gen)
             return new
 
         return durable()
 
-    def _decide(self, changes: dict[str, Any]) -> tuple[State, int]:
+    def _decide(self, changes: dict[str, Any]) -> tuple[Record, int]:
         with self._state_lock:
-            new = replace(self.state, **changes)
-            if new != self.state:
+            new = replace(self.record, **changes)
+            if new != self.record:
                 self._gen += 1
-                self.state = new
+                self.record = new
             return new, self._gen
 
     def _make_durable(self, gen: int) -> None:
@@ -175,7 +177,7 @@ class Store:
                     raise StateWriteError(f"{self.path}: the change was not saved (see above)")
                 if self._durable_gen >= gen:
                     return
-                state, state_gen = self.state, self._gen
+                state, state_gen = self.record, self._gen
             try:
                 atomic_write(
                     self.path,
@@ -187,7 +189,7 @@ class Store:
                 with self._state_lock:
                     self._lost.append((self._durable_gen, self._gen))
                     self._gen += 1  # the file's state again, as a new generation
-                    self.state, self._durable_gen = self._durable, self._gen
+                    self.record, self._durable_gen = self._durable, self._gen
                 log.error("%s: cannot save the agent's state: %s", self.path, exc)
                 raise StateWriteError(f"{self.path}: cannot save the agent's state: {exc}") from exc
             with self._state_lock:

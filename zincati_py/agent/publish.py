@@ -75,10 +75,10 @@ class Publisher:
             self.state_since = time.time()
             self.metrics.latest_state_change = self.state_since
         self.metrics.state = step.state.value
-        st = self.store.state
+        st = self.store.record
         strategy = self.settings.strategy
         strat = strategy.status() if strategy is not None else {}
-        staged = self.deployments.staged_fact
+        staged = self.deployments.staged
         booted = self.deployments.booted
         next_window = find(strat, "next_window_start")
         holds = find(strat, "holds_slot")
@@ -87,7 +87,7 @@ class Publisher:
             # Durable, so a restart can say a fleet-lock slot was held when it stopped (the
             # steady-state report on every start is what releases it).
             saved = self.store.commit(extra={**st.extra, "slot_held": bool(holds)})
-            st = self.store.state
+            st = self.store.record
             self.host.spawn(save(saved, "fleet-lock slot record"))
         doc: dict[str, Any] = {
             "schema": status.SCHEMA,
@@ -99,8 +99,8 @@ class Publisher:
             "reason": reason,
             "next": step.next,
             "recheck_at": status.iso(recheck),
-            "booted": None if booted is None else booted.__dict__,
-            "staged": None if staged is None else staged.__dict__,
+            "booted": None if booted is None else booted.brief(),
+            "staged": None if staged is None else staged.brief(),
             "updates_enabled": self.settings.config.updates.enabled,
             "last_check": status.iso(st.last_check),
             "last_check_result": st.last_check_result,

@@ -69,10 +69,10 @@ class RebootCoordinator:
     # -- records --------------------------------------------------------------------------
     async def reconcile(self, now: float) -> None:
         """Settle the reboot request and the postponement against the deployments."""
-        booted, staged = self.deployments.booted, self.deployments.staged_fact
+        booted, staged = self.deployments.booted, self.deployments.staged
         if booted is None:
             return
-        st = self.store.state
+        st = self.store.record
         req = st.reboot_requested
         if req is not None:
             outcome = machine.reconcile_reboot(req, booted, staged, self.boot_id, now)
@@ -103,7 +103,7 @@ class RebootCoordinator:
                     status.iso(req.at),
                 )
                 await self.store.commit(reboot_requested=None, postponed=None)
-        post = self.store.state.postponed
+        post = self.store.record.postponed
         if post is not None and (staged is None or staged.checksum != post.checksum):
             await self.store.commit(postponed=None)
             if booted.checksum != post.checksum and self.logind is not None:
@@ -115,7 +115,7 @@ class RebootCoordinator:
         """Reboot into the staged update if the strategy (unless ``force``) and logind allow."""
         strategy, logind = self.settings.strategy, self.logind
         assert strategy is not None and logind is not None
-        staged, dep = self.deployments.staged, self.deployments.staged_fact
+        staged = dep = self.deployments.staged
         assert staged is not None and dep is not None
         self.metrics.finalization_attempts += 1
         now = time.time()
@@ -142,7 +142,7 @@ class RebootCoordinator:
                 if not force:
                     await self._abort(f"logind unreachable: {exc}")
                 return self.retries.retry(Action.FINALIZE, f"cannot ask logind: {exc}")
-        post = self.store.state.postponed
+        post = self.store.record.postponed
         reboot = self.settings.config.agent.reboot
         result = machine.gate(
             Gate(
@@ -195,7 +195,7 @@ class RebootCoordinator:
             self.last_reason = reason
 
     # -- acting ---------------------------------------------------------------------------
-    async def _reboot(self, staged: Any, dep: Deployment, force: bool) -> Outcome:
+    async def _reboot(self, staged: Deployment, dep: Deployment, force: bool) -> Outcome:
         assert self.logind is not None and self.deployments.booted is not None
         # Recorded (durably) before acting: a restarted agent knows it asked already.
         await self.store.commit(
@@ -220,7 +220,7 @@ class RebootCoordinator:
             if not force:
                 await self._abort(f"reboot failed: {exc}")
             return self.retries.retry(Action.FINALIZE, f"reboot into {dep.label} failed: {exc}")
-        req = self.store.state.reboot_requested
+        req = self.store.record.reboot_requested
         if req is not None:
             await self.store.commit(
                 reboot_requested=persist.RebootRequest(**{**req.__dict__, "called": True})
@@ -265,7 +265,7 @@ class RebootCoordinator:
     def _on_sessions_changed(self, reason: str) -> None:
         # Only a postponement depends on who is logged in between evaluations: the reboot goes
         # ahead as soon as the last interactive session ends, not at the deadline.
-        if self.store.state.postponed is not None:
+        if self.store.record.postponed is not None:
             self.host.wake(f"logind: {reason}")
 
     def _await_inhibitors(self) -> None:

@@ -22,7 +22,7 @@ from zincati_py.strategy import Strategy, StrategyContext, build
 if TYPE_CHECKING:
     from dbus_fast.aio import MessageBus
 
-    from zincati_py.agent.configwatch import ConfigWatcher
+    from zincati_py.inotify import ConfigWatch
     from zincati_py.metrics import AgentMetrics
     from zincati_py.paths import Paths
 
@@ -46,17 +46,17 @@ class ConfigReloader:
         self.ever_valid = result.ok
         self.loaded_at = time.time()
         self.strategy: Strategy | None = None
-        self._watcher: ConfigWatcher | None = None
+        self._watcher: ConfigWatch | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._dirty = False
 
     async def start(self, bus: MessageBus) -> None:
         """Start the strategy in force and watch the config directories."""
-        from zincati_py.agent.configwatch import ConfigWatcher
+        from zincati_py.inotify import ConfigWatch
 
         self.bus = bus
         await self._replace_strategy()
-        self._watcher = ConfigWatcher(self.paths.config_dirs, self.on_change)
+        self._watcher = ConfigWatch(self.paths.config_dirs, self.on_change)
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -29,6 +29,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zincati_py import envhooks
 from zincati_py.agent import machine, persist
 from zincati_py.agent.api import BUS_NAME, AgentInterface, RefusedError, export
 from zincati_py.agent.core import Outcome, Retries
@@ -48,10 +49,6 @@ if TYPE_CHECKING:
     from zincati_py.dbus.rpmostree import RpmOstree
 
 log = logging.getLogger("zincati_py.agent")
-
-OSTREE_COMMAND_ENV = "ZINCATI_PY_OSTREE_COMMAND"
-BUS_NAME_ENV = "ZINCATI_PY_BUS_NAME"
-SYSTEMD_BUS_ENV = "ZINCATI_PY_SYSTEMD_BUS"
 
 
 class StartupError(Exception):
@@ -79,13 +76,13 @@ class Options:
         ostree_command: str | None,
         systemd_bus: str | None = None,
     ) -> Options:
-        cmd = ostree_command or os.environ.get(OSTREE_COMMAND_ENV) or "ostree"
+        cmd = ostree_command or envhooks.get(envhooks.OSTREE_COMMAND) or "ostree"
         return cls(
             paths=Paths.from_root(root),
             bus_address=bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or None,
-            bus_name=bus_name or os.environ.get(BUS_NAME_ENV) or BUS_NAME,
+            bus_name=bus_name or envhooks.get(envhooks.BUS_NAME) or BUS_NAME,
             ostree_command=tuple(shlex.split(cmd)),
-            systemd_bus=systemd_bus or os.environ.get(SYSTEMD_BUS_ENV) or None,
+            systemd_bus=systemd_bus or envhooks.get(envhooks.SYSTEMD_BUS),
         )
 
 
@@ -221,12 +218,12 @@ class Agent:
 
     # -- facts and evaluation -------------------------------------------------------------
     def _facts(self, now: float) -> Facts:
-        st = self.store.state
+        st = self.store.record
         return Facts(
             enabled=self.reload.config.updates.enabled,
             config_valid=self.reload.ever_valid,
             booted=self.deployments.booted,
-            staged=self.deployments.staged_fact,
+            staged=self.deployments.staged,
             steady_reported=self.steady_reported,
             check_requested=self.deployments.check_requested,
             reboot_requested=st.reboot_requested,
@@ -350,7 +347,7 @@ class Agent:
         from zincati_py.dbus.logind import Logind
         from zincati_py.dbus.rpmostree import RpmOstree
 
-        if self.store.state.extra.get("slot_held"):
+        if self.store.record.extra.get("slot_held"):
             log.info("a fleet-lock slot was held when the agent stopped: steady state releases it")
         self.reload.report_startup()
         # The bus name first: a second agent for the same node must exit before it touches

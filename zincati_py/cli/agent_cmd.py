@@ -145,10 +145,11 @@ async def _call(args: argparse.Namespace, member: str, signature: str = "", *bod
     from dbus_fast import BusType, Message, MessageFlag, MessageType
     from dbus_fast.aio import MessageBus
 
+    from zincati_py import envhooks
     from zincati_py.agent.api import BUS_NAME, INTERFACE, OBJECT_PATH
 
     address = args.system_bus or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or None
-    name = args.bus_name or os.environ.get("ZINCATI_PY_BUS_NAME") or BUS_NAME
+    name = args.bus_name or envhooks.get(envhooks.BUS_NAME) or BUS_NAME
     try:
         bus = await asyncio.wait_for(
             MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect(), DBUS_TIMEOUT

@@ -32,16 +32,15 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyinotify
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from zincati_py.dbus.rpmostree_txn import RpmOstreeError, TransactionFailed, run_transaction
-from zincati_py.inotify_util import WatchSet, nearest_dir
+from zincati_py.deployment import Deployment
+from zincati_py.inotify import DirWatch
 
 log = logging.getLogger(__name__)
 
@@ -77,52 +76,30 @@ class RpmOstreeUnavailable(RpmOstreeError):
     """rpm-ostreed is not on the bus and could not be activated (or the call timed out)."""
 
 
-@dataclass(frozen=True)
-class Deployment:
+def deployment(d: dict[str, Variant]) -> Deployment:
     """One entry of ``Sysroot.Deployments`` (rpm-ostreed's deployment dictionary)."""
 
-    id: str
-    osname: str
-    checksum: str
-    version: str
-    booted: bool
-    staged: bool
-    finalization_locked: bool
-    origin: str
-    timestamp: int
-    serial: int
-    # For the Cincinnati graph request: the base commit (before local layering), its
-    # ``fedora-coreos.stream`` commit metadata and, for an OCI deployment, its image.
-    base_checksum: str = ""
-    stream: str = ""
-    container_image_reference: str = ""
-    container_image_reference_digest: str = ""
+    def get(key: str, default: Any) -> Any:
+        v = d.get(key)
+        return default if v is None else v.value
 
-    @classmethod
-    def from_dbus(cls, d: dict[str, Variant]) -> Deployment:
-        def get(key: str, default: Any) -> Any:
-            v = d.get(key)
-            return default if v is None else v.value
-
-        return cls(
-            id=str(get("id", "")),
-            osname=str(get("osname", "")),
-            checksum=str(get("checksum", "")),
-            version=str(get("version", "")),
-            booted=bool(get("booted", False)),
-            staged=bool(get("staged", False)),
-            # rpm-ostree only sets this key when true.
-            finalization_locked=bool(get("finalization-locked", False)),
-            origin=str(get("origin", "")),
-            timestamp=int(get("timestamp", 0)),
-            serial=int(get("serial", 0)),
-            base_checksum=str(get("base-checksum", "")),
-            stream=str(
-                getattr(get("base-commit-meta", {}).get("fedora-coreos.stream"), "value", "")
-            ),
-            container_image_reference=str(get("container-image-reference", "")),
-            container_image_reference_digest=str(get("container-image-reference-digest", "")),
-        )
+    return Deployment(
+        id=str(get("id", "")),
+        osname=str(get("osname", "")),
+        checksum=str(get("checksum", "")),
+        version=str(get("version", "")) or None,
+        booted=bool(get("booted", False)),
+        staged=bool(get("staged", False)),
+        # rpm-ostree only sets this key when true.
+        finalization_locked=bool(get("finalization-locked", False)),
+        origin=str(get("origin", "")),
+        timestamp=int(get("timestamp", 0)),
+        serial=int(get("serial", 0)),
+        base_checksum=str(get("base-checksum", "")),
+        stream=str(getattr(get("base-commit-meta", {}).get("fedora-coreos.stream"), "value", "")),
+        container_image_reference=str(get("container-image-reference", "")),
+        container_image_reference_digest=str(get("container-image-reference-digest", "")),
+    )
 
 
 ChangeCallback = Callable[[str], None]
@@ -152,7 +129,7 @@ class RpmOstree:
         self._owner: str | None = None
         self._callbacks: list[ChangeCallback] = []
         self._rules: list[str] = []
-        self._watcher: _DirWatcher | None = None
+        self._watcher: DirWatch | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self, bus: MessageBus) -> None:
@@ -181,7 +158,12 @@ class RpmOstree:
             )
         )
         self._owner = reply.body[0] if reply.message_type == MessageType.METHOD_RETURN else None
-        self._watcher = _DirWatcher(self.root, self._notify)
+        self._watcher = DirWatch(
+            self._watch_targets,
+            self._notify,
+            accept=self._watch_accepts,
+            describe=lambda p: os.path.relpath(p, self.root),
+        )
 
     async def close(self) -> None:
         """Drop the subscriptions and watches; the bus stays open (it is the caller's)."""
@@ -202,7 +184,7 @@ class RpmOstree:
         """All deployments in boot order (a staged one first), synced with the disk."""
         await self._call(SYSROOT_PATH, SYSROOT_IFACE, "Reload")
         value = await self._get(SYSROOT_PATH, SYSROOT_IFACE, "Deployments")
-        return [Deployment.from_dbus(d) for d in value]
+        return [deployment(d) for d in value]
 
     async def booted(self) -> Deployment:
         """The booted deployment, read from the booted OS object (path from ``Booted``)."""
@@ -211,7 +193,7 @@ class RpmOstree:
         value = await self._get(os_path, OS_IFACE, "BootedDeployment")
         if not value:
             raise RpmOstreeError("rpm-ostree reports no booted deployment")
-        return Deployment.from_dbus(value)
+        return deployment(value)
 
     async def staged(self) -> Deployment | None:
         """The staged deployment, if any."""
@@ -316,6 +298,18 @@ class RpmOstree:
             raise RpmOstreeError(f"{deployment.version} is still finalization-locked after unlock")
 
     # -- internals ------------------------------------------------------------------------
+    def _watch_targets(self) -> list[Path]:
+        """``/run/ostree`` and every ``ostree/deploy/<os>/deploy`` (a deployment is a whole
+        OS tree: not recursive)."""
+        deploy_root = self.root / "ostree/deploy"
+        targets = [self.root / "run/ostree", deploy_root]
+        if deploy_root.is_dir():
+            targets += sorted(p / "deploy" for p in deploy_root.iterdir() if p.is_dir())
+        return targets
+
+    def _watch_accepts(self, path: Path) -> bool:
+        return path.parent != self.root / "run/ostree" or path.name in _RUN_FILES
+
     def _notify(self, reason: str) -> None:
         for cb in list(self._callbacks):
             try:
@@ -405,85 +399,3 @@ def _bus_msg(member: str, signature: str, *body: Any) -> Message:
         signature=signature,
         body=list(body),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# inotify
-
-
-_DIR_MASK = (
-    pyinotify.IN_CREATE
-    | pyinotify.IN_DELETE
-    | pyinotify.IN_MOVED_TO
-    | pyinotify.IN_MOVED_FROM
-    | pyinotify.IN_CLOSE_WRITE
-    | pyinotify.IN_DELETE_SELF
-    | pyinotify.IN_MOVE_SELF
-)
-
-
-class _DirWatcher:
-    """Watch ``<root>/run/ostree`` and every ``<root>/ostree/deploy/<os>/deploy`` (not recursive:
-    a deployment is a whole OS tree). Missing directories are awaited by watching their nearest
-    existing ancestor. Calls ``notify(reason)`` once per inotify read burst."""
-
-    def __init__(self, root: Path, notify: Callable[[str], None]) -> None:
-        self.root = root
-        self._notify = notify
-        self._pending: list[str] = []
-        self._wm = pyinotify.WatchManager()
-        self._watches = WatchSet(self._wm)
-        self._target_list: list[Path] = []
-        self._notifier = pyinotify.AsyncioNotifier(
-            self._wm,
-            asyncio.get_running_loop(),
-            callback=lambda _n: self._flush(),
-            default_proc_fun=self._on_event,
-        )
-        self._rescan(initial=True)
-
-    def _targets(self) -> list[Path]:
-        targets = [self.root / "run/ostree", self.root / "ostree/deploy"]
-        deploy_root = self.root / "ostree/deploy"
-        if deploy_root.is_dir():
-            targets += sorted(p / "deploy" for p in deploy_root.iterdir() if p.is_dir())
-        return targets
-
-    def _wanted(self) -> dict[str, int]:
-        self._target_list = self._targets()
-        return {str(nearest_dir(t)): _DIR_MASK for t in self._target_list}
-
-    def _rescan(self, initial: bool = False) -> None:
-        # Directories can appear faster than we add watches (mkdir -p run/ostree, then a file
-        # in it), or be replaced by new ones of the same name: look again until every target,
-        # or its nearest existing ancestor, is watched, and report each new watch so the caller
-        # re-reads what may have been written meanwhile.
-        added = self._watches.settle(self._wanted)
-        if added and not initial:
-            rels = ", ".join(os.path.relpath(p, self.root) for p in added)
-            self._pending.append(f"inotify watching {rels}")
-
-    def _on_event(self, event: Any) -> None:
-        directory, name = str(event.path), str(event.name or "")
-        if event.mask & (pyinotify.IN_IGNORED | pyinotify.IN_DELETE_SELF):
-            self._watches.forget(event.wd)  # the kernel drops the watch itself
-        if event.mask & (pyinotify.IN_ISDIR | pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF):
-            self._rescan()  # a watched dir or one on the way to it appeared/vanished
-        if name.startswith("."):
-            return  # temp files of atomic writes
-        if directory == str(self.root / "run/ostree") and name not in _RUN_FILES:
-            return
-        full = Path(directory, name)
-        # Ancestor watches see unrelated siblings; keep what is on the way to or in a target.
-        if not any(full == t or t in full.parents or full in t.parents for t in self._target_list):
-            return
-        rel = os.path.relpath(full, self.root)
-        self._pending.append(f"inotify {pyinotify.EventsCodes.maskname(event.mask)} {rel}")
-
-    def _flush(self) -> None:
-        if self._pending:
-            reasons, self._pending = self._pending, []
-            self._notify("; ".join(reasons))
-
-    def close(self) -> None:
-        self._notifier.stop()

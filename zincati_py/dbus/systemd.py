@@ -16,9 +16,11 @@ Talks to ``org.freedesktop.systemd1`` (org.freedesktop.systemd1(5)). Facts it re
 - Timestamps are microseconds since the epoch (``...USecRealtime``) or since boot
   (``...USecMonotonic``); 0 means "never" and 2^64-1 "infinity".
 
-The plain-Python part (names, paths, conversions, the state records, errors) is shared with the
-pystemd adapter (:mod:`zincati_py.dbus.systemd_sync`) and imports no D-Bus library, so the CLI
-can use it without loading dbus-fast.
+The D-Bus names (bus name, paths, interfaces, error names) are in
+:mod:`zincati_py.dbus.systemd_names`, shared with the pystemd adapter
+(:mod:`zincati_py.dbus.systemd_sync`), as is the plain-Python part of this module
+(conversions, the state records, errors), which imports no D-Bus library, so the CLI can use
+it without loading dbus-fast.
 """
 
 from __future__ import annotations
@@ -29,36 +31,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from zincati_py.dbus.systemd_names import BUS_NAME as BUS_NAME
+from zincati_py.dbus.systemd_names import GENERATED_TIMERS as GENERATED_TIMERS
+from zincati_py.dbus.systemd_names import JOB_IFACE as JOB_IFACE
+from zincati_py.dbus.systemd_names import MANAGER_IFACE as MANAGER_IFACE
+from zincati_py.dbus.systemd_names import MANAGER_PATH as MANAGER_PATH
+from zincati_py.dbus.systemd_names import PROPS_IFACE as PROPS_IFACE
+from zincati_py.dbus.systemd_names import SERVICE_IFACE as SERVICE_IFACE
+from zincati_py.dbus.systemd_names import TIMER_IFACE as TIMER_IFACE
+from zincati_py.dbus.systemd_names import UNAVAILABLE_ERRORS as UNAVAILABLE_ERRORS
+from zincati_py.dbus.systemd_names import UNIT_IFACE as UNIT_IFACE
+from zincati_py.dbus.systemd_names import unit_object_path as unit_object_path
+
 if TYPE_CHECKING:
     from dbus_fast.aio import MessageBus
 
-BUS_NAME = "org.freedesktop.systemd1"
-MANAGER_PATH = "/org/freedesktop/systemd1"
-MANAGER_IFACE = "org.freedesktop.systemd1.Manager"
-UNIT_IFACE = "org.freedesktop.systemd1.Unit"
-SERVICE_IFACE = "org.freedesktop.systemd1.Service"
-TIMER_IFACE = "org.freedesktop.systemd1.Timer"
-JOB_IFACE = "org.freedesktop.systemd1.Job"
-PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
 log = logging.getLogger(__name__)
 
-GENERATED_TIMERS = "zincati-py-*.timer"
 _USEC_INFINITY = 2**64 - 1
 _BUSY_STATES = frozenset({"active", "activating", "deactivating", "reloading"})
-
-# D-Bus errors meaning "systemd is not there", as opposed to "it said no".
-UNAVAILABLE_ERRORS = frozenset(
-    {
-        "org.freedesktop.DBus.Error.ServiceUnknown",
-        "org.freedesktop.DBus.Error.NameHasNoOwner",
-        "org.freedesktop.DBus.Error.NoReply",
-        "org.freedesktop.DBus.Error.TimedOut",
-        "org.freedesktop.DBus.Error.Disconnected",
-        "org.freedesktop.DBus.Error.NoServer",
-        "org.freedesktop.DBus.Error.FileNotFound",
-    }
-)
 
 
 class SystemdError(Exception):
@@ -78,15 +70,6 @@ def error_for(name: str, message: str) -> SystemdError:
     if name in UNAVAILABLE_ERRORS:
         return SystemdUnavailable(name, message)
     return SystemdError(name, message)
-
-
-def unit_object_path(unit: str) -> str:
-    """The object path systemd gives ``unit`` (sd_bus_path_encode of the name)."""
-    label = "".join(
-        chr(b) if (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122) else f"_{b:02x}"
-        for b in unit.encode()
-    )
-    return f"{MANAGER_PATH}/unit/{label or '_'}"
 
 
 def usec_to_datetime(usec: int) -> datetime | None:

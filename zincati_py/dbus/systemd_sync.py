@@ -7,9 +7,10 @@ user's manager over the session bus (``$DBUS_SESSION_BUS_ADDRESS``, else
 any bus address instead.
 
 Only raw method calls and ``Properties.GetAll`` are used: pystemd's ``Unit``/``Manager``
-objects introspect every unit first (lxml), which costs more than the calls themselves. Names,
-conversions, the state records and the errors are shared with the async adapter
-(:mod:`zincati_py.dbus.systemd`), whose plain part imports no D-Bus library.
+objects introspect every unit first (lxml), which costs more than the calls themselves. The
+D-Bus names come from :mod:`zincati_py.dbus.systemd_names`; conversions, the state records and
+the errors are shared with the async adapter (:mod:`zincati_py.dbus.systemd`), whose plain part
+imports no D-Bus library.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from types import TracebackType
 from typing import Any
 
 from zincati_py.dbus.systemd import (
+    SystemdError,
+    SystemdUnavailable,
+    TimerState,
+    UnitState,
+    apply_steps,
+    error_for,
+    step_failed,
+)
+from zincati_py.dbus.systemd_names import (
     BUS_NAME,
     GENERATED_TIMERS,
     JOB_IFACE,
@@ -29,13 +39,6 @@ from zincati_py.dbus.systemd import (
     TIMER_IFACE,
     UNAVAILABLE_ERRORS,
     UNIT_IFACE,
-    SystemdError,
-    SystemdUnavailable,
-    TimerState,
-    UnitState,
-    apply_steps,
-    error_for,
-    step_failed,
     unit_object_path,
 )
 

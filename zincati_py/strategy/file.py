@@ -9,7 +9,7 @@ attribute changes such as ``touch``, writes closing) and each relevant event wak
 which asks again; the answer itself always comes from ``stat`` at the time of asking. If the
 directory does not exist (yet), the nearest existing ancestor is watched for the missing
 component, and the watch moves down as directories appear (and back up if they go away):
-``zincati_py.strategy._watch``, shared with ``marker_file``.
+``zincati_py.inotify``, shared with ``marker_file``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from zincati_py.strategy._watch import PathWatch
+from zincati_py.inotify import PathWatch
 from zincati_py.strategy.base import Strategy, StrategyContext, Verdict
 
 

@@ -17,7 +17,7 @@ The strategy takes no configuration. "A problem" is Zincati's error case (logged
 error): here a denial whose reason names the file and what is wrong, also in
 ``details["problem"]`` and logged once per distinct problem.
 
-No polling: the file's directory is watched with inotify (``zincati_py.strategy._watch``), so
+No polling: the file's directory is watched with inotify (``zincati_py.inotify``), so
 creating, replacing, ``chmod``-ing or removing the marker wakes the agent at once.
 """
 
@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from zincati_py.strategy._watch import PathWatch
+from zincati_py.inotify import PathWatch
 from zincati_py.strategy.base import Strategy, StrategyContext, Verdict
 
 log = logging.getLogger("zincati_py.strategy.marker_file")
