@@ -294,3 +294,89 @@ def test_recheck_is_never_in_the_past(node: Any, lock_server: Callable[[str], An
             await s.stop()
 
     asyncio.run(scenario())
+
+
+def test_per_node_tokens_from_file_and_credential(
+    node: Any, lock_server: Callable[..., Any], tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Issue 11 item 3: a server with per-node tokens answered 401 to every zincati-py node.
+    The node's token from a file, then from a systemd credential; another node's token is
+    403 (a node cannot act for another id); no readable token is reported, never a grant."""
+    server = lock_server(
+        f'[groups]\ndefault = 2\n[auth]\nadmin_token = "adm"\n[auth.nodes]\n'
+        f'"{node.node_id}" = "mine"\n"{OTHER}" = "theirs"\n'
+    )
+    token = tmp_path / "fleetlock.token"
+    token.write_text("mine\n")
+    token.chmod(0o600)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "fleetlock").write_text("theirs\n")
+
+    async def holders_as_admin() -> list[str]:
+        admin = FleetLockAdminClient(server.url, token="adm")
+        try:
+            return [h["id"] for h in (await admin.group("default"))["holders"]]
+        finally:
+            await admin.close()
+
+    async def scenario(strategy: FleetLock) -> None:
+        try:
+            return await check(strategy)
+        finally:
+            await strategy.stop()
+
+    async def check(s: FleetLock) -> None:
+        verdict = await s.can_finalize(NOW)
+        expect = s._expect  # type: ignore[attr-defined]
+        if expect == 200:
+            assert verdict.allowed, verdict.reason
+            assert await holders_as_admin() == [node.node_id]
+            await s.abort()
+            assert await holders_as_admin() == []
+        else:
+            assert not verdict.allowed
+            assert f"({expect_status(expect)})" in verdict.reason, verdict.reason
+            assert await holders_as_admin() == []
+
+    def expect_status(code: int | str) -> str:
+        return {401: "HTTP 401", 403: "HTTP 403", "token": "no answer"}[code]
+
+    for extra, expect in [
+        (f'token_file = "{token}"\n', 200),
+        ('token_credential = "fleetlock"\n', 403),  # the credential holds OTHER's token
+        ("", 401),
+        (f'token_file = "{tmp_path / "missing"}"\n', "token"),
+    ]:
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+        node.fleet_lock(server.url)
+        node.write(f"[updates.fleet_lock]\n{extra}", "60-token.toml")
+        s = fleet_lock(node, server.url)
+        assert s.status()["token"] == (
+            "file" if "token_file" in extra else "credential" if extra else None
+        )
+        s._expect = expect  # type: ignore[attr-defined]
+        asyncio.run(scenario(s))
+    # The credential with this node's token: granted.
+    (creds / "fleetlock").write_text("mine\n")
+    node.write('[updates.fleet_lock]\ntoken_credential = "fleetlock"\n', "60-token.toml")
+    s = fleet_lock(node, server.url)
+    s._expect = 200  # type: ignore[attr-defined]
+    asyncio.run(scenario(s))
+
+
+def test_token_settings_are_validated(node: Any) -> None:
+    from zincati_py.config import load
+
+    node.fleet_lock("http://127.0.0.1:1/")
+    for text, key in [
+        ('token_file = "relative.token"\n', "updates.fleet_lock.token_file"),
+        ('token_credential = "a/b"\n', "updates.fleet_lock.token_credential"),
+        ('token_file = "/t"\ntoken_credential = "c"\n', "updates.fleet_lock.token_credential"),
+        ("token = 5\n", "updates.fleet_lock.token"),
+    ]:
+        node.write(f"[updates.fleet_lock]\n{text}", "60-token.toml")
+        result = load(node.root)
+        problems = [(p.severity, p.key) for p in result.problems]
+        assert ("error", key) in problems or key == "updates.fleet_lock.token", problems
+        assert any(k == key for _, k in problems), problems

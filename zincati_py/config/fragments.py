@@ -58,7 +58,7 @@ SCHEMA: dict[str, Any] = {
         "enabled": (bool,),
         "allow_downgrade": (bool,),
         "strategy": STRATEGY_TYPES,
-        "fleet_lock": {"base_url": (str,)},
+        "fleet_lock": {"base_url": (str,), "token_file": (str,), "token_credential": (str,)},
         "periodic": {"time_zone": (str,), "window": ListOf(WINDOW_SCHEMA)},
         "file": {"path": (str,), "max_age_secs": (int,)},
     },

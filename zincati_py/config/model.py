@@ -110,6 +110,18 @@ class PeriodicSettings:
 @dataclass(frozen=True)
 class FleetLockSettings:
     base_url: str | None = None
+    # The lock server's bearer token, never inline: the first line of an absolute file path,
+    # or a systemd credential of the agent's unit ($CREDENTIALS_DIRECTORY/NAME).
+    token_file: str | None = None
+    token_credential: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"base_url": self.base_url}
+        if self.token_file is not None:
+            out["token_file"] = self.token_file
+        if self.token_credential is not None:
+            out["token_credential"] = self.token_credential
+        return out
 
 
 @dataclass(frozen=True)
@@ -161,7 +173,7 @@ class Settings:
                 "enabled": u.enabled,
                 "allow_downgrade": u.allow_downgrade,
                 "strategy": list(u.strategy),
-                "fleet_lock": {"base_url": u.fleet_lock.base_url},
+                "fleet_lock": u.fleet_lock.as_dict(),
                 "periodic": {
                     "time_zone": u.periodic.time_zone,
                     "window": [w.as_dict() for w in u.periodic.windows],

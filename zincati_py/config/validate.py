@@ -202,7 +202,29 @@ class _Validator:
                 "updates.fleet_lock.base_url",
                 "required by strategy fleet_lock",
             )
-        return FleetLockSettings(base_url=url)
+        token_file = self.value(
+            "updates.fleet_lock.token_file",
+            None,
+            lambda v: None if v.startswith("/") else f"{v!r} must be an absolute path",
+            severity,
+        )
+        credential = self.value(
+            "updates.fleet_lock.token_credential",
+            None,
+            lambda v: None
+            if v and "/" not in v and v not in (".", "..")
+            else f"{v!r} must be a credential name (a plain file name)",
+            severity,
+        )
+        if token_file is not None and credential is not None:
+            self.report(
+                severity,
+                self.raw.source("updates.fleet_lock.token_credential"),
+                "updates.fleet_lock.token_credential",
+                "set token_file or token_credential, not both; using token_file",
+            )
+            credential = None
+        return FleetLockSettings(base_url=url, token_file=token_file, token_credential=credential)
 
     def file_gate(self, *, used: bool) -> FileGateSettings:
         severity: Severity = "error" if used else "warning"

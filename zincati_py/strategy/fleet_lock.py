@@ -13,6 +13,11 @@ Lifecycle (Zincati's, plus leases):
 - ``abort``: the reboot will not happen: ``steady-state`` releases the slot; if that fails, a
   background task retries with backoff until it succeeds or the slot is wanted again.
 - ``report_steady``: after boot, ``steady-state`` until it succeeds.
+- Auth: with ``updates.fleet_lock.token_file`` (an absolute path) or ``token_credential`` (a
+  systemd credential of the agent's unit, ``$CREDENTIALS_DIRECTORY/NAME``), every request
+  carries ``Authorization: Bearer TOKEN``. The token is read when the client is made and
+  again after a 401/403 (rotation needs no restart); a file other users can read is warned
+  about once.
 
 ``base_url`` is a directory: ``https://host/fleet`` and ``https://host/fleet/`` both lead to
 ``https://host/fleet/v1/pre-reboot`` (see :mod:`zincati_py.fleetlock.client`). Whether a slot is
@@ -27,11 +32,18 @@ import contextlib
 import logging
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 from zincati_py.backoff import Backoff
 from zincati_py.fleetlock.client import FleetLockClient, FleetLockError, directory_url
 from zincati_py.fleetlock.protocol import Kind
+from zincati_py.fleetlock.secrets import (
+    SecretError,
+    credential_path,
+    read_token,
+    readable_by_others,
+)
 from zincati_py.strategy.base import Strategy, StrategyContext, Verdict
 
 log = logging.getLogger("zincati_py.strategy.fleet_lock")
@@ -56,6 +68,9 @@ class FleetLock(Strategy):
         super().__init__(ctx)
         config = ctx.config
         self.base_url = config.updates.fleet_lock.base_url
+        self.token_file = config.updates.fleet_lock.token_file
+        self.token_credential = config.updates.fleet_lock.token_credential
+        self._warned_readable = False
         self.node_id = config.identity.node_uuid
         self.group = config.identity.group
         cap = float(config.agent.timing.steady_interval_secs)
@@ -81,11 +96,37 @@ class FleetLock(Strategy):
             return "no node id (identity.node_uuid, or /etc/machine-id to derive it)"
         return None
 
+    def _token(self) -> str | None:
+        """The configured bearer token (raises FleetLockError when it cannot be read)."""
+        try:
+            if self.token_file is not None:
+                path = Path(self.token_file)
+                secret = read_token(path, "file")
+                mode = readable_by_others(path)
+                if mode is not None and not self._warned_readable:
+                    self._warned_readable = True
+                    log.warning("%s holds the FleetLock token and others can read it (%s)",
+                                path, mode)  # fmt: skip
+                return secret.value
+            if self.token_credential is not None:
+                return read_token(credential_path(self.token_credential), "credential").value
+        except SecretError as exc:
+            raise FleetLockError("token", f"cannot read the FleetLock token: {exc}", None) from None
+        return None
+
     def _get_client(self) -> FleetLockClient:
         if self._client is None:
             assert self.base_url is not None and self.node_id is not None
-            self._client = FleetLockClient(self.base_url, self.node_id, self.group)
+            self._client = FleetLockClient(
+                self.base_url, self.node_id, self.group, token=self._token()
+            )
         return self._client
+
+    async def _auth_failed(self, exc: FleetLockError) -> None:
+        """A 401/403: the next attempt re-reads the token (it may have been rotated)."""
+        if exc.status in (401, 403) and self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(coro, name=f"fleet_lock {what}")
@@ -128,6 +169,7 @@ class FleetLock(Strategy):
         try:
             grant = await self._get_client().pre_reboot()
         except FleetLockError as exc:
+            await self._auth_failed(exc)
             delay = self._lock_backoff.next_delay()
             retry = now + timedelta(seconds=delay)
             self.last_error = str(exc)
@@ -208,6 +250,7 @@ class FleetLock(Strategy):
         try:
             await self._get_client().steady_state()
         except FleetLockError as exc:
+            await self._auth_failed(exc)
             self.last_error = f"release ({why}): {exc}"
             log.warning("could not release the reboot slot (%s): %s", why, exc)
             return False
@@ -260,6 +303,11 @@ class FleetLock(Strategy):
                 "base_url": None if self.base_url is None else directory_url(self.base_url),
                 "group": self.group,
                 "node_id": self.node_id,
+                "token": "file"
+                if self.token_file is not None
+                else "credential"
+                if self.token_credential is not None
+                else None,
                 "renewals": self.renewals,
                 "release_pending": self._release is not None and not self._release.done(),
                 "last_error": self.last_error,
