@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import signal
+import subprocess
 import tomllib
 from typing import Any
 
 import pytest
 
+from testbed.proc import zincati_py_argv
 from tests.helpers import zpy
 
 #: ``zincati-py ARGS`` without an inherited ``ZINCATI_PY_ROOT``.
@@ -18,11 +22,13 @@ run = functools.partial(zpy, unset=("ZINCATI_PY_ROOT",))
 # One problem per line: "zincati-py: [warning: ]FILE: KEY: message" (no KEY for whole-file
 # problems such as malformed TOML).
 Expected = tuple[bool, str, str | None]
+# The last line of an invalid check: what the agent does with such a configuration.
+INVALID = "zincati-py: configuration invalid: the agent does not apply it"
 
 
 def assert_problem_lines(stderr: str, expected: list[Expected]) -> None:
     """stderr holds exactly these problems, in order, one per line, each with a message."""
-    lines = [x for x in stderr.splitlines() if not x.startswith("configuration valid")]
+    lines = [x for x in stderr.splitlines() if not x.startswith(("configuration valid", INVALID))]
     assert len(lines) == len(expected), stderr
     for line, (warning, file, key) in zip(lines, expected, strict=True):
         prefix = "zincati-py: " + ("warning: " if warning else "") + file + ": "
@@ -94,7 +100,7 @@ def test_check_valid(root) -> None:  # type: ignore[no-untyped-def]
     proc = run("config", "check", "--root", str(root.root))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
-    assert proc.stderr == "configuration valid (1 fragments)\n"
+    assert proc.stderr == "configuration valid (1 fragment)\n"
 
 
 @pytest.mark.parametrize(("files", "expected"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
@@ -143,7 +149,8 @@ def test_problem_with_newline_in_a_name_stays_on_one_line(root) -> None:  # type
     )
     proc = run("config", "check", "--root", str(root.root))
     assert proc.returncode == 65
-    (line,) = proc.stderr.splitlines()
+    line, summary = proc.stderr.splitlines()
+    assert summary.startswith(INVALID)
     assert line.startswith(f"zincati-py: {root.dir('etc') / '20-b.toml'}: schedule[")
     assert "\\n" in line
 
@@ -259,10 +266,109 @@ def test_show_toml_round_trips(root, broken) -> None:  # type: ignore[no-untyped
     ] + ([str(root.dir("etc") / "30-c.toml")] if broken else [])
 
 
-def test_missing_root_is_defaults_with_a_machine_id_warning(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    proc = run("config", "check", "--root", str(tmp_path / "nowhere"))
+def test_missing_root_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A mistyped --root must not read as "configuration valid" (issue 11 item 13)."""
+    for command in ("check", "show"):
+        proc = run("config", command, "--root", str(tmp_path / "nowhere"))
+        assert proc.returncode == 65
+        assert proc.stderr == f"zincati-py: {tmp_path / 'nowhere'}: root does not exist\n"
+        assert proc.stdout == ""
+    (tmp_path / "file").write_text("")
+    proc = run("config", "check", "--root", str(tmp_path / "file"))
+    assert proc.returncode == 65 and "root is not a directory" in proc.stderr
+    assert not (tmp_path / "nowhere").exists()
+    # An existing root without any configuration is the defaults, with a machine-id warning.
+    (tmp_path / "empty").mkdir()
+    proc = run("config", "check", "--root", str(tmp_path / "empty"))
     assert proc.returncode == 0
     assert_problem_lines(
-        proc.stderr, [(True, str(tmp_path / "nowhere/etc/machine-id"), "identity.node_uuid")]
+        proc.stderr, [(True, str(tmp_path / "empty/etc/machine-id"), "identity.node_uuid")]
     )
-    assert not (tmp_path / "nowhere").exists()
+    assert proc.stderr.splitlines()[-1] == "configuration valid (0 fragments)"
+
+
+def test_invalid_strategy_says_what_the_agent_does(root) -> None:  # type: ignore[no-untyped-def]
+    path = root.write("etc", "50-s.toml", '[updates]\nstrategy = "periodc"\n')
+    proc = run("config", "check", "--root", str(root.root))
+    assert proc.returncode == 65
+    line, summary = proc.stderr.splitlines()
+    assert line == (
+        f"zincati-py: {path}: updates.strategy: unknown strategy 'periodc' (expected one of "
+        "immediate, periodic, fleet_lock, file, marker_file); the agent never reboots under an "
+        "invalid configuration"
+    )
+    assert "using immediate" not in proc.stderr
+    assert summary == (
+        f"{INVALID}; it keeps the last valid configuration in force (none since it started: "
+        "it never reboots until one is valid)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[[schedule]]\nname = "j"\ncron = "0 0 3 * * *"\ncommand = "true"\n', "schedule[j].cron"),
+        ('[agent.timing]\ncheck_cron = "0 */5 * * * *"\n', "agent.timing.check_cron"),
+        (
+            '[[updates.periodic.window]]\ncron = "0 3 * * 1 0"\nlength_minutes = 60\n',
+            "updates.periodic.window[0].cron",
+        ),
+    ],
+)
+def test_six_field_cron_warns_about_the_field_order(root, text, key) -> None:  # type: ignore[no-untyped-def]
+    path = root.write("etc", "50-six.toml", text)
+    proc = run("config", "check", "--root", str(root.root))
+    assert proc.returncode == 0, proc.stderr
+    assert_problem_lines(proc.stderr, [(True, str(path), key)])
+    assert "minute hour day-of-month month day-of-week SECOND" in proc.stderr
+    # Five fields (and seven, with a year) are not warned about.
+    path.write_text(re.sub(r'cron = "(\S+ ){5}\S+"', 'cron = "0 3 * * *"', text))
+    proc = run("config", "check", "--root", str(root.root))
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+
+
+def test_version() -> None:
+    from zincati_py import __version__
+
+    proc = run("--version")
+    assert (proc.returncode, proc.stdout) == (0, f"zincati-py {__version__}\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["config", "check", "--bogus"], "usage: zincati-py config check "),
+        (["config", "show", "extra"], "usage: zincati-py config show "),
+        (["config", "bogus"], "usage: zincati-py config "),
+        (["config", "check", "--root"], "usage: zincati-py config check "),
+        (["--bogus", "config", "check"], "usage: zincati-py [-h]"),
+    ],
+)
+def test_usage_errors_show_the_subcommands_usage(args, usage) -> None:  # type: ignore[no-untyped-def]
+    proc = run(*args)
+    assert proc.returncode == 64
+    first, *_, last = proc.stderr.splitlines()
+    assert first.startswith(usage), proc.stderr
+    assert ": error: " in last
+
+
+@pytest.mark.parametrize(
+    "args", [["config", "show"], ["config", "show", "--json"], ["config", "check", "--json"]]
+)
+def test_closed_stdout_is_no_traceback(root, args) -> None:  # type: ignore[no-untyped-def]
+    """``zincati-py ... | head``: the reader goes away; stop quietly (128 + SIGPIPE)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [*zincati_py_argv(), *args, "--root", str(root.root)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 128 + signal.SIGPIPE
+    assert proc.stderr == ""

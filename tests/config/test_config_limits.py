@@ -38,7 +38,8 @@ def test_nested_fragment_is_one_error(tree: Tree) -> None:
     proc = run("config", "check", "--root", str(tree.root))
     assert proc.returncode == os.EX_DATAERR
     assert "Traceback" not in proc.stderr
-    (line,) = proc.stderr.splitlines()
+    line, summary = proc.stderr.splitlines()
+    assert summary.startswith("zincati-py: configuration invalid")
     assert line.startswith(f"zincati-py: {nested}: invalid TOML, file ignored: nested too deeply")
 
 

@@ -91,7 +91,8 @@ def test_config_check_reports_the_file_name(tmp_path: Path) -> None:
     (root / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     proc = zpy("config", "check", "--root", str(root), unset=("ZINCATI_PY_ROOT",))
     assert proc.returncode == os.EX_DATAERR, proc.stderr
-    (line,) = proc.stderr.splitlines()  # one error, on one line
+    line, summary = proc.stderr.splitlines()  # one error, on one line; then the summary
+    assert summary.startswith("zincati-py: configuration invalid")
     shown = str(evil).replace("\n", "\\n")
     assert line == (
         f"zincati-py: {shown}: file name contains control characters or non-UTF-8 bytes (\\n); "

@@ -13,7 +13,10 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from zincati_py.config import LoadResult
 
 # Modules under zincati_py.cli, each providing register(subparsers).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -37,19 +40,38 @@ class CliError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on a usage error; sysexits (and our contract) say 64."""
+    """argparse exits 2 on a usage error; sysexits (and our contract) say 64.
+
+    A usage error shows the usage of the (sub)command it is about: argparse would report
+    unrecognized arguments from the top-level parser with the top-level usage.
+    """
+
+    top_level = False
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not self.top_level:
+            # Innermost first: a subcommand's parser returns before its parent's.
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from zincati_py import __version__
+
     parser = _Parser(
         prog="zincati-py",
         description="Update and reboot coordination for image-based hosts.",
     )
+    parser.top_level = True
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"zincati_py.cli.{name}").register(sub)
@@ -64,6 +86,18 @@ def add_root_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_config(root: str | None) -> LoadResult:
+    """The configuration under ``--root``, which must exist (a typo must not look valid)."""
+    from zincati_py.config import load
+    from zincati_py.paths import resolve_root
+
+    path = resolve_root(root)
+    if not path.is_dir():
+        reason = "does not exist" if not path.exists() else "is not a directory"
+        raise CliError(f"{path}: root {reason}", os.EX_DATAERR)
+    return load(path)
+
+
 def print_json(doc: object, *, sort_keys: bool = False) -> None:
     """A ``--json`` answer: one indented JSON document on stdout, newline-terminated."""
     import json
@@ -73,6 +107,15 @@ def print_json(doc: object, *, sort_keys: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # some other pipe or socket: a real error
+        return _stdout_closed()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from zincati_py import log
@@ -80,12 +123,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setup(args.verbose)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
     except CliError as exc:
         print(f"zincati-py: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _stdout_gone() -> bool:
+    """stdout's reader has gone (a pipe or socket whose other end is closed polls POLLERR)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``zincati-py ... | head``): stop quietly, as a command
+    killed by SIGPIPE would (exit status 128 + SIGPIPE). Python would otherwise report the
+    failed flush of the rest of the output at exit."""
+    import signal
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from zincati_py.cli import add_root_argument, print_json
+from zincati_py.cli import add_root_argument, load_config, print_json
 
 
 def register(sub: Any) -> None:
@@ -35,12 +35,23 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
-def run_show(args: argparse.Namespace) -> int:
-    from zincati_py.config import load
+def _fragments(n: int) -> str:
+    return f"{n} fragment" if n == 1 else f"{n} fragments"
 
-    result = load(args.root)
+
+# Printed after the problems when there are errors: what the agent does with this config.
+INVALID = (
+    "configuration invalid: the agent does not apply it; it keeps the last valid "
+    "configuration in force (none since it started: it never reboots until one is valid)"
+)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    result = load_config(args.root)
     for problem in result.problems:
         print(f"zincati-py: {problem}", file=sys.stderr)
+    if not result.ok:
+        print(f"zincati-py: {INVALID}", file=sys.stderr)
     if args.json:
         doc = result.config.as_dict()
         doc["fragments"] = [str(p) for p in result.fragments]
@@ -61,9 +72,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from zincati_py.config import load
-
-    result = load(args.root)
+    result = load_config(args.root)
     if args.json:
         json.dump(
             {
@@ -78,5 +87,7 @@ def run_check(args: argparse.Namespace) -> int:
     for problem in result.problems:
         print(f"zincati-py: {problem}", file=sys.stderr)
     if result.ok and not args.json:
-        print(f"configuration valid ({len(result.fragments)} fragments)", file=sys.stderr)
+        print(f"configuration valid ({_fragments(len(result.fragments))})", file=sys.stderr)
+    elif not result.ok:
+        print(f"zincati-py: {INVALID}", file=sys.stderr)
     return 0 if result.ok else os.EX_DATAERR

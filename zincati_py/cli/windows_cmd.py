@@ -58,10 +58,10 @@ def _zone_name(tz: tzinfo) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zincati_py.config import load
+    from zincati_py.cli import load_config
     from zincati_py.strategy.windows import Calendar, calendar_from_config
 
-    result = load(args.root)
+    result = load_config(args.root)
     problems = [p for p in result.problems if p.key.startswith("updates.periodic")]
     if problems:
         for problem in problems:

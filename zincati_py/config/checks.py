@@ -95,6 +95,16 @@ def cron_problem(expr: str, tz: str | None, hash_id: str | None) -> str | None:
     return None
 
 
+def cron_order_warning(expr: str) -> str | None:
+    """A warning for a six-field expression: its extra field is the seconds, given last."""
+    if len(expr.split()) != 6:
+        return None
+    return (
+        "six fields are read as minute hour day-of-month month day-of-week SECOND "
+        "(croniter's order: seconds last, not first as in Quartz/Spring cron)"
+    )
+
+
 def at_least(minimum: int) -> Callable[[int], str | None]:
     return lambda v: None if v >= minimum else f"{v} must be >= {minimum}"
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zincati_py.config.checks import cron_problem, too_many_seconds
+from zincati_py.config.checks import cron_order_warning, cron_problem, too_many_seconds
+from zincati_py.config.problems import Severity
 from zincati_py.config.raw import Entry
 
 SCHEDULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -58,8 +59,8 @@ class ScheduleSettings:
         }
 
 
-# report(file, key, message): one error naming the file and the key.
-Report = Callable[[Path, str, str], None]
+# report(severity, file, key, message): one problem naming the file and the key.
+Report = Callable[[Severity, Path, str, str], None]
 
 
 def validate_jobs(
@@ -75,7 +76,7 @@ def validate_jobs(
 
         # Errors name the fragment that last touched the job (it may span several files).
         def bad(key: str, message: str, file: Path = entry.file, job: str = name) -> None:
-            report(file, f"schedule[{job}].{key}", f"{message}; job ignored")
+            report("error", file, f"schedule[{job}].{key}", f"{message}; job ignored")
 
         if not SCHEDULE_NAME_RE.fullmatch(name):
             bad("name", f"{name!r} must match {SCHEDULE_NAME_RE.pattern}")
@@ -100,6 +101,8 @@ def validate_jobs(
         if message is not None:
             bad("cron", message, v["cron"].file)
             continue
+        if (warning := cron_order_warning(v["cron"].value)) is not None:
+            report("warning", v["cron"].file, f"schedule[{name}].cron", warning)
         delay = v["randomized_delay_secs"].value if "randomized_delay_secs" in v else 0
         if delay < 0:
             bad("randomized_delay_secs", f"{delay} is negative", v["randomized_delay_secs"].file)

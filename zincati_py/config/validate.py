@@ -17,6 +17,7 @@ from typing import Any
 
 from zincati_py.config.checks import (
     app_specific_id,
+    cron_order_warning,
     cron_problem,
     host_port_problem,
     parse_hhmm,
@@ -45,6 +46,9 @@ from zincati_py.config.model import (
 )
 from zincati_py.config.problems import Problem, Severity
 from zincati_py.config.raw import Entry, RawConfig
+
+# What an invalid strategy means for reboots (see ConfigReloader in agent/reload.py).
+NO_REBOOT = "; the agent never reboots under an invalid configuration"
 
 
 class _Validator:
@@ -97,6 +101,8 @@ class _Validator:
                 listen=self.value("agent.metrics.listen", None, host_port_problem)
             ),
         )
+        if agent.timing.check_cron is not None:
+            self.cron_order("agent.timing.check_cron")
         updates = UpdatesSettings(
             enabled=self.value("updates.enabled", True),
             allow_downgrade=self.value("updates.allow_downgrade", False),
@@ -113,13 +119,22 @@ class _Validator:
             schedules=self.schedules(identity.node_uuid),
         )
 
+    def cron_order(self, key: str) -> None:
+        item = self.raw.scalars[key]
+        warning = cron_order_warning(item.value)
+        if warning is not None:
+            self.report("warning", item.file, key, warning)
+
     def strategy(self) -> tuple[str, ...]:
+        # An invalid strategy leaves "immediate" in the Settings (the generator still renders
+        # the update check), but the agent never applies an invalid configuration: the message
+        # says so rather than "using immediate".
         item = self.raw.scalars.get("updates.strategy")
         if item is None:
             return ("immediate",)
         names = [item.value] if isinstance(item.value, str) else list(item.value)
         if isinstance(item.value, list) and not names:
-            self.report("error", item.file, "updates.strategy", "empty array; using immediate")
+            self.report("error", item.file, "updates.strategy", f"empty array{NO_REBOOT}")
             return ("immediate",)
         out: list[str] = []
         for name in names:
@@ -128,7 +143,7 @@ class _Validator:
                     "error",
                     item.file,
                     "updates.strategy",
-                    f"entries must be strings, got {name!r}; using immediate",
+                    f"entries must be strings, got {name!r}{NO_REBOOT}",
                 )
                 return ("immediate",)
             name = name or "immediate"  # Zincati: an empty strategy means immediate
@@ -138,7 +153,7 @@ class _Validator:
                     item.file,
                     "updates.strategy",
                     f"unknown strategy {name!r} (expected one of "
-                    f"{', '.join(STRATEGIES)}); using immediate",
+                    f"{', '.join(STRATEGIES)}){NO_REBOOT}",
                 )
                 return ("immediate",)
             if name in out:
@@ -265,10 +280,7 @@ class _Validator:
         return tz_problem(name, self.localtime)
 
     def schedules(self, hash_id: str | None) -> tuple[ScheduleSettings, ...]:
-        def report(file: Path, key: str, message: str) -> None:
-            self.report("error", file, key, message)
-
-        return validate_jobs(self.raw.schedules, hash_id, report, self._tz_problem)
+        return validate_jobs(self.raw.schedules, hash_id, self.report, self._tz_problem)
 
     def window(
         self, entry: Entry, severity: Severity, tz: str, hash_id: str | None
@@ -314,6 +326,8 @@ class _Validator:
                 bad("start_time", f"{v['start_time'].value!r} is not HH:MM (00:00..23:59)")
         if len(self.problems) > before or length is None:
             return None
+        if cron is not None and (warning := cron_order_warning(cron)) is not None:
+            self.report("warning", v["cron"].file, entry.key(array, "cron"), warning)
         return WindowSettings(
             length, days=tuple(sorted(days)), start_time=start, cron=cron, source=entry.file
         )
