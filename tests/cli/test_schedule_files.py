@@ -111,7 +111,7 @@ def test_existing_name_needs_replace(tmp_path: Path) -> None:
         (["ok", "--cron", "@reboot", "--command", "x"], 65, "--cron"),
         (["ok", "--cron", "@daily", "--command", "  "], 65, "--command"),
         (["ok", "--cron", "@daily", "--command", "x", "--tz", "Mars/Base"], 65, "--tz"),
-        (["ok", "--cron", "@daily", "--command", "x", "--timeout", "0"], 64, "--timeout"),
+        (["ok", "--cron", "@daily", "--command", "x", "--timeout", "-1"], 64, "--timeout"),
         (["ok", "--cron", "@daily", "--command", "x", "--timeout", "ten"], 64, "--timeout"),
         (["ok", "--cron", "@daily", "--command", "x", "--randomized-delay", "-1"], 64, "delay"),
     ],
@@ -379,3 +379,107 @@ def test_generator_and_cli_agree_on_the_history_path(tmp_path: Path) -> None:
     service = rendered.units["zincati-py-schedule-vendor-job.service"]
     assert f"ExecStopPost=-/x/zincati-py schedule _record vendor-job --root {root}\n" in service
     assert os.path.isabs(str(root))
+
+
+EVERY_OPTION = (
+    "--cron", "30 2 * * 1-5", "--command", "echo every", "--tz", "Europe/Berlin",
+    "--no-catch-up", "--randomized-delay", "60", "--timeout", "900",
+)  # fmt: skip
+EVERY_SETTING = {
+    "cron": "30 2 * * 1-5",
+    "command": "echo every",
+    "time_zone": "Europe/Berlin",
+    "catch_up": False,
+    "randomized_delay_secs": 60,
+    "timeout_secs": 900,
+    "enabled": True,
+}
+# One flag at a time: (argv, the settings it changes).
+ONE_AT_A_TIME = [
+    (["--cron", "0 4 * * *"], {"cron": "0 4 * * *"}),
+    (["--command", "echo changed"], {"command": "echo changed"}),
+    (["--tz", "UTC"], {"time_zone": "UTC"}),
+    (["--catch-up"], {"catch_up": True}),
+    (["--randomized-delay", "5"], {"randomized_delay_secs": 5}),
+    (["--timeout", "30"], {"timeout_secs": 30}),
+    (["--tz", "localtime"], {"time_zone": None}),
+    (["--no-catch-up"], {"catch_up": False}),
+]
+
+
+def _settings(root: Path, name: str) -> dict[str, object]:
+    job = _config_jobs(root)[name]
+    return {k: job[k] for k in EVERY_SETTING}
+
+
+@pytest.mark.parametrize("vendor", [False, True], ids=["admin-job", "vendor-job"])
+def test_modify_changes_exactly_the_options_given(tmp_path: Path, vendor: bool) -> None:
+    """Issue 14: a job created with every option, then modified one flag at a time, keeps all
+    the others; the same for a vendor job (through an /etc override, the vendor file intact)."""
+    root = make_root(tmp_path)
+    args = ("--no-reload", "--root", str(root))
+    if vendor:
+        text = '[[schedule]]\nname = "j"\n' + "".join(
+            f"{k} = {json.dumps(v).lower() if isinstance(v, bool) else json.dumps(v)}\n"
+            for k, v in EVERY_SETTING.items()
+        )
+        vendor_file = _vendor(root, "50-vendor.toml", text)
+    else:
+        assert zpy("schedule", "create", "j", *EVERY_OPTION, *args).returncode == 0
+    want = dict(EVERY_SETTING)
+    assert _settings(root, "j") == want
+    for argv, changes in ONE_AT_A_TIME:
+        proc = zpy("schedule", "modify", "j", *argv, *args)
+        assert proc.returncode == 0, proc.stderr
+        want |= changes
+        assert _settings(root, "j") == want, argv
+    if vendor:
+        assert vendor_file.read_text() == text
+        override = tomllib.loads((_etc(root) / "70-schedule-j.toml").read_text())
+        (entry,) = override["schedule"]
+        assert set(entry) == {"name", "cron", "command", "time_zone", "catch_up",
+                              "randomized_delay_secs", "timeout_secs"}  # fmt: skip
+    # Where each setting comes from.
+    status = zpy_json("schedule", "status", "j", "--root", str(root))
+    sources = status["setting_sources"]
+    assert sources["cron"] == str(_etc(root) / "70-schedule-j.toml")
+    assert sources["enabled"] == (str(vendor_file) if vendor else sources["cron"])
+
+
+def test_modify_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    args = ("--no-reload", "--root", str(root))
+    _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    before = tree(root)
+    assert_clean_error(zpy("schedule", "modify", "vendor-job", *args), 64, "no setting given")
+    assert_clean_error(zpy("schedule", "modify", "nope", "--tz", "UTC", *args), 65, "no schedule")
+    proc = zpy("schedule", "modify", "vendor-job", "--cron", "61 * * * *", *args)
+    assert_clean_error(proc, 65, "--cron")
+    proc = zpy("schedule", "modify", "vendor-job", "--tz", "Mars/Base", *args)
+    assert_clean_error(proc, 65, "--tz")
+    assert tree(root) == before
+
+
+def test_create_replace_replaces_the_whole_job_admin_or_vendor(tmp_path: Path) -> None:
+    """Issue 14: --replace dropped an admin job's settings but merged into a vendor job's: now
+    it means "the whole job" for both; settings not given are back to their defaults."""
+    root = make_root(tmp_path)
+    args = ("--no-reload", "--root", str(root))
+    defaults = {"time_zone": None, "catch_up": True, "randomized_delay_secs": 0, "enabled": True}
+    assert zpy("schedule", "create", "mine", *EVERY_OPTION, *args).returncode == 0
+    _vendor(
+        root,
+        "50-vendor.toml",
+        VENDOR_JOB + 'time_zone = "UTC"\ncatch_up = false\nrandomized_delay_secs = 30\n',
+    )
+    # A vendor job modified first: the override holds a time zone the replacement must drop.
+    assert zpy("schedule", "modify", "vendor-job", "--tz", "Asia/Tokyo", *args).returncode == 0
+    for name in ("mine", "vendor-job"):
+        proc = zpy(
+            "schedule", "create", name, "--cron", "0 5 * * *", "--command", "echo new",
+            "--replace", *args,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        got = _settings(root, name)
+        assert {k: got[k] for k in defaults} == defaults, name
+        assert (got["cron"], got["command"], got["timeout_secs"]) == ("0 5 * * *", "echo new", None)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zincati_py.cli import CliError, add_root_argument, print_json
 
@@ -28,6 +28,8 @@ __all__ = [
     "connect",
     "fmt_time",
     "iso",
+    "job_errors",
+    "job_parser",
     "paths_of",
     "positive_int",
     "print_json",
@@ -95,3 +97,31 @@ def connect(args: argparse.Namespace) -> Iterator[Systemd]:
         yield systemd
     finally:
         systemd.__exit__(None, None, None)
+
+
+def job_parser(
+    sub: Any, verb: str, func: Callable[[argparse.Namespace], int], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """``schedule VERB NAME ...``: a subcommand about one job, run by ``func``."""
+    parser: argparse.ArgumentParser = sub.add_parser(verb, **kwargs)
+    parser.add_argument("name", metavar="NAME")
+    parser.set_defaults(func=func)
+    return parser
+
+
+@contextlib.contextmanager
+def job_errors() -> Iterator[None]:
+    """JobError/HistoryError from zincati_py.schedule as CliError with a sysexits code."""
+    from zincati_py.schedule.history import HistoryError
+    from zincati_py.schedule.jobs import JobError, Reason
+
+    try:
+        yield
+    except JobError as exc:
+        code = {
+            Reason.PERMISSION: os.EX_NOPERM,
+            Reason.CANNOT_WRITE: os.EX_CANTCREAT,
+        }.get(exc.reason, os.EX_DATAERR)
+        raise CliError(str(exc), code) from None
+    except HistoryError as exc:
+        raise CliError(str(exc), os.EX_NOPERM if exc.permission else os.EX_IOERR) from None

@@ -9,6 +9,9 @@ hand-written one) are never edited: enabling, disabling, deleting and modifying 
 an override instead. Every write is atomic, re-loaded through the same loader the generator
 uses and rolled back if the result is not what was asked (nothing is left behind on bad input).
 
+``create(replace=True)`` replaces a job whole (settings it does not give go back to their
+defaults, wherever they were set); ``modify`` changes exactly the keys given and keeps the rest.
+
 Errors are :class:`JobError` with a :class:`Reason` kind; callers map kinds to exit codes.
 Asking systemd to reload is the caller's business.
 """
@@ -23,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zincati_py.config import LoadResult, ScheduleSettings
-    from zincati_py.config.fragments import Entry
+    from zincati_py.config.raw import Entry, Sourced
     from zincati_py.paths import Paths
 
 __all__ = [
+    "KEY_ORDER",
     "OWN_NAMES",
+    "RESET",
     "Deleted",
     "JobError",
     "Reason",
@@ -36,11 +41,34 @@ __all__ = [
     "find",
     "job_files",
     "job_problems",
+    "modify",
     "raw_jobs",
     "set_enabled",
 ]
 
 OWN_NAMES = ("70-schedule-{name}.toml", "99-schedule-{name}.toml")
+
+# The order keys are written in (readable fragments).
+KEY_ORDER = (
+    "name",
+    "cron",
+    "command",
+    "time_zone",
+    "catch_up",
+    "randomized_delay_secs",
+    "timeout_secs",
+    "enabled",
+)
+
+# The value that means "as if never set" for each optional key: replacing a job whole writes
+# these for keys another fragment sets (a later fragment can override a key, never unset it).
+RESET: dict[str, Any] = {
+    "time_zone": "localtime",
+    "catch_up": True,
+    "randomized_delay_secs": 0,
+    "timeout_secs": 0,
+    "enabled": True,
+}
 
 HEADER = (
     "# Written by `zincati-py schedule`. Jobs merge by name across fragments (later keys\n"
@@ -189,7 +217,9 @@ def write_checked(
 def create(paths: Paths, job: Mapping[str, Any], *, replace: bool) -> Path:
     """Write ``job`` (TOML keys, ``name`` included) as the whole job; returns the file.
 
-    Without ``replace`` an existing job of that name is refused.
+    Without ``replace`` an existing job of that name is refused. With it, the job is replaced
+    whole wherever it is defined: keys other fragments set and ``job`` does not are written
+    with their :data:`RESET` value, so nothing of the old job survives.
     """
     name = job["name"]
     existing = raw_jobs(paths).get(name)
@@ -198,6 +228,16 @@ def create(paths: Paths, job: Mapping[str, Any], *, replace: bool) -> Path:
         raise JobError(Reason.EXISTS, f"schedule {name} already exists ({where}); use --replace")
     target = override_target(paths, name, existing)
     read_own(target, name)  # refuses to overwrite a file that holds more than this job
+    written = dict(job)
+    elsewhere = _values_elsewhere(paths, name, target) if existing else {}
+    for key, value in elsewhere.items():
+        if key not in written:
+            if key not in RESET:
+                raise JobError(
+                    Reason.CANNOT_WIN, f"{value.file}: schedule[{name}].{key} cannot be reset"
+                )
+            written[key] = RESET[key]
+    written = {k: written[k] for k in (*KEY_ORDER, *written) if k in written}
 
     def check(result: LoadResult) -> str | None:
         problems = job_problems(result, name)
@@ -212,7 +252,46 @@ def create(paths: Paths, job: Mapping[str, Any], *, replace: bool) -> Path:
             return "the merged configuration does not contain the job as written"
         return None
 
-    write_checked(paths, target, dump([dict(job)]), check)
+    write_checked(paths, target, dump([written]), check)
+    return target
+
+
+def _values_elsewhere(paths: Paths, name: str, target: Path) -> dict[str, Sourced]:
+    """The job's keys as the fragments other than ``target`` set them."""
+    from zincati_py.config.fragments import discover, merge
+
+    files, _ = discover(paths.config_dirs)
+    raw, _ = merge(f for f in files if f != target)
+    entry = raw.schedules.get(name)
+    return {k: v for k, v in entry.values.items() if k != "name"} if entry else {}
+
+
+def modify(paths: Paths, name: str, changes: Mapping[str, Any]) -> Path:
+    """Set exactly ``changes`` (TOML keys) for ``name`` and keep every other setting; returns
+    the file written (the job's own fragment, or an ``/etc`` override for a vendor's job)."""
+    from zincati_py.config import load
+
+    entry = raw_jobs(paths).get(name)
+    if entry is None:
+        raise JobError(Reason.NOT_FOUND, f"no schedule {name}")
+    target = override_target(paths, name, entry)
+    entries = read_own(target, name) or [{"name": name}]
+    entries[-1].update(changes)
+    entries[-1] = {k: entries[-1][k] for k in (*KEY_ORDER, *entries[-1]) if k in entries[-1]}
+    before = set(job_problems(load(paths), name))
+
+    def check(result: LoadResult) -> str | None:
+        new = [p for p in job_problems(result, name) if p not in before]
+        if new:  # never turn a valid job into a broken one
+            return "; ".join(new)
+        merged = raw_jobs(paths).get(name)
+        values = merged.values if merged else {}
+        wrong = [k for k, v in changes.items() if k not in values or values[k].value != v]
+        if wrong:
+            return f"a later fragment still sets {', '.join(wrong)}"
+        return None
+
+    write_checked(paths, target, dump(entries), check)
     return target
 
 
