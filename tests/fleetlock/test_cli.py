@@ -68,8 +68,23 @@ def test_lock_unlock_status_release(zpy: Run, subprocess_server: Callable[[str],
         "id": "n2",
         "lease_seconds": 600,
     }
+    r = zpy("fleetlock", "status", "--url", url, "--id", "n2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("n2 holds a slot in workers: held ")
+    r = zpy("fleetlock", "status", "--url", url, "--id", "n1", "--group", "workers", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["holds"] == []
     r = zpy("fleetlock", "unlock", "--url", url, "--group", "workers", "--id", "n2")
-    assert r.returncode == 0 and r.stdout == "released: n2 holds no slot in workers\n"
+    assert r.returncode == 0
+    assert r.stdout == "released: n2's slot in workers; n2 holds no slot in workers\n"
+    # Issue 11 item 13: the same text whether or not a slot was held left the admin guessing.
+    r = zpy("fleetlock", "unlock", "--url", url, "--group", "workers", "--id", "n2")
+    assert r.returncode == 0
+    assert r.stdout == "nothing to release: n2 holds no slot in workers (it held none)\n"
+    r = zpy("fleetlock", "unlock", "--url", url, "--group", "workers", "--id", "n2", "--json")
+    assert json.loads(r.stdout) == {"released": False, "group": "workers", "id": "n2"}
+    r = zpy("fleetlock", "status", "--url", url, "--id", "n2")
+    assert r.stdout == "n2 holds no slot\n"
     doc = json.loads(zpy("fleetlock", "status", "--url", url, "--json").stdout)
     assert [g["holders"] for g in doc["groups"]] == [[]]
 
@@ -99,7 +114,9 @@ def test_tokens_from_env_and_file(
 ) -> None:
     srv = subprocess_server('[auth]\nadmin_token = "adm"\n[auth.nodes]\nn1 = "t1"\n')
     args = ["--url", srv.url, "--group", "default", "--id", "n1"]
-    assert zpy("fleetlock", "lock", *args).returncode == 65  # 401
+    # 401 and 403 are EX_NOPERM (77), not "bad input" (issue 11 item 13).
+    r = zpy("fleetlock", "lock", *args)
+    assert r.returncode == 77 and "unauthorized (HTTP 401)" in r.stderr
     env = {"ZINCATI_PY_FLEETLOCK_TOKEN": "t1"}
     assert zpy("fleetlock", "lock", *args, env=env).returncode == 0
     token_file = tmp_path / "admin.token"
@@ -108,7 +125,7 @@ def test_tokens_from_env_and_file(
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["groups"][0]["holders"][0]["id"] == "n1"
     r = zpy("fleetlock", "status", "--url", srv.url, env=env)
-    assert r.returncode == 65 and "forbidden (HTTP 403)" in r.stderr
+    assert r.returncode == 77 and "forbidden (HTTP 403)" in r.stderr
 
 
 @sqlite_only
@@ -228,4 +245,28 @@ def test_unusable_tls_files_exit_65(command: list[str], tmp_path: Path) -> None:
     )
     assert r.returncode == 65
     assert r.stderr.startswith(f"zincati-py: {config}: tls: ")
+    assert not _port_open(port)
+
+
+def test_etcd_backend_without_aetcd_is_one_line_exit_69(tmp_path: Path) -> None:
+    """Issue 11 item 13: a traceback when aetcd is not installed."""
+    import sys
+
+    config = tmp_path / "fleetlock.toml"
+    port = free_port()
+    config.write_text(f'listen = "127.0.0.1:{port}"\nbackend = "etcd:http://127.0.0.1:1"\n')
+    no_aetcd = (
+        "import sys; sys.modules['aetcd'] = None; from zincati_py.cli import main; sys.exit(main())"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", no_aetcd, "fleetlock", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 69, r.stderr
+    assert r.stderr == (
+        f"zincati-py: {config}: backend: backend 'etcd:' needs the Python package aetcd "
+        "(aetcd cannot be imported): install python3-aetcd (or pip install aetcd)\n"
+    )
     assert not _port_open(port)

@@ -2,7 +2,8 @@
 
 ``lock``/``unlock`` speak the plain FleetLock protocol (any server); ``status`` and
 ``release`` use our server's admin API. Exit codes: 0 ok, 65 bad input (refused by the server
-or invalid arguments), 69 server unreachable or failing, 75 group full (lock not granted).
+or invalid arguments), 69 server unreachable or failing (or the etcd backend's library
+missing), 75 group full (lock not granted), 77 token missing or refused (401/403).
 A bearer token is read from ``--token-file`` or ``$ZINCATI_PY_FLEETLOCK_TOKEN`` (never from
 the command line, where other users could read it).
 """
@@ -45,8 +46,13 @@ def register(sub: Any) -> None:
         p.add_argument("--url", required=True, help="server base URL (a directory)")
         p.add_argument("--unix-socket", type=Path, help="connect through this Unix socket")
         p.add_argument("--group", required=group_required, default=None, help="group")
-        if node:
-            p.add_argument("--id", required=True, dest="node_id", help="node id")
+        p.add_argument(
+            "--id",
+            required=node,
+            default=None,
+            dest="node_id",
+            help="node id" if node else "only this node's slots",
+        )
         p.add_argument("--token-file", type=Path, help=f"bearer token file (or ${TOKEN_ENV})")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
         p.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -72,8 +78,12 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc), os.EX_DATAERR) from None
     import ssl
 
+    from zincati_py.fleetlock.backends import BackendMissing
+
     try:
         asyncio.run(serve(config))
+    except BackendMissing as exc:
+        raise CliError(f"{args.config}: backend: {exc}", os.EX_UNAVAILABLE) from None
     except ssl.SSLError as exc:
         # The certificate and key don't load (wrong format, not a pair).
         raise CliError(f"{args.config}: tls: {exc}", os.EX_DATAERR) from None
@@ -113,6 +123,8 @@ def _exit_code(err: FleetLockError) -> int:
         return os.EX_UNAVAILABLE
     if err.kind == Kind.GROUP_FULL or err.status in (409, 423):
         return os.EX_TEMPFAIL
+    if err.status in (401, 403):
+        return os.EX_NOPERM
     return os.EX_DATAERR
 
 
@@ -175,15 +187,17 @@ def run_lock(args: argparse.Namespace) -> int:
 
 
 def run_unlock(args: argparse.Namespace) -> int:
-    async def go(session: httpx.AsyncClient) -> None:
-        await _client(args, session).steady_state()
+    async def go(session: httpx.AsyncClient) -> bool | None:
+        return await _client(args, session).steady_state()
 
-    _call(args, go)
-    _emit(
-        args,
-        {"released": True, "group": args.group, "id": args.node_id},
-        f"released: {args.node_id} holds no slot in {args.group}",
-    )
+    released = _call(args, go)
+    who = f"{args.node_id} holds no slot in {args.group}"
+    text = {
+        True: f"released: {args.node_id}'s slot in {args.group}; {who}",
+        False: f"nothing to release: {who} (it held none)",
+        None: f"{who} (the server does not say whether it held one)",
+    }[released]
+    _emit(args, {"released": released, "group": args.group, "id": args.node_id}, text)
     return os.EX_OK
 
 
@@ -219,6 +233,28 @@ def run_status(args: argparse.Namespace) -> int:
         return await admin.groups()
 
     groups = _call(args, go)
+    if args.node_id is not None:
+        for g in groups:
+            g["holders"] = [h for h in g.get("holders") or [] if h.get("id") == args.node_id]
+        holding = [g.get("group") for g in groups if g["holders"]]
+        if args.json:
+            _emit(
+                args,
+                {"id": args.node_id, "holds": holding, "groups": groups, "at": time.time()},
+                "",
+            )
+            return os.EX_OK
+        lines = []
+        for g in groups:
+            for h in g["holders"]:
+                lines.append(
+                    f"{args.node_id} holds a slot in {g.get('group')}: held "
+                    f"{_duration(h.get('age_seconds'))}, expires in "
+                    f"{_duration(h.get('expires_in_seconds'))}"
+                )
+        where = f" in {args.group}" if args.group is not None else ""
+        print("\n".join(lines) or f"{args.node_id} holds no slot{where}")
+        return os.EX_OK
     if args.json:
         _emit(args, {"groups": groups, "at": time.time()}, "")
         return os.EX_OK

@@ -94,6 +94,12 @@ class _Http:
         return self._session
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        return (await self.request_full(method, path, body)).content
+
+    async def request_full(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> httpx.Response:
+        """One request; the response if it is a success, else FleetLockError."""
         headers = {protocol.HEADER: "true"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -113,7 +119,7 @@ class _Http:
             raise FleetLockError(Kind.TRANSPORT, str(exc) or type(exc).__name__, None) from exc
         raw = resp.content
         if 200 <= resp.status_code < 300:
-            return raw
+            return resp
         kind, value = protocol.parse_error_body(resp.status_code, raw)
         raise FleetLockError(kind, value, resp.status_code)
 
@@ -121,7 +127,7 @@ class _Http:
         raw = await self.request(method, path, body)
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise FleetLockError(Kind.INVALID_BODY, f"server sent no JSON: {exc}", 200) from None
 
     async def close(self) -> None:
@@ -156,9 +162,12 @@ class FleetLockClient:
         raw = await self._http.request("POST", protocol.PRE_REBOOT, self._body)
         return LockGrant(lease_seconds=protocol.parse_lease_seconds(raw))
 
-    async def steady_state(self) -> None:
-        """Release the slot; succeeds when the node holds none."""
-        await self._http.request("POST", protocol.STEADY_STATE, self._body)
+    async def steady_state(self) -> bool | None:
+        """Release the slot; succeeds when the node holds none. Returns whether a slot was
+        released, or None when the server does not say (Zincati's protocol doesn't)."""
+        resp = await self._http.request_full("POST", protocol.STEADY_STATE, self._body)
+        released = resp.headers.get(protocol.RELEASED_HEADER)
+        return None if released not in ("true", "false") else released == "true"
 
     async def close(self) -> None:
         """Close the session if the client created it (a passed-in session is left open)."""

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 HEADER: Final = "fleet-lock-protocol"
+# Our server's answer to steady-state says whether a slot was released ("true"/"false"), in a
+# header so that the body stays exactly what Zincati and airlock expect.
+RELEASED_HEADER: Final = "fleet-lock-released"
 PRE_REBOOT: Final = "v1/pre-reboot"
 STEADY_STATE: Final = "v1/steady-state"
 GROUPS: Final = "v1/groups"

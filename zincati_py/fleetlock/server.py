@@ -254,7 +254,9 @@ class FleetLockServer:
         self._note_expired(params.group, outcome.expired)
         if outcome.released:
             log.info("slot in group %s released by %s", params.group, params.id)
-        return _json({})
+        resp = _json({})
+        resp.headers[protocol.RELEASED_HEADER] = "true" if outcome.released else "false"
+        return resp
 
     # -- admin ---------------------------------------------------------------------------------
 

@@ -17,6 +17,10 @@ class BackendUnavailable(Exception):
     """The store could not be reached or did not answer in time (HTTP 503)."""
 
 
+class BackendMissing(Exception):
+    """The configured backend's client library is not installed."""
+
+
 @dataclass(frozen=True)
 class Holder:
     id: str
@@ -162,7 +166,14 @@ def open_backend(spec: str, **options: str | None) -> Backend:
 
         return SqliteBackend(rest)
     if scheme == "etcd":
-        from zincati_py.fleetlock.backends.etcd import EtcdBackend
+        try:
+            from zincati_py.fleetlock.backends.etcd import EtcdBackend
+        except ImportError as exc:
+            missing = exc.name or "aetcd"
+            raise BackendMissing(
+                f"backend 'etcd:' needs the Python package aetcd ({missing} cannot be "
+                "imported): install python3-aetcd (or pip install aetcd)"
+            ) from None
 
         return EtcdBackend(rest, **options)
     raise ValueError(f"unknown backend {scheme!r} (expected 'sqlite:PATH' or 'etcd:URL,...')")
