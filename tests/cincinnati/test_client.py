@@ -16,7 +16,7 @@ from zincati_py.cincinnati.check import BootedFacts, GraphCheck, kernel_platform
 from zincati_py.cincinnati.client import fetch_graph
 from zincati_py.cincinnati.errors import CincinnatiError
 from zincati_py.cincinnati.metrics import CincinnatiMetrics
-from zincati_py.config.model import IdentitySettings, Settings, UpdatesSettings
+from zincati_py.config import IdentitySettings, Settings, UpdatesSettings
 
 UUID = "0123456789abcdef0123456789abcdef"
 

@@ -6,7 +6,10 @@ agents share one bus in the sandbox), object ``/io/github/zincatipy/Agent1``, in
 
 * properties (read-only, ``PropertiesChanged`` emitted): ``State`` s, ``Reason`` s,
   ``BootedVersion`` s, ``StagedVersion`` s, ``LastCheck`` s (ISO 8601 or ""),
-  ``NextWindow`` s (ISO 8601 or ""), ``LockState`` s
+  ``NextWindow`` s (ISO 8601 or ""), ``LockState`` s; with ``[cincinnati] base_url``:
+  ``UpdateGraph`` s (the graph URL), ``UpdateGraphFetched`` s (ISO 8601 of the last graph
+  answer), ``UpdateTarget`` s ("VERSION (CHECKSUM)" the graph chose, or ""), ``DeadEnd`` s
+  ("no", "yes: REASON", or "" before the first answer)
 * ``CheckNow()``: run an update check now (what ``zincati-py-check.timer`` triggers)
 * ``Wake(s reason)``: re-evaluate now (window timers: ``zincati-py wake window``)
 * ``RebootNow() -> s``: reboot into the staged update now, skipping the strategy and the
@@ -37,6 +40,7 @@ ERROR_PREFIX = "io.github.zincatipy.Agent1.Error"
 REBOOT_NOW_ACTION = "io.github.zincatipy.reboot-now"
 
 PROPERTIES = ("State", "Reason", "BootedVersion", "StagedVersion", "LastCheck", "NextWindow")
+GRAPH_PROPERTIES = ("UpdateGraph", "UpdateGraphFetched", "UpdateTarget", "DeadEnd")
 
 
 class RefusedError(Exception):
@@ -54,7 +58,9 @@ class AgentInterface(ServiceInterface):
         self._check_now = check_now
         self._wake = wake
         self._reboot_now = reboot_now
-        self._values: dict[str, str] = dict.fromkeys((*PROPERTIES, "LockState"), "")
+        self._values: dict[str, str] = dict.fromkeys(
+            (*PROPERTIES, "LockState", *GRAPH_PROPERTIES), ""
+        )
         self._values["State"] = "start"
         self._values["LockState"] = "none"
         self._tasks: set[asyncio.Task[None]] = set()
@@ -93,6 +99,22 @@ class AgentInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LockState(self) -> DBusStr:
         return self._values["LockState"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UpdateGraph(self) -> DBusStr:
+        return self._values["UpdateGraph"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UpdateGraphFetched(self) -> DBusStr:
+        return self._values["UpdateGraphFetched"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UpdateTarget(self) -> DBusStr:
+        return self._values["UpdateTarget"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def DeadEnd(self) -> DBusStr:
+        return self._values["DeadEnd"]
 
     @dbus_method()
     async def CheckNow(self) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from zincati_py.agent import persist
 from zincati_py.agent.core import Host, Outcome, Retries
@@ -137,16 +137,28 @@ class DeploymentTracker:
         await saved
         self.host.wake("check requested")
 
-    async def check(self, status_line: Callable[[str], None]) -> Outcome:
-        """Stage the newest update, finalization locked (rpm-ostree UpdateDeployment)."""
+    async def check(
+        self,
+        status_line: Callable[[str], None],
+        graph: Callable[[RpmOstree], Awaitable[Any]] | None = None,
+    ) -> Outcome:
+        """Stage the newest update, finalization locked (rpm-ostree UpdateDeployment), or with
+        ``graph`` (``[cincinnati] base_url`` set) the release the update graph chooses
+        (``zincati_py.cincinnati.updater``: its answer has ``.staged`` and ``.result``)."""
         assert self.rpm is not None
         self.check_requested = False
         self.metrics.update_checks += 1
         self.metrics.deploy_attempts += 1
-        log.info("checking for updates (rpm-ostree UpdateDeployment, finalization locked)")
+        how = "the update graph" if graph else "rpm-ostree UpdateDeployment"
+        log.info("checking for updates (%s, finalization locked)", how)
         status_line("checking for updates")
+        result: str | None = None
         try:
-            staged = await self.rpm.stage_update()
+            if graph is None:
+                staged = await self.rpm.stage_update()
+            else:
+                answer = await graph(self.rpm)
+                staged, result = answer.staged, answer.result
         except Exception as exc:
             self.metrics.update_check_failures += 1
             self.metrics.deploy_failures += 1
@@ -158,8 +170,10 @@ class DeploymentTracker:
         await self.store.commit(extra={**self.store.record.extra, "check_pending": False})
         self.checked = True
         if staged is None:
-            log.info("update check: no new update")
-            await self.store.commit(last_check=time.time(), last_check_result="no new update")
+            log.info("update check: %s", result or "no new update")
+            await self.store.commit(
+                last_check=time.time(), last_check_result=result or "no new update"
+            )
             return None
         log.info("update check: %s staged (finalization locked)", staged.label)
         self.staged = staged  # before the write: a deployments read meanwhile is newer

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from zincati_py.agent.deployments import DeploymentTracker
     from zincati_py.agent.notify import Notifier
     from zincati_py.agent.reload import ConfigReloader
+    from zincati_py.cincinnati.updater import GraphUpdates
     from zincati_py.metrics import AgentMetrics
     from zincati_py.paths import Paths
 
@@ -61,6 +62,7 @@ class Publisher:
         self.deployments = deployments
         self.settings = settings
         self.iface: AgentInterface | None = None
+        self.graph: GraphUpdates | None = None  # the Cincinnati graph's part of the status
         self.state = State.START
         self.state_since = time.time()
         self._last_doc: dict[str, Any] | None = None
@@ -77,6 +79,7 @@ class Publisher:
         self.metrics.state = step.state.value
         st = self.store.record
         strategy = self.settings.strategy
+        config = self.settings.config
         strat = strategy.status() if strategy is not None else {}
         staged = self.deployments.staged
         booted = self.deployments.booted
@@ -113,6 +116,7 @@ class Publisher:
             "lock_state": lock_state,
             "next_window": next_window,
             "config": self.settings.doc(),
+            "cincinnati": self.graph.status(config) if self.graph else None,
         }
         if doc != self._last_doc:
             self._last_doc = doc
@@ -127,4 +131,5 @@ class Publisher:
                 LastCheck=status.iso(st.last_check) or "",
                 NextWindow=str(next_window or ""),
                 LockState=lock_state,
+                **(self.graph.properties(config) if self.graph else {}),
             )

@@ -39,6 +39,7 @@ from zincati_py.agent.notify import Notifier
 from zincati_py.agent.publish import Publisher
 from zincati_py.agent.reboot import RebootCoordinator
 from zincati_py.agent.reload import ConfigReloader
+from zincati_py.cincinnati.updater import GraphUpdates
 from zincati_py.metrics import AgentMetrics, Exporter
 from zincati_py.paths import Paths
 
@@ -95,7 +96,7 @@ class Agent:
         self.notify = Notifier()
         self.metrics = AgentMetrics()
         self.store = persist.Store(self.paths.state_dir)
-        self.boot_id = persist.boot_id()
+        self.boot_id = persist.boot_id(self.paths.boot_id)
         self.retries = Retries()
         self.lock = asyncio.Lock()
         self.steady_reported = False
@@ -122,6 +123,9 @@ class Agent:
             self.deployments,
             self.reload,
         )
+        # Update checks from the Cincinnati graph when [cincinnati] base_url is set.
+        self.graph = GraphUpdates(self.paths.root, self.store, self.boot_id, self.metrics.registry)
+        self.publish.graph = self.graph
         self.bus: MessageBus | None = None
         self.rpm: RpmOstree | None = None
         self.logind: Logind | None = None
@@ -291,7 +295,8 @@ class Agent:
         if action is Action.REPORT_STEADY:
             return await self._report_steady()
         if action is Action.CHECK:
-            return await self.deployments.check(self.publish.status_line)
+            graph = self.graph.for_settings(self.reload.config)
+            return await self.deployments.check(self.publish.status_line, graph)
         return await self.reboot.finalize(force=False)
 
     async def _report_steady(self) -> Outcome:
@@ -353,6 +358,9 @@ class Agent:
         # The bus name first: a second agent for the same node must exit before it touches
         # the first one's metrics socket or status file.
         self.bus = await self._connect_bus()
+        # Alone now: what an interrupted write of ours left behind can go.
+        for path in (self.store.path, self.paths.status_file):
+            persist.sweep_temp_files(path)
         self.exporter = Exporter(
             self.metrics, self.paths.metrics_socket, self.reload.config.agent.metrics.listen
         )

@@ -18,6 +18,9 @@ agent; ``os.replace`` guarantees they see a complete document. Schema (``schema`
     lock_state                                "held" | "not held" (fleet lock) | "none"
     next_window                               next maintenance window start, or null
     config {valid, in_force, loaded_at, fragments[], problems[]}
+    cincinnati                                null (updates from the deployment's origin) or
+                                              {source, last_fetch, last_error, target, reason,
+                                              deadend, deadend_reason, denylist[]}
 """
 
 from __future__ import annotations
@@ -72,6 +75,22 @@ def describe(doc: dict[str, Any]) -> str:
         f"Last check: {doc.get('last_check') or 'never'}"
         + (f" ({doc['last_check_result']})" if doc.get("last_check_result") else ""),
     ]
+    graph = doc.get("cincinnati")
+    if graph:
+        lines.append(
+            f"Graph:      {graph.get('source')} (last fetched {graph.get('last_fetch') or 'never'})"
+        )
+        target = graph.get("target")
+        if graph.get("last_error"):
+            lines.append(f"  last check failed: {graph['last_error']}")
+        elif graph.get("reason"):
+            lines.append(
+                f"  {'target ' + target['version'] if target else 'no update'}: {graph['reason']}"
+            )
+        if graph.get("deadend"):
+            lines.append(f"  DEAD-END: {graph.get('deadend_reason') or 'no reason given'}")
+        if graph.get("denylist"):
+            lines.append(f"  deny-listed: {', '.join(c[:12] for c in graph['denylist'])}")
     strat = doc.get("strategy") or {}
     if strat:
         lines.append(f"Strategy:   {strat.get('name')}: {strat.get('reason')}")

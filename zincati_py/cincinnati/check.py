@@ -20,7 +20,7 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zincati_py.cincinnati import client
 from zincati_py.cincinnati.errors import CLIENT_BUILDER, CincinnatiError
@@ -28,7 +28,9 @@ from zincati_py.cincinnati.graph import SCHEME_CHECKSUM, SCHEME_OCI, Booted, Nod
 from zincati_py.cincinnati.metrics import CincinnatiMetrics
 from zincati_py.cincinnati.motd import DeadendMotd
 from zincati_py.cincinnati.request import NodeIdentity, graph_url, query
-from zincati_py.config.model import Settings
+
+if TYPE_CHECKING:
+    from zincati_py.config import Settings
 
 log = logging.getLogger(__name__)
 
