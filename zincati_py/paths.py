@@ -54,6 +54,11 @@ class Paths:
         return self._under("etc/localtime")
 
     @property
+    def boot_id(self) -> Path:
+        """The kernel's id of this boot (under the prefix too: a test bed plays reboots)."""
+        return self._under("proc/sys/kernel/random/boot_id")
+
+    @property
     def state_dir(self) -> Path:
         """Persistent agent state that must survive a crash or reboot."""
         return self._under("var/lib/zincati-py")

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +79,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 class AgentProcess:
-    def __init__(self, node: Node, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, node: Node, env: dict[str, str], log: Path, ostree_command: Sequence[str]
+    ) -> None:
         self.node = node
         self.log_path = log
         self._log = log.open("ab")
         self.process = subprocess.Popen(
-            agent_argv(node.root, node.bus.address, node.double.ostree_command),
+            agent_argv(node.root, node.bus.address, ostree_command),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -137,10 +139,16 @@ class Node:
         tmp.write_text(text)
         os.replace(tmp, self.config_dir / name)
 
-    def agent(self, **env: str) -> AgentProcess:
+    def agent(self, ostree_command: Sequence[str] | None = None, **env: str) -> AgentProcess:
+        """Start ``zincati-py agent`` (``ostree_command``: instead of the double's stand-in)."""
         full = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address, **env}
         full.pop("NOTIFY_SOCKET", None) if "NOTIFY_SOCKET" not in env else None
-        a = AgentProcess(self, full, self.tmp / f"agent-{len(self.agents)}.log")
+        a = AgentProcess(
+            self,
+            full,
+            self.tmp / f"agent-{len(self.agents)}.log",
+            ostree_command or self.double.ostree_command,
+        )
         self.agents.append(a)
         return a
 

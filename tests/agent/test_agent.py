@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import socket
 import subprocess
 import time
@@ -281,6 +283,104 @@ def test_sigkill_in_every_state_never_reboots_twice(node_factory: Callable[..., 
     agent = node.agent()
     node.wait_state("reported steady", agent=agent)
     assert_stays(lambda: reboots(node) == 1, 0.5, "still one reboot")
+
+
+def test_sigkill_between_the_reboot_record_and_logind_then_another_reboot(
+    node_factory: Callable[..., Node], tmp_path: Path
+) -> None:
+    """Killed after recording "reboot requested" but before unlocking finalization and asking
+    logind, then the host reboots for another reason (the locked update is discarded, the old
+    deployment boots): the update is not marked failed; it is staged and applied again."""
+    node = node_factory(
+        {
+            "osname": "fedora-coreos",
+            "booted": {"version": OLD},
+            "releases": [{"version": NEW, "available_after_checks": 0}],
+            "transaction_delay": 0.02,
+            "reboot_on_logind": False,
+        }
+    )
+    boot_id = node.root / "proc/sys/kernel/random/boot_id"
+    boot_id.parent.mkdir(parents=True)
+    boot_id.write_text("boot-1\n")
+    # The unlock (the first step after the record) stops until the test lets it go: a window.
+    inside, go = tmp_path / "inside-window", tmp_path / "go"
+    gate = (
+        f'echo $$ > {inside}; for i in $(seq 600); do [ -e {go} ] && exec "$@"; sleep 0.05; '
+        "done; exit 1"
+    )
+    agent = node.agent(
+        ostree_command=("sh", "-c", shlex.quote(gate), "gate", *node.double.ostree_command)
+    )
+    node.wait_state("reported steady", agent=agent)
+    assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
+    wait_for(inside.exists, 10, "the agent inside the window")
+    state_file = node.root / "var/lib/zincati-py/state.json"
+    state = json.loads(state_file.read_text())
+    assert state["reboot_requested"]["version"] == NEW
+    assert state["reboot_requested"]["called"] is False
+    agent.kill()
+    os.kill(int(inside.read_text()), signal.SIGKILL)  # the gate would unlock later otherwise
+    # An interrupted atomic write's leftover, swept at the next start.
+    leftover = state_file.with_name(".state.json.k1ll3d.tmp")
+    leftover.write_text("{")
+    # The unrelated reboot: the finalization-locked update is discarded, the old one boots.
+    assert node.control("Reboot") == [OLD]
+    boot_id.write_text("boot-2\n")
+    assert reboots(node) == 0
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent, booted=OLD)
+    wait_for(lambda: not leftover.exists(), 5, "the leftover temp file removed")
+    state = json.loads(state_file.read_text())
+    assert state["failed"] == [] and state["reboot_requested"] is None
+    assert "that reboot was not ours" in agent.log()
+    # The update is applied on the next check, as if nothing had happened.
+    assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
+    wait_for(lambda: reboots(node) == 1, 10, "logind Reboot")
+    state = json.loads(state_file.read_text())
+    assert state["failed"] == [] and state["reboot_requested"]["called"] is True
+    assert node.control("Reboot") == [NEW]
+    boot_id.write_text("boot-3\n")
+    agent.kill()
+    agent = node.agent()
+    doc = node.wait_state("reported steady", agent=agent, booted=NEW)
+    assert doc["reboot_requested"] is None
+    assert_stays(lambda: reboots(node) == 1, 0.5, "one reboot")
+
+
+def test_sigkill_before_asking_logind_decides_again_in_the_same_boot(
+    node_factory: Callable[..., Node], tmp_path: Path
+) -> None:
+    """Killed inside the same window, restarted without a reboot: logind was never asked, so
+    the restarted agent decides again at once (no 15-minute wait) and reboots once."""
+    node = node_factory(
+        {
+            "osname": "fedora-coreos",
+            "booted": {"version": OLD},
+            "releases": [{"version": NEW, "available_after_checks": 0}],
+            "transaction_delay": 0.02,
+            "reboot_on_logind": False,
+        }
+    )
+    inside, go = tmp_path / "inside-window", tmp_path / "go"
+    gate = (
+        f'echo $$ > {inside}; for i in $(seq 600); do [ -e {go} ] && exec "$@"; sleep 0.05; '
+        "done; exit 1"
+    )
+    agent = node.agent(
+        ostree_command=("sh", "-c", shlex.quote(gate), "gate", *node.double.ostree_command)
+    )
+    node.wait_state("reported steady", agent=agent)
+    assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
+    wait_for(inside.exists, 10, "the agent inside the window")
+    agent.kill()
+    os.kill(int(inside.read_text()), signal.SIGKILL)
+    assert reboots(node) == 0
+    agent = node.agent()
+    wait_for(lambda: reboots(node) == 1, 10, "logind Reboot by the restarted agent")
+    assert "logind was never asked" in agent.log()
+    node.wait_state("update finalized", agent=agent)
+    assert_stays(lambda: reboots(node) == 1, 0.5, "one reboot")
 
 
 def test_reboot_now_skips_the_postponement(node: Node) -> None:

@@ -76,6 +76,7 @@ def request(**kw: object) -> RebootRequest:
         ("reboot pending", facts(staged=NEW, reboot_requested=request()), State.UPDATE_FINALIZED, Action.AWAIT_REBOOT),
         ("reboot pending, not confirmed", facts(staged=NEW, reboot_requested=request(called=False)), State.UPDATE_FINALIZED, Action.AWAIT_REBOOT),
         ("reboot pending even before steady", facts(staged=NEW, steady_reported=False, reboot_requested=request()), State.UPDATE_FINALIZED, Action.AWAIT_REBOOT),
+        ("rebooted before asking logind: decide again", facts(staged=NEW, boot_id="boot-2", reboot_requested=request(called=False)), State.UPDATE_STAGED, Action.FINALIZE),
         ("reboot expired: decide again", facts(staged=NEW, reboot_requested=request(at=NOW - REBOOT_GRACE_SECS)), State.UPDATE_STAGED, Action.FINALIZE),
         ("rebooted into it: steady next", facts(booted=NEW, steady_reported=False, reboot_requested=request()), State.INITIALIZED, Action.REPORT_STEADY),
     ],
@@ -103,6 +104,11 @@ def test_invalid_config_reason_says_no_reboot() -> None:
         (NEW, None, request(), "boot-2", RebootOutcome.DONE),
         (OLD, NEW, request(), "boot-2", RebootOutcome.FAILED),
         (OLD, None, request(), "boot-2", RebootOutcome.FAILED),
+        # The agent stopped between recording the request and asking logind; another reboot
+        # followed: not a failed update.
+        (OLD, None, request(called=False), "boot-2", RebootOutcome.ABANDONED),
+        (OLD, NEW, request(called=False), "boot-2", RebootOutcome.ABANDONED),
+        (NEW, None, request(called=False), "boot-2", RebootOutcome.DONE),
         (OLD, None, request(), BOOT, RebootOutcome.STALE),
         (OLD, Deployment("c" * 64, "40.3"), request(), BOOT, RebootOutcome.STALE),
         (OLD, NEW, request(), BOOT, RebootOutcome.PENDING),

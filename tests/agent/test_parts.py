@@ -138,6 +138,24 @@ def test_persist_commits_apply_in_order_and_a_failed_write_is_not_in_force(
     asyncio.run(body())
 
 
+def test_sweep_removes_only_leftovers_of_interrupted_writes(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("{}")
+    leftovers = [tmp_path / ".state.json.abcd1234.tmp", tmp_path / ".state.json.x.tmp"]
+    for p in leftovers:
+        p.write_text("{")
+    keep = [tmp_path / ".status.json.abcd1234.tmp", tmp_path / "state.json.corrupt-1"]
+    for p in keep:
+        p.write_text("x")
+    (tmp_path / ".state.json.link.tmp").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text("not touched")
+    removed = persist.sweep_temp_files(state)
+    assert sorted(removed) == sorted([*leftovers, tmp_path / ".state.json.link.tmp"])
+    assert all(p.exists() for p in keep) and state.exists()
+    assert (tmp_path / "elsewhere").read_text() == "not touched"  # a link is removed, not followed
+    assert persist.sweep_temp_files(tmp_path / "missing" / "state.json") == []
+
+
 def test_persist_corrupt_file_is_kept_aside(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text("{not json")
     store = persist.Store(tmp_path)

@@ -71,7 +71,10 @@ class Step:
 
 class RebootOutcome(enum.StrEnum):
     DONE = "done"  # booted into the requested update
-    FAILED = "failed"  # rebooted, but not into it
+    FAILED = "failed"  # rebooted after asking logind, but not into it
+    # Rebooted, but the agent had stopped before asking logind (the request was recorded, the
+    # call never made): that reboot was not ours and says nothing about the update.
+    ABANDONED = "abandoned"
     STALE = "stale"  # the staged deployment changed; the request no longer applies
     PENDING = "pending"  # requested in this boot; wait for it
     EXPIRED = "expired"  # requested long ago in this boot and nothing happened: ask again
@@ -88,7 +91,7 @@ def reconcile_reboot(
     if booted.checksum == req.checksum:
         return RebootOutcome.DONE
     if req.boot_id and boot_id and req.boot_id != boot_id:
-        return RebootOutcome.FAILED
+        return RebootOutcome.FAILED if req.called else RebootOutcome.ABANDONED
     if staged is None or staged.checksum != req.checksum:
         return RebootOutcome.STALE
     if now >= req.at + REBOOT_GRACE_SECS:

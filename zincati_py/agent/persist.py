@@ -28,12 +28,37 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-def boot_id() -> str:
-    """This kernel boot's random id (changes on every real reboot)."""
+def boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """This kernel boot's random id (changes on every real reboot); "" if unknown."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return path.read_text().strip()
     except OSError:
         return ""
+
+
+def sweep_temp_files(path: Path) -> list[Path]:
+    """Remove what interrupted atomic writes of ``path`` left beside it (``fsutil.atomic_write``
+    writes ``.NAME.XXXXXXXX.tmp`` and renames it; a SIGKILL in between leaves it behind).
+
+    Only for the one writer of ``path``: call it once that writer is known to be alone (the
+    agent, after taking its bus name), or another writer's write in flight would fail.
+    """
+    removed: list[Path] = []
+    try:
+        leftovers = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in leftovers:
+        try:
+            tmp.unlink()  # unlink never follows a symlink
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("%s: cannot remove a leftover temp file: %s", tmp, exc)
+            continue
+        log.info("removed %s, left by an interrupted write", tmp)
+        removed.append(tmp)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -55,7 +80,9 @@ class RebootRequest:
     from_checksum: str
     at: float
     boot_id: str
-    # True once logind accepted the call (False: the agent died between record and call).
+    # Written True durably right before logind's Reboot is called: False means the agent
+    # stopped before asking (the reboot that may follow is not ours, and says nothing about
+    # the update); True means it asked, or was about to.
     called: bool = False
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,23 @@ class RebootCoordinator:
                 await self.store.commit(
                     reboot_requested=None, postponed=None, failed=(*st.failed, req.checksum)
                 )
+            elif outcome is machine.RebootOutcome.ABANDONED:
+                log.warning(
+                    "rebooted, but the agent had stopped before asking logind to reboot into "
+                    "%s: that reboot was not ours; deciding again",
+                    label,
+                )
+                await self.store.commit(reboot_requested=None, postponed=None)
+            elif outcome is machine.RebootOutcome.PENDING and not req.called:
+                # Never while a reboot is being carried out (that holds the host lock, as this
+                # does): the agent that recorded the request stopped before asking logind.
+                log.warning(
+                    "a reboot into %s was recorded at %s but logind was never asked (the agent "
+                    "stopped): deciding again",
+                    label,
+                    status.iso(req.at),
+                )
+                await self.store.commit(reboot_requested=None)
             elif outcome is machine.RebootOutcome.STALE:
                 log.info(
                     "reboot request for %s no longer applies: the staged update changed", label
@@ -213,6 +231,12 @@ class RebootCoordinator:
         try:
             await self.deployments.unlock_finalization(staged)
             log.info("finalization lock released for %s; asking logind to reboot", dep.label)
+            # "Called" is durable before the call: a reboot after this point may be ours (and
+            # booting the old deployment then means the update failed); a reboot before it,
+            # with the agent stopped in between, is not ours (see machine.reconcile_reboot).
+            req = self.store.record.reboot_requested
+            if req is not None:
+                await self.store.commit(reboot_requested=replace(req, called=True))
             await self.logind.reboot()
         except Exception as exc:
             log.error("reboot into %s failed: %s", dep.label, exc)
@@ -220,11 +244,6 @@ class RebootCoordinator:
             if not force:
                 await self._abort(f"reboot failed: {exc}")
             return self.retries.retry(Action.FINALIZE, f"reboot into {dep.label} failed: {exc}")
-        req = self.store.record.reboot_requested
-        if req is not None:
-            await self.store.commit(
-                reboot_requested=persist.RebootRequest(**{**req.__dict__, "called": True})
-            )
         self.metrics.reboots_requested += 1
         self.retries.succeeded(Action.FINALIZE)
         log.info("reboot into %s requested from logind", dep.label)
