@@ -32,9 +32,9 @@ Script (JSON)::
 Releases are listed oldest first (a release may give its ``timestamp``). ``stream`` (default:
 the origin ref's last part) is reported as ``fedora-coreos.stream`` in every deployment's
 ``base-commit-meta``. ``set-revision`` (``rpm-ostree deploy``) refuses an older commit unless
-the ``allow-downgrade`` option is true, as rpm-ostreed does. ``available_after_checks`` N makes a release visible to the
-(N+1)-th update check; without it the release appears only through the control method
-``PublishRelease``. Checksums default to the SHA-256 of the version.
+the ``allow-downgrade`` option is true, as rpm-ostreed does. ``available_after_checks`` N
+makes a release visible to the (N+1)-th update check; without it the release appears only
+through the control method ``PublishRelease``. Checksums default to the SHA-256 of the version.
 
 Test-control interface ``io.github.zincatipy.Test.RpmOstree`` at
 ``/io/github/zincatipy/Test/RpmOstree`` (same bus name): ``PublishRelease(s version)``,
@@ -912,6 +912,10 @@ async def serve(bus_address: str, root: Path, script: Script, ready_fd: int | No
         loop.add_signal_handler(sig, daemon.go_idle)
     disconnected = loop.create_task(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
     await asyncio.wait([daemon.exit, disconnected], return_when=asyncio.FIRST_COMPLETED)
+    if disconnected.done() and not disconnected.cancelled():
+        # The bus went away (dbus-daemon stopping at shutdown): EOFError, expected; retrieved
+        # here so asyncio does not log "Task exception was never retrieved" with a traceback.
+        disconnected.exception()
     if daemon.transaction is not None:
         daemon.transaction.close()
     if not disconnected.done():

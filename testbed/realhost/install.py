@@ -17,7 +17,7 @@ Stand-ins for what Fedora has and Debian lacks (and nothing else):
 - ``/usr/bin/ostree`` running :mod:`testbed.ostree`;
 - ``ostree-finalize-staged.path``/``.service`` as ostree ships them: the staged deployment is
   finalized by ``ExecStop=`` when the system goes down (``ostree admin finalize-staged``);
-- ``/run/ostree-booted`` (tmpfiles.d), which ostree-prepare-root creates on an ostree boot.
+- ``/run/ostree-booted``, which ostree-prepare-root creates on an ostree boot (a unit here).
 """
 
 from __future__ import annotations
@@ -271,6 +271,21 @@ TimeoutStopSec=5m
 """
 
 
+# ostree-prepare-root (in the initramfs) creates /run/ostree-booted before systemd starts; here
+# a unit does it first thing, before the units conditioned on it are started.
+_BOOTED_MARKER = """\
+[Unit]
+Description=Mark this boot as an ostree boot (zincati-py test bed: ostree-prepare-root's part)
+DefaultDependencies=no
+Before=sysinit.target ostree-finalize-staged.path zincati-py-finalize.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/touch /run/ostree-booted
+"""
+
+
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -292,7 +307,10 @@ def install_standins(root: Path, wheelhouse: Path, script: Mapping[str, Any]) ->
     _write(root / "usr/bin/ostree", _OSTREE_WRAPPER, 0o755)
     _write(unitdir / "ostree-finalize-staged.path", _FINALIZE_PATH)
     _write(unitdir / "ostree-finalize-staged.service", _FINALIZE_SERVICE)
-    _write(root / "usr/lib/tmpfiles.d/zincati-py-testbed.conf", "f /run/ostree-booted 0644\n")
+    _write(unitdir / "ostree-booted.service", _BOOTED_MARKER)
+    wants = root / "etc/systemd/system/sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "ostree-booted.service").symlink_to("/usr/lib/systemd/system/ostree-booted.service")
     _write(root / SCRIPT_PATH.lstrip("/"), json.dumps(dict(script), indent=1, sort_keys=True))
 
 
