@@ -194,6 +194,11 @@ def test_failed_stage_is_denylisted(
     doc = wait_result(node, "staged B")
     assert node.double_state()["staged"]["version"] == "B"
     assert metric(node, "zincati_cincinnati_ignored_update_targets") == 1
+    # B stays staged (the file strategy says no): a check now does not ask the graph again.
+    requests = len(graph_server.requests)
+    check(node)
+    stays(lambda: len(graph_server.requests) == requests, 1.5, "no query while staged")
+    assert node.status()["state"] == "update staged"  # type: ignore[index]
 
 
 def test_graph_errors_of_every_kind_are_no_update_counted_by_kind(
