@@ -111,6 +111,9 @@ def test_exit_codes(server: GraphServer, tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     r = zpy(root, "--booted-version", "A", "--url", f"http://127.0.0.1:{port}/")
     assert r.returncode == 69 and "failed_request" in r.stderr
+    # Without --booted-*, the booted release comes from rpm-ostree: unreachable is 69 too.
+    r = zpy(root, "--system-bus", f"unix:path={tmp_path}/no-bus")
+    assert r.returncode == 69 and "--booted-checksum" in r.stderr, r.stderr
     r = zpy(make_root(tmp_path / "none", None), "--booted-version", "A")
     assert r.returncode == 65 and "base_url" in r.stderr
     assert "Traceback" not in r.stderr
