@@ -1,14 +1,21 @@
 """Generator wall time against a bare interpreter (the generator runs on every boot and reload).
 
-Runs, N times each and alternating so drift hits both alike:
-- ``python -c pass`` (the floor: interpreter start-up, site, the venv's .pth files);
-- ``zincati-py-generator`` on the default config (no fragments: only the check timer);
-- ``zincati-py-generator`` on a realistic config (periodic windows with a cron window,
-  ``check_cron``, five ``[[schedule]]`` jobs: croniter is imported).
+Each round runs, back to back (so load on the machine hits the pair alike), the floor
+``python -I -c pass`` (the same interpreter as the generator's: start-up, site, the venv's .pth
+files) and then the generator on:
+
+- the default config (no fragments: only the check timer);
+- a realistic config: ``check_cron``, a periodic day window and a cron window, five
+  ``[[schedule]]`` jobs (croniter is needed when the inputs changed);
+- the realistic config with its inputs changed before every run (the generator's memo in
+  ``ROOT/run`` cannot be used: a first boot or a boot after a configuration change).
+
+The first two are what a boot with unchanged fragments costs: the generator replays its last
+run (``zincati_py.generator_cache``); a warm-up run fills the memo, as the previous boot did.
+Prints, per case, the wall time (median ms) and the paired ratio generator / floor
+(min / median / max over the rounds), with the issue 17 targets.
 
     .venv-3.11/bin/python bench/generator_walltime.py [--runs 30]
-
-Prints a markdown table of median / p90 wall times and the generator's cost over the floor.
 """
 
 from __future__ import annotations
@@ -54,11 +61,19 @@ time_zone = "UTC"
 randomized_delay_secs = 60
 """
 
+# case -> target ratio (None: no target, shown for information)
+TARGETS = {
+    "default config": 1.3,
+    "realistic config": 1.5,
+    "realistic config, inputs changed": None,
+}
+
 
 def _root(base: Path, name: str, text: str) -> Path:
     root = base / name
     config = root / "etc" / "zincati" / "config.d"
     config.mkdir(parents=True)
+    (root / "run").mkdir()  # as on a booted system: where the generator keeps its memo
     (root / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     if text:
         (config / "50-bench.toml").write_text(text)
@@ -78,29 +93,51 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="zpy-genbench-"))
     try:
         realistic = REALISTIC + "".join(JOB.format(n=n) for n in range(1, 6))
-        cases: dict[str, tuple[list[str], dict[str, str]]] = {
-            "python -c pass": ([sys.executable, "-c", "pass"], dict(os.environ)),
-        }
-        for name, text in (("default config", ""), ("realistic config", realistic)):
-            root = _root(base, name.replace(" ", "-"), text)
+        floor_cmd = [sys.executable, "-I", "-c", "pass"]
+        cases: dict[str, tuple[list[str], dict[str, str], Path]] = {}
+        for name, text in (
+            ("default config", ""),
+            ("realistic config", realistic),
+            ("realistic config, inputs changed", realistic),
+        ):
+            root = _root(base, name.replace(" ", "-").replace(",", ""), text)
             out = base / f"out-{root.name}"
             out.mkdir()
             env = {**os.environ, "ZINCATI_PY_ROOT": str(root)}
-            cases[f"generator, {name}"] = ([str(GENERATOR), str(out), str(out), str(out)], env)
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        for cmd, env in cases.values():  # warm the page cache once
+            env.pop("SYSTEMD_SCOPE", None)
+            cases[name] = ([str(GENERATOR), str(out), str(out), str(out)], env, root)
+        for cmd, env, _ in cases.values():  # warm the page cache and the generator's memo
             _once(cmd, env)
+        _once(floor_cmd, dict(os.environ))
+        floor: list[float] = []
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        ratios: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(max(1, args.runs)):
-            for name, (cmd, env) in cases.items():
-                times[name].append(_once(cmd, env))
-        floor = statistics.median(times["python -c pass"])
-        print(f"{args.runs} runs each, {sys.version.split()[0]} ({sys.executable})\n")
-        print("| what | median ms | p90 ms | over bare python ms |")
-        print("| --- | ---: | ---: | ---: |")
+            f = _once(floor_cmd, dict(os.environ))
+            floor.append(f)
+            for name, (cmd, env, root) in cases.items():
+                if "changed" in name:  # a new input: the memo does not match
+                    fragment = root / "etc" / "zincati" / "config.d" / "50-bench.toml"
+                    fragment.write_text(fragment.read_text() + "#\n")
+                t = _once(cmd, env)
+                times[name].append(t)
+                ratios[name].append(t / f)
+        print(f"{args.runs} paired rounds, Python {sys.version.split()[0]} ({sys.executable})")
+        print(f"floor `python -I -c pass`: median {statistics.median(floor) * 1e3:.1f} ms\n")
+        print("| generator on | median ms | ratio min | ratio median | ratio max | target |")
+        print("| --- | ---: | ---: | ---: | ---: | --- |")
         for name, samples in times.items():
-            med = statistics.median(samples)
-            p90 = statistics.quantiles(samples, n=10)[-1] if len(samples) > 1 else med
-            print(f"| {name} | {med * 1e3:.1f} | {p90 * 1e3:.1f} | {(med - floor) * 1e3:+.1f} |")
+            r = ratios[name]
+            target = TARGETS[name]
+            verdict = (
+                "-"
+                if target is None
+                else f"<= {target}x: {'met' if statistics.median(r) <= target else 'NOT met'}"
+            )
+            print(
+                f"| {name} | {statistics.median(samples) * 1e3:.1f} | {min(r):.2f} | "
+                f"{statistics.median(r):.2f} | {max(r):.2f} | {verdict} |"
+            )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

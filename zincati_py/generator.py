@@ -31,24 +31,27 @@ keeps every unit name valid without escaping; names failing that check here are 
 A generator must never break boot: problems in the fragments are printed to stderr (the
 journal) and only the valid parts are emitted; an unexpected exception is logged and the exit
 status is still 0. It imports only the config loader and the cron translation (no D-Bus, no
-pystemd); ``bench/generator_walltime.py`` measures it against a bare interpreter.
+pystemd), and those only when the inputs changed since the last run: an unchanged boot
+replays the last run's output (:mod:`zincati_py.generator_cache`) with builtin modules
+alone. ``bench/generator_walltime.py`` measures it against a bare interpreter.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from zincati_py import unitfile
-from zincati_py.schedule.units import unit_name as schedule_unit
 from zincati_py.unitfile import escape_specifiers, exec_word, quote_exec_arg
 
 __all__ = ["exec_word", "main", "quote_exec_arg", "render", "schedule_calendar", "schedule_unit"]
 
+# Not typing.TYPE_CHECKING: importing typing costs more than a cached run (mypy knows the name).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
     from zincati_py.config import ScheduleSettings, Settings, WindowSettings
 
 PREFIX = "zincati-py-"
@@ -69,8 +72,20 @@ def _safe_name(name: str) -> bool:
     )
 
 
+def schedule_unit(name: str, suffix: str = "service") -> str:
+    from zincati_py.schedule.units import unit_name
+
+    return unit_name(name, suffix)
+
+
+# Every line logged by this run, in order: the cache replays them with the units.
+_logged: list[str] = []
+
+
 def _problem(message: str) -> None:
-    print(f"zincati-py-generator: {message}", file=sys.stderr)
+    line = f"zincati-py-generator: {message}"
+    _logged.append(line)
+    print(line, file=sys.stderr)
 
 
 def _description(text: str) -> str:
@@ -78,7 +93,7 @@ def _description(text: str) -> str:
     return escape_specifiers("".join(ch if ch.isprintable() else " " for ch in text))
 
 
-def _executable(root: Path) -> str:
+def _executable(root: str) -> str:
     """The ``zincati-py`` next to this generator (a venv, /usr/bin), else /usr/bin/zincati-py.
 
     Inside the ``root`` prefix (a generator run from an image tree) the path is given as the
@@ -86,13 +101,16 @@ def _executable(root: Path) -> str:
     """
     candidates = []
     if sys.argv and sys.argv[0]:
-        candidates.append(Path(sys.argv[0]).resolve().parent / "zincati-py")
-    candidates.append(Path(sys.executable).parent / "zincati-py")
+        candidates.append(
+            os.path.join(os.path.dirname(os.path.realpath(sys.argv[0])), "zincati-py")
+        )
+    candidates.append(os.path.join(os.path.dirname(sys.executable), "zincati-py"))
+    real_root = os.path.realpath(root)
     for path in candidates:
         if os.access(path, os.X_OK):
-            if root != Path("/") and path.is_relative_to(root.resolve()):
-                return "/" + str(path.relative_to(root.resolve()))
-            return str(path)
+            if os.path.normpath(root) != "/" and path.startswith(real_root.rstrip("/") + "/"):
+                return "/" + path[len(real_root) :].lstrip("/")
+            return path
     return "/usr/bin/zincati-py"
 
 
@@ -154,7 +172,7 @@ def render(
     *,
     fragments: Sequence[Path] = (),
     executable: str = "/usr/bin/zincati-py",
-    root: Path = Path("/"),
+    root: Path | str = "/",
     user: bool = False,
 ) -> Rendered:
     """The units for ``config``. ``root``/``user`` are passed on to the history hook so it
@@ -169,7 +187,7 @@ def render(
         if "periodic" in config.updates.strategy:
             _render_windows(out, config, header, exe, hash_id)
     hook_args = ""
-    if root != Path("/"):
+    if str(root) != "/":
         hook_args += f" --root {exec_word(str(root))}"
     if user:
         hook_args += " --user"
@@ -276,39 +294,105 @@ def _render_schedule(
     out.units.update(job_units.extra)
 
 
-def write(rendered: Rendered, directory: Path) -> None:
+def write(rendered: Rendered, directory: Path | str) -> None:
     """Write the units and ``timers.target.wants`` links into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in rendered.units.items():
-        (directory / name).write_text(text)
-    if rendered.timers:
-        wants = directory / WANTS_DIR
-        wants.mkdir(exist_ok=True)
-        for timer in rendered.timers:
-            link = wants / timer
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(f"../{timer}")
+    _write(rendered.units, rendered.timers, str(directory))
 
 
-def generate(directory: Path, root: str | None = None, *, user: bool | None = None) -> int:
+def _write(units: dict[str, str], timers: list[str], directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    for name, text in units.items():
+        fd = os.open(os.path.join(directory, name), flags, 0o666)
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    if timers:
+        wants = os.path.join(directory, WANTS_DIR)
+        os.makedirs(wants, exist_ok=True)
+        for timer in timers:
+            link = os.path.join(wants, timer)
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.symlink(f"../{timer}", link)
+
+
+def generate(directory: Path | str, root: str | None = None, *, user: bool | None = None) -> int:
     """Load the configuration under ``root`` and write its units; returns the error count."""
+    if user is None:
+        user = os.environ.get("SYSTEMD_SCOPE") == "user"
+    return _rendered_run(str(directory), root, user)[1]
+
+
+def _generate_cached(directory: str) -> None:
+    """``generate`` for the root systemd gives us, replaying the last run when no input
+    changed; the memo is an optimisation only: any failure of its own falls back to
+    computing, and nothing of it is written unless the run completed."""
+    from zincati_py import generator_cache as cache
+
+    root = cache.resolve_root()
+    user = os.environ.get("SYSTEMD_SCOPE") == "user"
+    exe = _executable(root)
+    try:
+        cache_dir = cache.open_dir(root, user, create=True)
+    except OSError:
+        cache_dir = None
+    if cache_dir is None:
+        generate(directory, root, user=user)
+        return
+    try:
+        replay = cache.load(cache_dir)
+        if replay is not None and replay.croniter_unchanged():
+            try:
+                fingerprint = cache.inputs(root, exe, user, replay.tzpath)
+            except cache.Uncacheable:
+                fingerprint = None
+            if fingerprint == replay.inputs:
+                for line in replay.log:
+                    print(line, file=sys.stderr)
+                _write(replay.units, replay.timers, directory)
+                return
+        import zoneinfo
+
+        tzpath = list(zoneinfo.TZPATH)
+        try:
+            fingerprint = cache.inputs(root, exe, user, tzpath)  # read before the inputs are
+        except cache.Uncacheable:
+            fingerprint = None
+        del _logged[:]
+        rendered, _ = _rendered_run(directory, root, user)
+        if fingerprint is not None:
+            try:  # noqa: SIM105 (contextlib is an import the cached path does without)
+                cache.save(
+                    cache_dir,
+                    fingerprint,
+                    tzpath,
+                    rendered.units,
+                    rendered.timers,
+                    list(_logged),
+                    cache.croniter_identity(),
+                )
+            except OSError:
+                pass  # /run read-only or full: next boot computes again
+    finally:
+        cache_dir.close()
+
+
+def _rendered_run(directory: str, root: str | None, user: bool) -> tuple[Rendered, int]:
+    """``generate``: what it wrote, and the number of errors."""
     from zincati_py.config import load
 
     result = load(root)
     for problem in result.problems:
         _problem(str(problem))
-    if user is None:
-        user = os.environ.get("SYSTEMD_SCOPE") == "user"
     rendered = render(
         result.config,
         fragments=result.fragments,
-        executable=_executable(result.paths.root),
+        executable=_executable(str(result.paths.root)),
         root=result.paths.root,
         user=user,
     )
     write(rendered, directory)
-    return len(result.errors)
+    return rendered, len(result.errors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _problem("usage: zincati-py-generator NORMAL_DIR EARLY_DIR LATE_DIR (or OUTPUT_DIR)")
         return os.EX_USAGE
     try:
-        generate(Path(args[-1]))
+        _generate_cached(args[-1])
     except Exception as exc:
         # Never break boot: the timers from the previous run are gone either way, say why.
         _problem(f"internal error, no units generated: {type(exc).__name__}: {exc}")

@@ -219,9 +219,22 @@ def generate(case: str, work: Path) -> dict[str, bytes]:
     """Run the generator on ``case``: normalized file name -> bytes (``wants.txt`` included)."""
     root, out = work / "root", work / "out"
     build(case, root)
-    proc = run_generator(root, out)
+    return output(root, out)
+
+
+def output(root: Path, out: Path, *env: tuple[str, str]) -> dict[str, bytes]:
+    """Run the generator on ``root`` into ``out``: its normalized output (``wants.txt``, and
+    ``stderr.txt`` for what it logged, import-time lines left out)."""
+    proc = run_generator(root, out, *env)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+    files = normalized(root, out)
+    logged = [line for line in proc.stderr.splitlines(True) if not line.startswith("import time")]
+    files["stderr.txt"] = "".join(logged).replace(str(root), "@ROOT@").encode()
+    return files
+
+
+def normalized(root: Path, out: Path) -> dict[str, bytes]:
     exe = Path(sys.executable).parent / "zincati-py"
     files: dict[str, bytes] = {}
     for path in sorted(out.iterdir()):
@@ -246,6 +259,7 @@ def main() -> int:
     for case in CASES:
         with tempfile.TemporaryDirectory() as tmp:
             files = generate(case, Path(tmp))
+            del files["stderr.txt"]
         (GOLDEN / case).mkdir(parents=True)
         for name, data in files.items():
             (GOLDEN / case / name).write_bytes(data)

@@ -1,0 +1,147 @@
+"""The generator's memo (zincati_py.generator_cache): replayed only when no input changed,
+and only from a file nobody else can write."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.generator.corpus import JOBS, PERIODIC, output
+from tests.generator.helpers import write_fragment
+from zincati_py import generator_cache, paths
+
+CACHE = "run/zincati-py-generator/cache"
+
+
+def _imports_config(root: Path, out: Path) -> tuple[dict[str, bytes], bool]:
+    """The run's output, and whether it computed (loaded the configuration)."""
+    from tests.generator.helpers import run_generator
+
+    proc = run_generator(root, out, ("PYTHONPROFILEIMPORTTIME", "1"))
+    assert proc.returncode == 0, proc.stderr
+    computed = any(
+        line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == "zincati_py.config"
+        for line in proc.stderr.splitlines()
+    )
+    from tests.generator.corpus import normalized
+
+    return normalized(root, out), computed
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    write_fragment(root, "50-periodic.toml", PERIODIC)
+    write_fragment(root, "60-jobs.toml", JOBS)
+    return root
+
+
+class Runs:
+    def __init__(self, root: Path, tmp_path: Path) -> None:
+        self.root = root
+        self.tmp = tmp_path
+        self.n = 0
+
+    def run(self) -> tuple[dict[str, bytes], bool]:
+        self.n += 1
+        return _imports_config(self.root, self.tmp / f"out{self.n}")
+
+    def fresh(self) -> dict[str, bytes]:
+        """What a run without any memo writes (the reference)."""
+        self.n += 1
+        cache = self.root / CACHE
+        saved = cache.read_bytes() if cache.exists() else None
+        cache.unlink(missing_ok=True)
+        try:
+            files, computed = _imports_config(self.root, self.tmp / f"out{self.n}")
+        finally:
+            if saved is not None:
+                cache.write_bytes(saved)
+                cache.chmod(0o600)
+        assert computed
+        return files
+
+
+@pytest.fixture
+def runs(root: Path, tmp_path: Path) -> Runs:
+    runs = Runs(root, tmp_path)
+    _, computed = runs.run()
+    assert computed
+    _, computed = runs.run()
+    assert not computed  # replayed
+    return runs
+
+
+def test_the_constants_match_what_they_mirror() -> None:
+    from zincati_py.config import fragments
+
+    assert generator_cache.CONFIG_DIRS == paths.CONFIG_DIRS
+    assert generator_cache.MAX_FRAGMENT_BYTES == fragments.MAX_FRAGMENT_BYTES
+    assert generator_cache.ROOT_ENV == paths.ROOT_ENV
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # Same size, same second: only the contents differ.
+        lambda r: (r / "etc/zincati/config.d/60-jobs.toml").write_text(
+            JOBS.replace('"H 2 * * *"', '"H 3 * * *"')
+        ),
+        lambda r: write_fragment(r, "70-more.toml", "[identity]\nrollout_wariness = 0.1\n"),
+        lambda r: write_fragment(r, "70-more.toml", "", "usr"),  # even an empty one
+        lambda r: (r / "etc/zincati/config.d/60-jobs.toml").unlink(),
+        lambda r: os.symlink(os.devnull, r / "etc/zincati/config.d/61-x.toml"),
+        lambda r: (r / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n"),
+        lambda r: os.symlink("../usr/share/zoneinfo/Asia/Tokyo", r / "etc/localtime"),
+    ],
+    ids=["contents", "new-file", "new-empty-file", "removed", "mask", "machine-id", "localtime"],
+)
+def test_any_changed_input_computes_again(runs: Runs, change) -> None:  # type: ignore[no-untyped-def]
+    change(runs.root)
+    after, computed = runs.run()
+    assert computed
+    assert after == runs.fresh()
+    # ... and the next run replays the new output.
+    again, computed = runs.run()
+    assert not computed and again == after
+
+
+def test_machine_id_change_changes_the_output(runs: Runs) -> None:
+    before, _ = runs.run()
+    (runs.root / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n")
+    after, computed = runs.run()
+    assert computed and after != before  # H is hashed with the node id
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda c: c.write_bytes(b"garbage"),
+        lambda c: c.write_bytes(c.read_bytes()[:100]),
+        lambda c: c.chmod(0o644),  # readable by others: written by someone careless
+        lambda c: os.chown(c, 65534, 65534),  # not ours
+        lambda c: (c.unlink(), c.symlink_to(c.parent / "elsewhere"))[-1],
+        lambda c: c.parent.chmod(0o777),
+    ],
+    ids=["garbage", "truncated", "mode", "owner", "symlink", "dir-mode"],
+)
+def test_a_cache_that_is_not_ours_or_not_sound_is_ignored(runs: Runs, damage) -> None:  # type: ignore[no-untyped-def]
+    cache = runs.root / CACHE
+    if "chown" in str(damage.__code__.co_names) and os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    reference, _ = runs.run()
+    damage(cache)
+    got, computed = runs.run()
+    assert computed and got == reference
+
+
+def test_no_run_dir_no_memo_same_output(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_fragment(root, "60-jobs.toml", JOBS)
+    first = output(root, tmp_path / "out1")
+    second = output(root, tmp_path / "out2")
+    assert first == second
+    assert not (root / "run").exists()  # nothing created in a tree without /run

@@ -1,0 +1,309 @@
+"""The generator's memo: an unchanged boot replays the last run instead of recomputing it.
+
+The generator runs on every boot and every daemon-reload, nearly always on the same
+fragments. Its output is a pure function of its inputs, so the last run's output (unit texts,
+``timers.target.wants`` entries, the lines it logged) is kept with a fingerprint of every
+input; when the fingerprint matches, the generator writes that output again without loading
+the configuration, importing tomllib, croniter, zoneinfo or dataclasses.
+
+The fingerprint (``_inputs``) holds, exactly:
+
+- every entry of the three config directories: name, file type, a symlink's target, and the
+  full contents of each ``*.toml`` regular file (compared byte for byte, no hash);
+- ``etc/machine-id``'s contents (the node id hashes ``H`` and names the node);
+- ``etc/localtime``: the link, its target and both files' identity (``localtime`` zones);
+- the time zone database: identity of ``tzdata.zi`` and of each directory on the zoneinfo
+  search path (a tzdata update replaces ``tzdata.zi``), and ``PYTHONTZPATH``;
+- what the output names: the root prefix, the ``zincati-py`` executable, the manager scope;
+- the code: zincati-py's version, the identity of every module the output depends on
+  (``config/``, ``schedule/``, the generator, ``unitfile``), the interpreter, and croniter's
+  module when a run used it.
+
+Anything unexpected (a fragment that cannot be read, a directory that cannot be listed, a
+file over the size limit) makes the run uncacheable: the generator then computes as before.
+
+Where: ``ROOT/run/zincati-py-generator/cache`` (generators run very early, when ``/run`` is
+writable and ``/var`` may not be mounted yet); for a user manager's generator that cannot
+write there, ``$XDG_RUNTIME_DIR/zincati-py-generator/cache``. The directory is created 0700
+and used only when it is a real directory owned by the running user and not writable by
+anyone else; the file is opened with ``O_NOFOLLOW`` relative to it and must be owned by the
+running user too, since replayed texts go into unit files unchecked. The file is written
+atomically (temp file + rename); a failure to read or write it only costs the time saved.
+
+Imported on every boot: only builtin modules (``marshal``, ``os``, ``stat``, ``sys``).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import stat
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["CacheDir", "Replay", "inputs", "load", "open_dir", "save"]
+
+# Bump when the file's layout or the meaning of a fingerprint part changes.
+FORMAT = 1
+DIR_NAME = "zincati-py-generator"
+FILE_NAME = "cache"
+# As zincati_py.paths (not imported: its dataclass costs more than this whole module).
+CONFIG_DIRS = ("usr/lib/zincati/config.d", "run/zincati/config.d", "etc/zincati/config.d")
+ROOT_ENV = "ZINCATI_PY_ROOT"
+# As zincati_py.config.fragments.MAX_FRAGMENT_BYTES: larger files are not cached.
+MAX_FRAGMENT_BYTES = 256 * 1024
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# The modules the output depends on (directories: every *.py in them).
+_CODE = ("config", "schedule", "generator.py", "unitfile.py", "paths.py", "__init__.py")
+
+
+class Uncacheable(Exception):
+    """An input could not be fingerprinted exactly; compute without the memo."""
+
+
+def resolve_root() -> str:
+    """As zincati_py.paths.resolve_root() with no argument: ``$ZINCATI_PY_ROOT`` or ``/``."""
+    return os.environ.get(ROOT_ENV) or "/"
+
+
+def _under(root: str, rel: str) -> str:
+    return os.path.join(root, rel)
+
+
+def _identity(path: str, follow: bool = True) -> tuple[int, ...] | str:
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except OSError as exc:
+        return f"errno {exc.errno}"
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read(path: str) -> bytes | str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"errno {exc.errno}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Uncacheable(path)
+        data = b""
+        while len(data) <= MAX_FRAGMENT_BYTES:
+            chunk = os.read(fd, MAX_FRAGMENT_BYTES + 1 - len(data))
+            if not chunk:
+                return data
+            data += chunk
+        raise Uncacheable(path)  # too large: the loader reports it; not worth caching
+    finally:
+        os.close(fd)
+
+
+def _code_identity() -> list[object]:
+    out: list[object] = []
+    for name in _CODE:
+        path = os.path.join(_PACKAGE, name)
+        if name.endswith(".py"):
+            out.append((name, _identity(path)))
+            continue
+        try:
+            entries = sorted(e.name for e in os.scandir(path) if e.name.endswith(".py"))
+        except OSError as exc:
+            raise Uncacheable(path) from exc
+        out += [(f"{name}/{e}", _identity(os.path.join(path, e))) for e in entries]
+    return out
+
+
+def _config_dirs(root: str) -> list[object]:
+    out: list[object] = []
+    for rel in CONFIG_DIRS:
+        directory = _under(root, rel)
+        try:
+            names = sorted(os.listdir(directory), key=os.fsencode)
+        except FileNotFoundError:
+            out.append((rel, None))
+            continue
+        except OSError as exc:
+            raise Uncacheable(directory) from exc
+        out.append((rel, len(names)))
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise Uncacheable(path) from exc
+            kind = stat.S_IFMT(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                out.append((name, kind, os.readlink(path)))
+            elif stat.S_ISREG(st.st_mode) and name.endswith(".toml"):
+                content = _read(path)
+                if isinstance(content, str):
+                    raise Uncacheable(path)  # unreadable: the loader says why
+                out.append((name, kind, content))
+            else:
+                out.append((name, kind))
+    return out
+
+
+def _time_zones(root: str, tzpath: list[str]) -> list[object]:
+    localtime = _under(root, "etc/localtime")
+    try:
+        link: str | None = os.readlink(localtime)
+    except OSError:
+        link = None
+    out: list[object] = [
+        os.environ.get("PYTHONTZPATH"),
+        link,
+        _identity(localtime, follow=False),
+        _identity(localtime),
+    ]
+    for directory in tzpath:
+        out.append((directory, _identity(directory), _identity(f"{directory}/tzdata.zi")))
+    return out
+
+
+def inputs(root: str, executable: str, user: bool, tzpath: list[str]) -> tuple[object, ...]:
+    """Everything the generator's output depends on (see the module docstring).
+
+    Raises Uncacheable."""
+    from zincati_py import __version__
+
+    return (
+        FORMAT,
+        __version__,
+        sys.version,
+        sys.executable,
+        root,
+        executable,
+        user,
+        tuple(_code_identity()),
+        tuple(_config_dirs(root)),
+        _read(_under(root, "etc/machine-id")),
+        tuple(_time_zones(root, tzpath)),
+    )
+
+
+class CacheDir:
+    """The cache directory, opened safely (or not at all: ``open_dir`` returns None)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _cache_dir_path(root: str, user: bool) -> str:
+    run = _under(root, "run")
+    if user and os.geteuid() != 0 and not os.access(run, os.W_OK):
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            return os.path.join(runtime, DIR_NAME)
+    return os.path.join(run, DIR_NAME)
+
+
+def open_dir(root: str, user: bool, create: bool) -> CacheDir | None:
+    """The cache directory if it is ours alone (created 0700 when ``create``), else None."""
+    path = _cache_dir_path(root, user)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if not create:
+            return None
+        try:
+            os.mkdir(path, 0o700)
+            fd = os.open(path, flags)
+        except OSError:
+            return None
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        return None
+    return CacheDir(fd)
+
+
+class Replay:
+    """A cache file's contents: the last run's fingerprint and output."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.inputs: tuple[object, ...] = doc["inputs"]
+        self.tzpath: list[str] = doc["tzpath"]
+        self.croniter: tuple[str, object] | None = doc["croniter"]
+        self.units: dict[str, str] = doc["units"]
+        self.timers: list[str] = doc["timers"]
+        self.log: list[str] = doc["log"]
+
+    def croniter_unchanged(self) -> bool:
+        return self.croniter is None or _identity(self.croniter[0]) == self.croniter[1]
+
+
+def load(directory: CacheDir) -> Replay | None:
+    """The cache file's contents, or None when there is none or it is not ours or not valid."""
+    try:
+        fd = os.open(FILE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            doc = marshal.load(f)
+        return Replay(doc)
+    except Exception:  # a damaged or foreign file is no cache at all
+        return None
+    finally:
+        os.close(fd)
+
+
+def croniter_identity() -> tuple[str, object] | None:
+    """croniter's module file and its identity, when this process imported it."""
+    module = sys.modules.get("croniter.croniter") or sys.modules.get("croniter")
+    path = getattr(module, "__file__", None)
+    return None if path is None else (path, _identity(path))
+
+
+def save(
+    directory: CacheDir,
+    fingerprint: tuple[object, ...],
+    tzpath: list[str],
+    units: dict[str, str],
+    timers: list[str],
+    log: list[str],
+    croniter: tuple[str, object] | None,
+) -> None:
+    """Write the cache file atomically (raises OSError; callers ignore it)."""
+    doc = {
+        "inputs": fingerprint,
+        "tzpath": tzpath,
+        "croniter": croniter,
+        "units": units,
+        "timers": timers,
+        "log": log,
+    }
+    data = marshal.dumps(doc)
+    tmp = f".{FILE_NAME}.{os.getpid()}"
+    fd = os.open(
+        tmp,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=directory.fd,
+    )
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, FILE_NAME, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+    except BaseException:
+        try:  # noqa: SIM105 (contextlib is an import this module does without)
+            os.unlink(tmp, dir_fd=directory.fd)
+        except OSError:
+            pass
+        raise
