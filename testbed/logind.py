@@ -3,7 +3,9 @@
 ``LogindDouble(bus_address).start()`` runs ``/usr/bin/python3 -m dbusmock --system --template
 testbed/logind_template.py -l LOG`` on the given (private) system bus; see that
 template for what it adds to the stock one (inhibitors whose ``BlockInhibited`` changes with
-``PropertiesChanged``, ``ScheduleShutdown``, ``SetWallMessage``, sessions with TTY/Type/Remote).
+``PropertiesChanged``, ``ScheduleShutdown``, ``SetWallMessage``, sessions with TTY/Type/Remote,
+``CanReboot`` answering as real logind does: "challenge" while another user's block inhibitor
+is held; template parameters ``CanReboot`` and ``RebootIgnoreInhibit``, :func:`set_can_reboot`).
 The system python is used because dbusmock needs dbus-python and GLib, which the project's
 venvs do not have.
 
@@ -106,6 +108,11 @@ async def recorded_calls(bus: MessageBus, method: str | None = None) -> list[Cal
     return [c for c in calls if method is None or c.method == method]
 
 
+async def set_can_reboot(bus: MessageBus, reboot: str, ignore_inhibit: str) -> None:
+    """polkit's answers for ``reboot`` and ``reboot-ignore-inhibit`` from now on."""
+    await _call(bus, MANAGER_PATH, MOCK_IFACE, "SetCanReboot", "ss", reboot, ignore_inhibit)
+
+
 async def clear_calls(bus: MessageBus) -> None:
     await _call(bus, MANAGER_PATH, MOCK_IFACE, "ClearCalls")
 
@@ -140,14 +147,24 @@ async def remove_session(bus: MessageBus, session_id: str) -> None:
     await _call(bus, MANAGER_PATH, MOCK_IFACE, "RemoveSession", "s", session_id)
 
 
-async def inhibit(bus: MessageBus, what: str, who: str, why: str, mode: str = "block") -> int:
+async def inhibit(
+    bus: MessageBus, what: str, who: str, why: str, mode: str = "block", uid: int | None = None
+) -> int:
     """Take an inhibitor with logind's real ``Inhibit``; close the returned fd to release it.
 
+    ``uid``: held as that user (the double's ``InhibitAs``) instead of the caller's uid, e.g. a
+    user other than the agent's, which makes ``CanReboot`` answer polkit's verdict on
+    ``reboot-ignore-inhibit`` ("challenge" by default), as on a real host.
     ``bus`` must be connected with ``negotiate_unix_fd=True``.
     """
-    reply = await call_method(
-        bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "Inhibit", "ssss", what, who, why, mode
-    )
+    if uid is None:
+        reply = await call_method(
+            bus, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "Inhibit", "ssss", what, who, why, mode
+        )
+    else:
+        reply = await call_method(
+            bus, BUS_NAME, MANAGER_PATH, MOCK_IFACE, "InhibitAs", "ssssu", what, who, why, mode, uid
+        )
     # dbus-fast hands over the received fds in reply.unix_fds; body[0] indexes them.
     fd: int = reply.unix_fds[reply.body[0]]
     return fd

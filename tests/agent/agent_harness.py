@@ -233,11 +233,17 @@ class Node:
 
         return asyncio.run(go())
 
-    def inhibit(self, what: str = "shutdown", who: str = "backup", why: str = "nightly") -> int:
-        """A block inhibitor held until the returned fd is closed."""
+    def inhibit(
+        self,
+        what: str = "shutdown",
+        who: str = "backup",
+        why: str = "nightly",
+        uid: int | None = None,
+    ) -> int:
+        """A block inhibitor held until the returned fd is closed (``uid``: as that user)."""
         from testbed.logind import inhibit
 
-        fd: int = self._on_bus(lambda bus: inhibit(bus, what, who, why, "block"), fds=True)
+        fd: int = self._on_bus(lambda bus: inhibit(bus, what, who, why, "block", uid), fds=True)
         return fd
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -163,6 +163,33 @@ def test_block_inhibitor_holds_the_reboot_until_released(node: Node) -> None:
     assert time.monotonic() - t0 < 2.0
 
 
+def test_another_users_block_inhibitor_is_waited_on_not_backed_off(node: Node) -> None:
+    """With another user's block inhibitor real logind answers CanReboot "challenge" (the agent
+    may not ignore inhibitors): the agent waits for the release signal and reboots at once."""
+    fd = node.inhibit("shutdown", "backup", "nightly", uid=1000)
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: "inhibitor" in (node.status() or {}).get("reason", ""), 10, "inhibitor")
+    doc = node.status() or {}
+    assert "backup" in doc["reason"] and doc["recheck_at"] is None, doc  # the signal, no timer
+    asked = len(node.logind_calls("CanReboot"))
+    # Waiting on the signal: no retries with backoff (the first would come after ~1 s).
+    assert_stays(
+        lambda: reboots(node) == 0 and len(node.logind_calls("CanReboot")) == asked,
+        1.5,
+        "held by the inhibitor, logind not asked again",
+    )
+    assert "CanReboot answered" not in agent.log()
+    t0 = time.monotonic()
+    os.close(fd)
+    wait_for(lambda: reboots(node) == 1, 5, "reboot after release")
+    assert time.monotonic() - t0 < 2.0
+    blocked = 'zincati_update_agent_finalization_blocked_count{reason="%s"}'
+    assert (node.metric(blocked % "block_inhibitor") or 0) >= 1
+    assert node.metric(blocked % "logind_refused") is None
+
+
 def test_updates_disabled_never_reboots(node: Node) -> None:
     node.write_config("50-off.toml", "[updates]\nenabled = false\n")
     agent = node.agent()

@@ -152,6 +152,12 @@ def g(**kw: object) -> Gate:
         ("logind says no", g(can_reboot="no"), Decision.RETRY, True, False, None),
         ("logind challenge", g(can_reboot="challenge"), Decision.RETRY, True, False, None),
         ("block inhibitor", g(inhibitors=("backup (nightly)",)), Decision.WAIT_INHIBITOR, True, False, None),
+        # Another user's inhibitor: logind answers polkit's reboot-ignore-inhibit verdict.
+        ("inhibitor, logind challenge", g(can_reboot="challenge", inhibitors=("x",)), Decision.WAIT_INHIBITOR, True, False, None),
+        ("inhibitor, logind no", g(can_reboot="no", inhibitors=("x",)), Decision.WAIT_INHIBITOR, True, False, None),
+        ("inhibitor, reboot impossible", g(can_reboot="na", inhibitors=("x",)), Decision.RETRY, True, False, None),
+        ("logind na", g(can_reboot="na"), Decision.RETRY, True, False, None),
+        ("forced, inhibitor, challenge", g(force=True, can_reboot="challenge", inhibitors=("x",)), Decision.WAIT_INHIBITOR, False, False, None),
         ("inhibitor beats sessions", g(inhibitors=("x",), sessions=("alice",)), Decision.WAIT_INHIBITOR, True, False, None),
         ("sessions: warn and postpone", g(sessions=("alice (tty1)",)), Decision.POSTPONE, False, True, NOW + 600),
         ("sessions, no warning configured", g(sessions=("alice",), warn_interactive=False), Decision.POSTPONE, False, False, NOW + 600),

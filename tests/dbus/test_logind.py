@@ -18,6 +18,7 @@ from testbed.logind import (
     inhibit,
     recorded_calls,
     remove_session,
+    set_can_reboot,
 )
 from testbed.rpmostree import RpmOstreeDouble
 from zincati_py.dbus.logind import Logind, LogindError
@@ -54,6 +55,59 @@ def test_can_reboot_answers_the_parameter(logind_factory: Callable[..., LogindDo
     async def body() -> None:
         bus, logind = await connected(double.bus_address)
         assert await logind.can_reboot() == "challenge"
+        await logind.close()
+        bus.disconnect()
+
+    run(body())
+
+
+def test_can_reboot_is_challenge_while_another_users_block_inhibitor_is_held(
+    logind_double: LogindDouble,
+) -> None:
+    """As real logind: a ``shutdown`` block inhibitor of another user makes CanReboot answer
+    polkit's verdict on reboot-ignore-inhibit ("challenge" for a caller not granted it); the
+    caller's own inhibitors, delay inhibitors and other kinds do not count."""
+
+    async def body() -> None:
+        bus, logind = await connected(logind_double.bus_address)
+        own = await inhibit(bus, "shutdown", "mine", "same user")
+        delay = await inhibit(bus, "shutdown", "flush", "saving", mode="delay", uid=1000)
+        sleep = await inhibit(bus, "sleep", "player", "playing", uid=1000)
+        assert await logind.can_reboot() == "yes"
+        other = await inhibit(bus, "shutdown:sleep", "backup", "nightly", uid=1000)
+        assert await logind.can_reboot() == "challenge"
+        assert [(i.who, i.uid) for i in await logind.block_inhibitors()] == [
+            ("mine", os.getuid()),
+            ("backup", 1000),
+        ]
+        await set_can_reboot(bus, "yes", "no")
+        assert await logind.can_reboot() == "no"
+        await set_can_reboot(bus, "yes", "yes")  # a caller allowed to ignore inhibitors
+        assert await logind.can_reboot() == "yes"
+        await set_can_reboot(bus, "na", "challenge")
+        assert await logind.can_reboot() == "na"
+        await set_can_reboot(bus, "yes", "challenge")
+        os.close(other)
+        assert await logind.wait_block_released(5) is False  # our own one is still held
+        assert await logind.can_reboot() == "yes"
+        for fd in (own, delay, sleep):
+            os.close(fd)
+        assert await logind.wait_block_released(5) is True
+        await logind.close()
+        bus.disconnect()
+
+    run(body())
+
+
+def test_can_reboot_parameters(logind_factory: Callable[..., LogindDouble]) -> None:
+    double = logind_factory(RebootIgnoreInhibit="no")
+
+    async def body() -> None:
+        bus, logind = await connected(double.bus_address)
+        assert await logind.can_reboot() == "yes"
+        fd = await inhibit(bus, "shutdown", "backup", "nightly", uid=4242)
+        assert await logind.can_reboot() == "no"
+        os.close(fd)
         await logind.close()
         bus.disconnect()
 

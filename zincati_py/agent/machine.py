@@ -202,15 +202,19 @@ def gate(g: Gate) -> GateResult:
     """May the agent reboot into the staged update right now?"""
     if not g.force and not g.allowed:
         return GateResult(Decision.WAIT, g.strategy_reason, g.strategy_recheck_at)
-    if g.can_reboot != "yes":
-        return GateResult(
-            Decision.RETRY, f"logind CanReboot answered {g.can_reboot!r}", abort=not g.force
-        )
-    if g.inhibitors:
+    if g.inhibitors and g.can_reboot in ("yes", "challenge", "no"):
+        # Whatever CanReboot says while a block inhibitor is held ("challenge" or "no" when it
+        # is another user's and we may not ignore it, as logind answers from polkit's
+        # reboot-ignore-inhibit; "yes" when we may): the inhibitor is what stands in the way.
+        # Wait for its release (the BlockInhibited signal), then ask logind again.
         return GateResult(
             Decision.WAIT_INHIBITOR,
             "reboot blocked by shutdown inhibitor(s): " + "; ".join(g.inhibitors),
             abort=not g.force,
+        )
+    if g.can_reboot != "yes":
+        return GateResult(
+            Decision.RETRY, f"logind CanReboot answered {g.can_reboot!r}", abort=not g.force
         )
     if g.sessions and not g.force and g.max_postpone_secs > 0:
         since = g.postponed_since
