@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -312,3 +313,57 @@ def test_a_command_starting_with_a_dash_or_plus_runs_as_a_command(
             what="a run",
         )
     assert all(path.read_text() == "ran\n" for path in out.values())
+
+
+def test_retries_failure_hook_and_argv_against_the_real_manager(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    """Issue 14: a job failing twice then succeeding ends success with 3 attempts in history;
+    one that always fails stops after its retries, ends failed and runs its failure hook once
+    with the job name, result and invocation id; an argv job gets exactly its arguments."""
+    count, hook_env, argv_out = tmp_path / "count", tmp_path / "hook.env", tmp_path / "argv.out"
+    flaky = f"n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; [ $n -ge 3 ]"
+    config = (
+        f'[[schedule]]\nname = "flaky"\ncron = "0 0 1 1 *"\ncommand = \'{flaky}\'\n'
+        "retries = 3\nretry_delay_secs = 0\n"
+        '[[schedule]]\nname = "broken"\ncron = "0 0 1 1 *"\ncommand = "exit 7"\n'
+        f"retries = 2\non_failure = 'env > {hook_env}.tmp; mv {hook_env}.tmp {hook_env}'\n"
+        '[[schedule]]\nname = "argv"\ncron = "0 0 1 1 *"\n'
+        "command = ['/bin/sh', '-c', 'printf \"%s|\" \"$@\" > \"$0\"', "
+        f"'{argv_out}', '$HOME', '100%', 'a b', '-x']\n"
+    )
+    root, manager = _start(user_manager_factory, tmp_path, config)
+    env = manager.env()
+    common = ("--root", str(root), "--user")
+    history = lambda name: zpy_json("schedule", "history", name, *common, env=env)["runs"]  # noqa: E731
+    for name in ("flaky", "broken", "argv"):
+        proc = zpy("schedule", "trigger", name, *common, env=env)
+        assert proc.returncode == 0, proc.stderr
+
+    runs = wait_for(lambda: len(history("flaky")) >= 3 and history("flaky"), what="3 attempts")
+    assert [(r["attempt"], r["result"]) for r in runs] == [
+        (1, "exit-code"), (2, "exit-code"), (3, "success"),
+    ]  # fmt: skip
+    wait_for(
+        lambda: manager.systemctl("is-active", "zincati-py-schedule-flaky.service", check=False)
+        .strip() == "inactive",
+        what="flaky to end",
+    )  # fmt: skip
+    assert count.read_text() == "3\n"
+
+    wait_for(hook_env.exists, what="the failure hook")
+    runs = history("broken")
+    assert [(r["attempt"], r["result"]) for r in runs] == [
+        (1, "exit-code"), (2, "exit-code"), (3, "exit-code"),
+    ]  # fmt: skip
+    state = manager.systemctl("is-failed", "zincati-py-schedule-broken.service", check=False)
+    assert state.strip() == "failed"
+    hook = dict(line.split("=", 1) for line in hook_env.read_text().splitlines() if "=" in line)
+    assert hook["ZINCATI_PY_JOB"] == "broken"
+    assert hook["MONITOR_SERVICE_RESULT"] == "exit-code" and hook["MONITOR_EXIT_STATUS"] == "7"
+    assert hook["MONITOR_INVOCATION_ID"] == runs[-1]["invocation_id"]
+    time.sleep(1)  # no fourth attempt, no second hook run
+    assert len(history("broken")) == 3
+
+    wait_for(argv_out.exists, what="the argv job")
+    assert argv_out.read_text() == "$HOME|100%|a b|-x|"

@@ -37,6 +37,11 @@ def test_schedule_all_fields(tree) -> None:  # type: ignore[no-untyped-def]
         "randomized_delay_secs": 120,
         "timeout_secs": 3600,
         "enabled": False,
+        "retries": 0,
+        "retry_delay_secs": 0,
+        "on_failure": None,
+        "user": None,
+        "dynamic_user": False,
         "source": str(path),
     }
 
@@ -96,7 +101,7 @@ BAD_JOBS = [
      [("error", "schedule[job].time_zone")]),
     ("negative-delay", JOB + "randomized_delay_secs = -1\n",
      [("error", "schedule[job].randomized_delay_secs")]),
-    ("zero-timeout", JOB + "timeout_secs = 0\n", [("error", "schedule[job].timeout_secs")]),
+    ("negative-timeout", JOB + "timeout_secs = -1\n", [("error", "schedule[job].timeout_secs")]),
     ("schedule-as-table", '[schedule]\nname = "job"\n', [("error", "schedule")]),
 ]  # fmt: skip
 
@@ -126,7 +131,7 @@ def test_bad_job_does_not_drop_the_others(tree) -> None:  # type: ignore[no-unty
 SOFT = [
     ("catch-up-string", 'catch_up = "yes"\n', [("error", "schedule[0].catch_up")]),
     ("enabled-int", "enabled = 0\n", [("error", "schedule[0].enabled")]),
-    ("unknown-key", 'user = "root"\n', [("warning", "schedule[0].user")]),
+    ("unknown-key", 'owner = "root"\n', [("warning", "schedule[0].owner")]),
 ]
 
 

@@ -75,3 +75,100 @@ def test_every_string_is_escaped_or_refused() -> None:
     assert len(notes) == 1 and "control characters" in notes[0]
     for text in (timer, service):
         assert all(line == "" or line[0] in "#[" or "=" in line for line in text.splitlines())
+
+
+def _units(job: ScheduleSettings) -> units.JobUnits:
+    return units.render_job(
+        job, header=HEADER, exe="/usr/bin/zincati-py", hash_id=None, hook_args=""
+    )
+
+
+def test_an_argv_command_runs_without_a_shell_exactly_those_bytes() -> None:
+    job = ScheduleSettings("j", "@daily", ("/usr/bin/printf", "%s\n", "$HOME", "a b", "", "-x"))
+    line = _exec_start(_units(job).service)
+    assert line == 'ExecStart=/usr/bin/printf "%%s\\n" "$$HOME" "a b" "" -x'
+    # A program whose name starts with what systemd reads as an Exec prefix is quoted.
+    for program in ("-prog", "@prog", "+prog", "!prog", ":prog", "|prog"):
+        line = _exec_start(_units(ScheduleSettings("j", "@daily", (program, "x"))).service)
+        assert line == f'ExecStart="{program}" x'
+
+
+def test_retries_on_failure_and_run_as_render_systemd_settings() -> None:
+    job = ScheduleSettings(
+        "j",
+        "@daily",
+        "exit 1",
+        retries=2,
+        retry_delay_secs=5,
+        on_failure='curl -d "$MONITOR_SERVICE_RESULT" https://hook/%i',
+        user="backup",
+    )
+    out = _units(job)
+    service = out.service
+    assert "Restart=on-failure\nRestartSec=5s\n" in service
+    assert "StartLimitIntervalSec=11s\nStartLimitBurst=3\n" in service
+    assert "OnFailure=zincati-py-on-failure-j.service\n" in service
+    assert "User=backup\n" in service and "DynamicUser" not in service
+    # The history hook runs as root ("+") and ends the retries after the last attempt.
+    assert "ExecStopPost=-+/usr/bin/zincati-py schedule _record j --retries 2\n" in service
+    (handler,) = out.extra.values()
+    assert list(out.extra) == ["zincati-py-on-failure-j.service"]
+    assert "Environment=ZINCATI_PY_JOB=j\n" in handler and "User=backup\n" in handler
+    assert (
+        'ExecStart=/bin/sh -c "curl -d \\"$$MONITOR_SERVICE_RESULT\\" https://hook/%%i"\n'
+        in handler
+    )
+    # A unit name is used as it is; a dynamic user.
+    out = _units(
+        ScheduleSettings("j", "@daily", "true", on_failure="notify@x.service", dynamic_user=True)
+    )
+    assert "OnFailure=notify@x.service\n" in out.service and out.extra == {}
+    assert "DynamicUser=yes\n" in out.service and "ExecStopPost=-+" in out.service
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "needle"),
+    [
+        ("command = []", "command", "non-empty array"),
+        ('command = ["bin/x"]', "command", "absolute path"),
+        ('command = ["/bin/x", 3]', "command", "must be"),
+        ('command = ["/bin/x", "a\\u0000"]', "command", "NUL"),
+        ("retries = -1", "retries", "0..1000"),
+        ("retries = 1001", "retries", "0..1000"),
+        ("retry_delay_secs = -1", "retry_delay_secs", "negative"),
+        ('on_failure = "  "', "on_failure", "empty"),
+        ('user = "bad user"', "user", "user name"),
+        ('user = "x\\n[Service]"', "user", "user name"),
+        ("timeout_secs = -1", "timeout_secs", "negative"),
+    ],
+)
+def test_job_keys_are_validated_naming_file_and_key(
+    tmp_path: Path, lines: str, key: str, needle: str
+) -> None:
+    etc = tmp_path / "etc" / "zincati" / "config.d"
+    etc.mkdir(parents=True)
+    fragment = etc / "50-j.toml"
+    body = '[[schedule]]\nname = "j"\ncron = "@daily"\n'
+    if not lines.startswith("command"):
+        body += 'command = "true"\n'
+    fragment.write_text(body + lines + "\n")
+    result = load(tmp_path)
+    (problem,) = result.errors
+    assert (problem.file, problem.key) == (fragment, f"schedule[j].{key}"), problem
+    assert needle in problem.message and result.config.schedules == ()
+
+
+def test_neutral_values_mean_unset(tmp_path: Path) -> None:
+    etc = tmp_path / "etc" / "zincati" / "config.d"
+    etc.mkdir(parents=True)
+    (etc / "50-j.toml").write_text(
+        '[[schedule]]\nname = "j"\ncron = "@daily"\ncommand = ["/bin/true"]\n'
+        'timeout_secs = 0\non_failure = ""\nuser = ""\nretries = 0\ntime_zone = "localtime"\n'
+    )
+    (job,) = load(tmp_path).config.schedules
+    assert job.command == ("/bin/true",)
+    assert (job.timeout_secs, job.on_failure, job.user, job.retries, job.time_zone) == (
+        None, None, None, 0, None,
+    )  # fmt: skip
+    service = _units(job).service
+    assert "Timeout" not in service and "OnFailure" not in service and "User" not in service

@@ -123,7 +123,8 @@ def _register_create(sub: _Subparsers) -> None:
         description=(
             "Validate the job, write it to /etc/zincati/config.d/70-schedule-NAME.toml "
             "atomically and ask systemd to reload so its timer appears. The command runs as "
-            "'/bin/sh -c CMD'. --replace replaces the whole job (admin or vendor): every "
+            "'/bin/sh -c CMD' (--command) or without a shell (--argv, last). "
+            "--replace replaces the whole job (admin or vendor): every "
             "setting not given here is back to its default, whatever any fragment set before; "
             "to change some settings and keep the others use 'schedule modify'."
         ),
@@ -155,7 +156,9 @@ def _register_modify(sub: _Subparsers) -> None:
 
 def _add_job_options(parser: argparse.ArgumentParser, *, create: bool) -> None:
     parser.add_argument("--cron", required=create, metavar="EXPR", help="when (cron syntax)")
-    parser.add_argument("--command", required=create, metavar="CMD", help="what (a shell line)")
+    parser.add_argument(
+        "--command", metavar="CMD", help="what: a shell line, run as /bin/sh -c CMD"
+    )
     parser.add_argument(
         "--tz", metavar="ZONE", help="'UTC', an IANA zone or 'localtime' (default: localtime)"
     )
@@ -171,6 +174,33 @@ def _add_job_options(parser: argparse.ArgumentParser, *, create: bool) -> None:
     parser.add_argument(
         "--timeout", metavar="SECS", help="stop the run after SECS (default and 0: none)"
     )
+    parser.add_argument(
+        "--retries", metavar="N", help="run a failed run again up to N times (default: 0)"
+    )
+    parser.add_argument(
+        "--retry-delay", metavar="SECS", help="wait SECS before each retry (default: 0)"
+    )
+    parser.add_argument(
+        "--on-failure",
+        metavar="CMD",
+        help="shell line (or a unit name) run when a run fails for good ('': none)",
+    )
+    parser.add_argument(
+        "--run-as", metavar="USER", help="run the command as USER (User=; '': root)"
+    )
+    parser.add_argument(
+        "--dynamic-user",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run as a transient user systemd allocates (DynamicUser=)",
+    )
+    parser.add_argument(
+        "--argv",
+        nargs=argparse.REMAINDER,
+        metavar="ARG",
+        help="what, instead of --command: the program and its arguments, run without a shell "
+        "(must come last: every word after it is an argument)",
+    )
 
 
 def _job_options(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
@@ -181,10 +211,16 @@ def _job_options(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
     keys: dict[str, Any] = {}
     if args.cron is not None:
         keys["cron"] = args.cron
+    if args.command is not None and args.argv is not None:
+        raise CliError("--command and --argv: give one of them", os.EX_USAGE)
     if args.command is not None:
         if not args.command.strip():
             raise CliError("--command: empty")
         keys["command"] = args.command
+    if args.argv is not None:
+        if not args.argv or not args.argv[0].strip():
+            raise CliError("--argv: no program given")
+        keys["command"] = list(args.argv)
     if args.tz is not None:
         try:
             keys["time_zone"] = (
@@ -198,6 +234,16 @@ def _job_options(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
         keys["randomized_delay_secs"] = positive_int("--randomized-delay", args.randomized_delay, 0)
     if args.timeout is not None:
         keys["timeout_secs"] = positive_int("--timeout", args.timeout, 0)
+    if args.retries is not None:
+        keys["retries"] = positive_int("--retries", args.retries, 0, unit="retries")
+    if args.retry_delay is not None:
+        keys["retry_delay_secs"] = positive_int("--retry-delay", args.retry_delay, 0)
+    if args.on_failure is not None:
+        keys["on_failure"] = args.on_failure
+    if args.run_as is not None:
+        keys["user"] = args.run_as
+    if args.dynamic_user is not None:
+        keys["dynamic_user"] = args.dynamic_user
     if "cron" in keys:
         tz = keys.get("time_zone")
         node = load(paths).config.identity.node_uuid
@@ -228,6 +274,11 @@ def _cmd_create(args: argparse.Namespace) -> int:
     name = check_job_name(args.name)
     paths = paths_of(args)
     job: dict[str, Any] = {"name": name} | _job_options(args, paths)
+    if "command" not in job:
+        raise CliError("schedule create: --command or --argv is required", os.EX_USAGE)
+    for key, empty in (("on_failure", ""), ("user", ""), ("retries", 0), ("dynamic_user", False)):
+        if job.get(key) == empty:
+            del job[key]
     if job.get("time_zone") == "localtime":
         del job["time_zone"]
     if job.get("timeout_secs") == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -83,11 +84,16 @@ def _row(job: ScheduleSettings, hash_id: str | None, live: dict[str, Any] | None
         "cron": job.cron,
         "time_zone": job.time_zone,
         "on_calendar": calendar,
-        "command": job.command,
+        "command": list(job.command) if isinstance(job.command, tuple) else job.command,
         "enabled": job.enabled,
         "catch_up": job.catch_up,
         "randomized_delay_secs": job.randomized_delay_secs,
         "timeout_secs": job.timeout_secs,
+        "retries": job.retries,
+        "retry_delay_secs": job.retry_delay_secs,
+        "on_failure": job.on_failure,
+        "user": job.user,
+        "dynamic_user": job.dynamic_user,
         "source": str(job.source) if job.source else None,
         "timer_loaded": live.get("timer_loaded"),
         "next_run": iso(live.get("next_run")),
@@ -203,12 +209,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"  cron:        {job.cron}" + (f" ({job.time_zone})" if job.time_zone else " (local)"))
     for line in row["on_calendar"]:
         print(f"  OnCalendar:  {line}")
-    print(f"  command:     /bin/sh -c {job.command!r}")
+    if isinstance(job.command, str):
+        print(f"  command:     /bin/sh -c {job.command!r}")
+    else:
+        print(f"  command:     {shlex.join(job.command)} (no shell)")
     extras = [f"catch-up {'yes' if job.catch_up else 'no'}"]
     if job.randomized_delay_secs:
         extras.append(f"randomized delay {job.randomized_delay_secs}s")
     if job.timeout_secs:
         extras.append(f"timeout {job.timeout_secs}s")
+    if job.retries:
+        extras.append(f"{job.retries} retries, {job.retry_delay_secs}s apart")
+    if job.on_failure:
+        extras.append(f"on failure: {job.on_failure!r}")
+    if job.user or job.dynamic_user:
+        extras.append(f"runs as {job.user or 'a dynamic user'}")
     print(f"  options:     {', '.join(extras)}")
     if note:
         print(f"  systemd:     {note}")
@@ -243,7 +258,8 @@ def _describe_run(run: dict[str, Any]) -> str:
     exit_text = ""
     if run.get("exit_code"):
         exit_text = f", {run['exit_code']}={run.get('exit_status')}"
-    return f"{fmt_time(start)} .. {fmt_time(end)}{took}: {run.get('result')}{exit_text}"
+    attempt = f" (attempt {run['attempt']})" if (run.get("attempt") or 1) > 1 else ""
+    return f"{fmt_time(start)} .. {fmt_time(end)}{took}: {run.get('result')}{exit_text}{attempt}"
 
 
 def _register_history(sub: _Subparsers) -> None:
@@ -295,11 +311,24 @@ def _register_record(sub: _Subparsers) -> None:
         _cmd_record,
         description="Internal: run by a schedule's service after each run (ExecStopPost=).",
     )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="the job's retries: after the last failed attempt, stop the unit (no restart)",
+    )
     add_root_argument(parser)
     add_user_argument(parser)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
+    """Record one attempt; with --retries, end the retry loop after the last one.
+
+    ``Restart=on-failure`` has no attempt limit of its own: systemd counts restarts
+    (``NRestarts``, reset by every start that is not an automatic restart) and a stop job
+    queued while the unit is stopping forbids the pending restart, so the unit ends ``failed``
+    (``OnFailure=`` fires once, for the whole run).
+    """
     from zincati_py.dbus.systemd import SERVICE_IFACE, usec_to_datetime
     from zincati_py.dbus.systemd_sync import SystemdError
     from zincati_py.schedule import history
@@ -308,14 +337,20 @@ def _cmd_record(args: argparse.Namespace) -> int:
     name = check_job_name(args.name)
     unit = schedule_unit(name)
     start = end = None
+    attempt = None
+    failed = os.environ.get("SERVICE_RESULT", "success") != "success"
     try:
         with connect(args) as systemd:
             props = systemd.properties(unit, SERVICE_IFACE)
+            restarts = int(props.get("NRestarts", 0))
+            attempt = restarts + 1
+            if args.retries and failed and restarts >= args.retries:
+                systemd.stop_unit(unit)  # the last attempt: no restart
         start = usec_to_datetime(int(props.get("ExecMainStartTimestamp", 0)))
         end = usec_to_datetime(int(props.get("ExecMainExitTimestamp", 0)))
     except (CliError, SystemdError) as exc:
         print(f"zincati-py: {unit}: start time unknown: {exc}", file=sys.stderr)
-    record = history.make_record(name, unit, start, end, os.environ)
+    record = history.make_record(name, unit, start, end, os.environ, attempt=attempt)
     with job_errors():
         history.append(paths_of(args), name, record)
     return 0

@@ -19,17 +19,27 @@ from zincati_py.config.problems import Severity
 from zincati_py.config.raw import Entry
 
 SCHEDULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# A user name systemd accepts for User= in its strict mode (or a numeric UID).
+USER_NAME_RE = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_-]{0,30}|[0-9]{1,10})$")
+# on_failure naming a unit instead of a command.
+FAILURE_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,250}\.(?:service|target)$")
+MAX_RETRIES = 1000
 
 # The accepted TOML value types of each job key.
 SCHEDULE_SCHEMA: dict[str, Any] = {
     "name": (str,),
     "cron": (str,),
-    "command": (str,),
+    "command": (str, list),  # a shell line, or an argv run without a shell
     "time_zone": (str,),
     "catch_up": (bool,),
     "randomized_delay_secs": (int,),
     "timeout_secs": (int,),
     "enabled": (bool,),
+    "retries": (int,),
+    "retry_delay_secs": (int,),
+    "on_failure": (str,),
+    "user": (str,),
+    "dynamic_user": (bool,),
 }
 
 
@@ -37,24 +47,34 @@ SCHEDULE_SCHEMA: dict[str, Any] = {
 class ScheduleSettings:
     name: str
     cron: str
-    command: str
+    command: str | tuple[str, ...]  # str: run by /bin/sh -c; tuple: the argv, no shell
     time_zone: str | None = None
     catch_up: bool = True
     randomized_delay_secs: int = 0
     timeout_secs: int | None = None
     enabled: bool = True
     source: Path | None = None
+    retries: int = 0
+    retry_delay_secs: int = 0
+    on_failure: str | None = None  # a shell line, or a unit name (*.service, *.target)
+    user: str | None = None
+    dynamic_user: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "cron": self.cron,
-            "command": self.command,
+            "command": list(self.command) if isinstance(self.command, tuple) else self.command,
             "time_zone": self.time_zone,
             "catch_up": self.catch_up,
             "randomized_delay_secs": self.randomized_delay_secs,
             "timeout_secs": self.timeout_secs,
             "enabled": self.enabled,
+            "retries": self.retries,
+            "retry_delay_secs": self.retry_delay_secs,
+            "on_failure": self.on_failure,
+            "user": self.user,
+            "dynamic_user": self.dynamic_user,
             "source": str(self.source) if self.source else None,
         }
 
@@ -85,11 +105,8 @@ def validate_jobs(
         if missing:
             bad(missing[0], "missing")
             continue
-        if not v["command"].value.strip():
-            bad("command", "empty", v["command"].file)
-            continue
-        if "\0" in v["command"].value:  # no program can receive one: it ends a C string
-            bad("command", "contains a NUL character", v["command"].file)
+        if (message := _command_problem(v["command"].value)) is not None:
+            bad("command", message, v["command"].file)
             continue
         tz = v["time_zone"].value if "time_zone" in v else None
         if tz == "localtime":
@@ -111,23 +128,64 @@ def validate_jobs(
             bad("randomized_delay_secs", message, v["randomized_delay_secs"].file)
             continue
         timeout = v["timeout_secs"].value if "timeout_secs" in v else None
-        if timeout is not None and timeout < 1:
-            bad("timeout_secs", f"{timeout} must be >= 1", v["timeout_secs"].file)
+        if timeout is not None and timeout < 0:
+            bad("timeout_secs", f"{timeout} is negative (0: no timeout)", v["timeout_secs"].file)
             continue
         if timeout is not None and (message := too_many_seconds(timeout)) is not None:
             bad("timeout_secs", message, v["timeout_secs"].file)
             continue
+        retries = v["retries"].value if "retries" in v else 0
+        if not 0 <= retries <= MAX_RETRIES:
+            bad("retries", f"{retries} is not in 0..{MAX_RETRIES}", v["retries"].file)
+            continue
+        retry_delay = v["retry_delay_secs"].value if "retry_delay_secs" in v else 0
+        if retry_delay < 0 or (message := too_many_seconds(retry_delay)) is not None:
+            message = f"{retry_delay} is negative" if retry_delay < 0 else message
+            bad("retry_delay_secs", str(message), v["retry_delay_secs"].file)
+            continue
+        on_failure = (v["on_failure"].value if "on_failure" in v else "") or None  # "": none
+        if on_failure is not None and (message := _command_problem(on_failure)) is not None:
+            bad("on_failure", message, v["on_failure"].file)
+            continue
+        user = (v["user"].value if "user" in v else "") or None  # "": root
+        if user is not None and not USER_NAME_RE.fullmatch(user):
+            bad("user", f"{user!r} is not a user name or UID systemd accepts", v["user"].file)
+            continue
+        command = v["command"].value
         out.append(
             ScheduleSettings(
                 name=name,
                 cron=v["cron"].value,
-                command=v["command"].value,
+                command=tuple(command) if isinstance(command, list) else command,
                 time_zone=tz,
                 catch_up=v["catch_up"].value if "catch_up" in v else True,
                 randomized_delay_secs=delay,
-                timeout_secs=timeout,
+                timeout_secs=timeout or None,
                 enabled=v["enabled"].value if "enabled" in v else True,
                 source=entry.file,
+                retries=retries,
+                retry_delay_secs=retry_delay,
+                on_failure=on_failure,
+                user=user,
+                dynamic_user=v["dynamic_user"].value if "dynamic_user" in v else False,
             )
         )
     return tuple(sorted(out, key=lambda s: s.name))
+
+
+def _command_problem(command: str | list[Any]) -> str | None:
+    """A shell line must not be blank; an argv must be a non-empty array of strings whose
+    first (the program) is not empty; neither may hold a NUL (no program can receive one)."""
+    if isinstance(command, str):
+        if not command.strip():
+            return "empty"
+        return "contains a NUL character" if "\0" in command else None
+    if not command or not all(isinstance(arg, str) for arg in command):
+        return "an argv must be a non-empty array of strings"
+    if not command[0].strip():
+        return "an argv's first element (the program) is empty"
+    if "/" in command[0] and not command[0].startswith("/"):
+        return f"the program {command[0]!r} must be an absolute path or a name (systemd's rule)"
+    if any("\0" in arg for arg in command):
+        return "contains a NUL character"
+    return None

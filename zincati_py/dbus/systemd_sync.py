@@ -181,6 +181,13 @@ class Systemd:
         )
         return str(body)
 
+    def stop_unit(self, name: str, mode: str = "replace") -> str:
+        """Queue a stop job; returns its object path. Does not wait for the job."""
+        body = self._call(
+            MANAGER_PATH, MANAGER_IFACE, "StopUnit", [(_S, name.encode()), (_S, mode.encode())]
+        )
+        return str(body)
+
     def properties(self, unit: str, interface: str) -> dict[str, Any]:
         body = self._call(unit_object_path(unit), PROPS_IFACE, "GetAll", [(_S, interface.encode())])
         return dict(body) if isinstance(body, dict) else {}

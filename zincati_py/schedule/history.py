@@ -129,9 +129,13 @@ def make_record(
     start: datetime | None,
     end: datetime | None,
     environ: Mapping[str, str],
+    *,
+    attempt: int | None = None,
 ) -> dict[str, Any]:
-    """One run as recorded: ``environ`` is the ``ExecStopPost=`` environment systemd set."""
+    """One run as recorded: ``environ`` is the ``ExecStopPost=`` environment systemd set;
+    ``attempt`` counts from 1 (2 = the first retry), None if systemd could not say."""
     return {
+        "attempt": attempt,
         "name": name,
         "unit": unit,
         "invocation_id": environ.get("INVOCATION_ID"),

@@ -57,6 +57,11 @@ KEY_ORDER = (
     "catch_up",
     "randomized_delay_secs",
     "timeout_secs",
+    "retries",
+    "retry_delay_secs",
+    "on_failure",
+    "user",
+    "dynamic_user",
     "enabled",
 )
 
@@ -67,6 +72,11 @@ RESET: dict[str, Any] = {
     "catch_up": True,
     "randomized_delay_secs": 0,
     "timeout_secs": 0,
+    "retries": 0,
+    "retry_delay_secs": 0,
+    "on_failure": "",
+    "user": "",
+    "dynamic_user": False,
     "enabled": True,
 }
 
@@ -244,7 +254,8 @@ def create(paths: Paths, job: Mapping[str, Any], *, replace: bool) -> Path:
         if problems:
             return "; ".join(problems)
         got = find(result, name)
-        if got is None or (got.cron, got.command, got.enabled) != (
+        command = list(got.command) if got and isinstance(got.command, tuple) else None
+        if got is None or (got.cron, command or got.command, got.enabled) != (
             job["cron"],
             job["command"],
             job.get("enabled", True),

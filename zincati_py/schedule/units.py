@@ -9,14 +9,24 @@ Timer
     ``Persistent=`` from ``catch_up`` (a run missed while the machine was down happens once at
     boot, never piled up); ``RandomizedDelaySec=``; ``AccuracySec=1s``.
 Service
-    ``Type=oneshot`` running the command as ``/bin/sh -c COMMAND`` (written exactly as in a
-    crontab), quoted so ``$``, ``%``, ``\\``, quotes and newlines reach the shell unchanged. A
-    command starting with ``-`` or ``+`` is passed after ``--`` (``/bin/sh -c -- COMMAND``), so
-    the shell does not read it as its own options; a NUL cannot be passed to a program at all
-    and is refused (the config loader reports it; a job holding one is skipped here too).
-    ``TimeoutStartSec=`` from ``timeout_secs``. ``ExecStopPost=`` runs
-    ``zincati-py schedule _record NAME`` after every run (timer, trigger or manual start),
-    which appends the run to the job's history (zincati_py.schedule.history).
+    ``Type=oneshot``. A string ``command`` runs as ``/bin/sh -c COMMAND`` (written exactly as
+    in a crontab), quoted so ``$``, ``%``, ``\\``, quotes and newlines reach the shell
+    unchanged; one starting with ``-`` or ``+`` is passed after ``--`` (``/bin/sh -c --
+    COMMAND``) so the shell does not read it as its own options. An array ``command`` is the
+    argv, no shell: each word quoted so systemd hands the program exactly those bytes. A NUL
+    cannot be passed to a program at all and is refused (the config loader reports it; a job
+    holding one is skipped here too). ``TimeoutStartSec=`` from ``timeout_secs``.
+    ``retries`` N: ``Restart=on-failure`` + ``RestartSec=`` (``retry_delay_secs``); the history
+    hook stops the unit after the last attempt (``--retries N``: a stop forbids the restart,
+    so the unit ends ``failed`` and ``OnFailure=`` fires once), and ``StartLimitBurst=N+1``
+    within ``StartLimitIntervalSec=`` N x delay + 1 s guards against a runaway loop.
+    ``on_failure``: ``OnFailure=`` a unit, or a generated ``zincati-py-on-failure-NAME.service``
+    running the command with ``ZINCATI_PY_JOB`` set (systemd adds ``MONITOR_SERVICE_RESULT``,
+    ``MONITOR_EXIT_CODE``, ``MONITOR_EXIT_STATUS``, ``MONITOR_INVOCATION_ID``, ``MONITOR_UNIT``).
+    ``user``/``dynamic_user``: ``User=``/``DynamicUser=yes`` for the command and the failure
+    hook. ``ExecStopPost=`` runs ``zincati-py schedule _record NAME`` after every attempt
+    (timer, trigger or manual start), as root (``+``) when the job runs as another user, which
+    appends the run to the job's history (zincati_py.schedule.history).
 
 Imported by the generator on every boot: only the builtins and unitfile at import time.
 """
@@ -42,7 +52,9 @@ __all__ = [
 ]
 
 SCHEDULE_UNIT = "zincati-py-schedule-{name}"
+FAILURE_UNIT = "zincati-py-on-failure-{name}"
 SHELL = "/bin/sh"
+_EXEC_PREFIXES = "-@:+!|"  # what systemd reads as flags at the start of an Exec line
 
 
 class JobSkipped(Exception):
@@ -91,6 +103,28 @@ def shell_command(command: str) -> str:
     return f"{SHELL} -c {dashes}{unitfile.quote_exec_arg(command)}"
 
 
+def argv_command(argv: tuple[str, ...] | list[str]) -> str:
+    """The ``ExecStart=`` value running ``argv`` without a shell."""
+    if not argv or any("\0" in arg for arg in argv):
+        raise unitfile.UnsafeValue("command is empty or contains a NUL character")
+    program = argv[0]
+    first = (
+        unitfile.quote_exec_arg(program)
+        if program[:1] in _EXEC_PREFIXES
+        else unitfile.exec_word(program)
+    )
+    return " ".join([first, *(unitfile.exec_word(arg) for arg in argv[1:])])
+
+
+def exec_command(command: str | tuple[str, ...] | list[str]) -> str:
+    return shell_command(command) if isinstance(command, str) else argv_command(command)
+
+
+def _run_as(job: ScheduleSettings) -> str:
+    out = f"User={unitfile.setting(job.user, 'user')}\n" if job.user else ""
+    return out + ("DynamicUser=yes\n" if job.dynamic_user else "")
+
+
 def render_job(
     job: ScheduleSettings, *, header: str, exe: str, hash_id: str | None, hook_args: str
 ) -> JobUnits:
@@ -107,10 +141,19 @@ def render_job(
         lines = calendar(job, hash_id)
     except CronError as exc:
         raise JobSkipped(f"{where}.cron: {exc}; job skipped") from None
+    extra: dict[str, str] = {}
     try:
-        exec_start = shell_command(job.command)
+        exec_start = exec_command(job.command)
+        run_as = _run_as(job)
     except unitfile.UnsafeValue as exc:
-        raise JobSkipped(f"{where}.command: {exc}; job skipped") from None
+        key = "command" if "command" in str(exc) else "user"
+        raise JobSkipped(f"{where}.{key}: {exc}; job skipped") from None
+    on_failure = ""
+    if job.on_failure is not None:
+        try:
+            on_failure = _failure_hook(job, header, run_as, extra)
+        except unitfile.UnsafeValue as exc:
+            raise JobSkipped(f"{where}.on_failure: {exc}; job skipped") from None
     notes: list[str] = []
     zone = f" {job.time_zone}" if job.time_zone else ""
     source = ""
@@ -130,13 +173,42 @@ def render_job(
         + (f"RandomizedDelaySec={delay}s\n" if delay else "")
         + "AccuracySec=1s\n"
     )
+    retry_unit = retry_service = ""
+    hook = hook_args
+    if job.retries:
+        interval = job.retries * job.retry_delay_secs + 1
+        retry_unit = f"StartLimitIntervalSec={interval}s\nStartLimitBurst={job.retries + 1}\n"
+        retry_service = f"Restart=on-failure\nRestartSec={job.retry_delay_secs}s\n"
+        hook += f" --retries {job.retries}"
+    # "-": recording history must never turn a run into a failure; "+": as root, whoever
+    # the job runs as (the history is root's).
+    flags = "-+" if run_as else "-"
     service = (
         f"{header}\n[Unit]\nDescription={description(f'zincati-py schedule {job.name}')}\n"
-        f"{source}"
+        f"{source}{on_failure}{retry_unit}"
         "\n[Service]\nType=oneshot\n"
         f"ExecStart={exec_start}\n"
         + (f"TimeoutStartSec={job.timeout_secs}s\n" if job.timeout_secs else "")
-        # "-": recording history must never turn a run into a failure.
-        + f"ExecStopPost=-{exe} schedule _record {job.name}{hook_args}\n"
+        + retry_service
+        + run_as
+        + f"ExecStopPost={flags}{exe} schedule _record {job.name}{hook}\n"
     )
-    return JobUnits(SCHEDULE_UNIT.format(name=job.name), timer, service, notes=notes)
+    return JobUnits(SCHEDULE_UNIT.format(name=job.name), timer, service, extra, notes)
+
+
+def _failure_hook(job: ScheduleSettings, header: str, run_as: str, extra: dict[str, str]) -> str:
+    """The ``OnFailure=`` line; a generated handler unit goes into ``extra``."""
+    from zincati_py.config.jobs import FAILURE_UNIT_RE
+
+    assert job.on_failure is not None
+    if FAILURE_UNIT_RE.fullmatch(job.on_failure):
+        return f"OnFailure={unitfile.setting(job.on_failure, 'on_failure unit')}\n"
+    handler = FAILURE_UNIT.format(name=job.name)
+    extra[f"{handler}.service"] = (
+        f"{header}\n[Unit]\n"
+        f"Description={description(f'zincati-py schedule {job.name} failed: hook')}\n"
+        "\n[Service]\nType=oneshot\n"
+        f"Environment=ZINCATI_PY_JOB={job.name}\n"
+        f"ExecStart={shell_command(job.on_failure)}\n" + run_as
+    )
+    return f"OnFailure={handler}.service\n"
