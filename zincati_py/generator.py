@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from zincati_py.config import ScheduleSettings, Settings, WindowSettings
+    from zincati_py.generator_cache import CacheDir, Replay
 
 PREFIX = "zincati-py-"
 CHECK_UNIT = "zincati-py-check"
@@ -341,9 +342,11 @@ def _generate_cached(directory: str) -> None:
         return
     try:
         replay = cache.load(cache_dir)
-        if replay is not None and replay.croniter_unchanged():
+        if replay is not None and not replay.croniter_unchanged():
+            replay = None  # croniter changed: no translation of it is good any more
+        if replay is not None:
             try:
-                fingerprint = cache.inputs(root, exe, user, replay.tzpath)
+                fingerprint = cache.inputs(root, exe, user, cache.environment(replay.tzpath))
             except cache.Uncacheable:
                 fingerprint = None
             if fingerprint == replay.inputs:
@@ -351,30 +354,52 @@ def _generate_cached(directory: str) -> None:
                     print(line, file=sys.stderr)
                 _write(replay.units, replay.timers, directory)
                 return
-        import zoneinfo
-
-        tzpath = list(zoneinfo.TZPATH)
-        try:
-            fingerprint = cache.inputs(root, exe, user, tzpath)  # read before the inputs are
-        except cache.Uncacheable:
-            fingerprint = None
-        del _logged[:]
-        rendered, _ = _rendered_run(directory, root, user)
-        if fingerprint is not None:
-            try:  # noqa: SIM105 (contextlib is an import the cached path does without)
-                cache.save(
-                    cache_dir,
-                    fingerprint,
-                    tzpath,
-                    rendered.units,
-                    rendered.timers,
-                    list(_logged),
-                    cache.croniter_identity(),
-                )
-            except OSError:
-                pass  # /run read-only or full: next boot computes again
+        _computed_run(cache_dir, replay, directory, root, exe, user)
     finally:
         cache_dir.close()
+
+
+def _computed_run(
+    cache_dir: CacheDir, replay: Replay | None, directory: str, root: str, exe: str, user: bool
+) -> None:
+    """Compute and write the units, then keep them (and the translations) for the next run."""
+    import zoneinfo
+
+    from zincati_py import generator_cache as cache
+    from zincati_py.schedule import cron
+
+    tzpath = list(zoneinfo.TZPATH)
+    try:
+        env = cache.environment(tzpath)
+        fingerprint = cache.inputs(root, exe, user, env)  # read before the inputs are
+    except cache.Uncacheable:
+        env, fingerprint = None, None
+    croniter = None
+    if replay is not None and env is not None and replay.environment == env:
+        cron.MEMO.update(replay.translations)  # computed by the same code on the same zones
+        croniter = replay.croniter
+    before = set(cron.MEMO)
+    del _logged[:]
+    rendered, _ = _rendered_run(directory, root, user)
+    if env is None:
+        return
+    if set(cron.MEMO) - before or croniter is None:
+        croniter = cache.croniter_identity() or croniter
+    try:  # noqa: SIM105 (contextlib is an import the cached path does without)
+        cache.save(
+            cache_dir,
+            fingerprint=fingerprint,
+            environment=env,
+            # The latest ones (this run's come last), so the file cannot grow without bound.
+            translations=dict(list(cron.MEMO.items())[-cache.MAX_TRANSLATIONS :]),
+            tzpath=tzpath,
+            units=rendered.units,
+            timers=rendered.timers,
+            log=list(_logged),
+            croniter=croniter,
+        )
+    except OSError:
+        pass  # /run read-only or full: next boot computes again
 
 
 def _rendered_run(directory: str, root: str | None, user: bool) -> tuple[Rendered, int]:

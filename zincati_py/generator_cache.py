@@ -6,18 +6,23 @@ fragments. Its output is a pure function of its inputs, so the last run's output
 input; when the fingerprint matches, the generator writes that output again without loading
 the configuration, importing tomllib, croniter, zoneinfo or dataclasses.
 
-The fingerprint (``_inputs``) holds, exactly:
+The fingerprint (:func:`inputs`) holds, exactly:
 
 - every entry of the three config directories: name, file type, a symlink's target, and the
   full contents of each ``*.toml`` regular file (compared byte for byte, no hash);
 - ``etc/machine-id``'s contents (the node id hashes ``H`` and names the node);
-- ``etc/localtime``: the link, its target and both files' identity (``localtime`` zones);
-- the time zone database: identity of ``tzdata.zi`` and of each directory on the zoneinfo
-  search path (a tzdata update replaces ``tzdata.zi``), and ``PYTHONTZPATH``;
+- ``etc/localtime``: the link and the identity of the link and of its target;
 - what the output names: the root prefix, the ``zincati-py`` executable, the manager scope;
-- the code: zincati-py's version, the identity of every module the output depends on
-  (``config/``, ``schedule/``, the generator, ``unitfile``), the interpreter, and croniter's
-  module when a run used it.
+- the environment (:func:`environment`): zincati-py's version, the identity (device, inode,
+  size, times) of every module the output depends on (``config/``, ``schedule/``, the
+  generator, ``unitfile``), the interpreter, the time zone database (each directory on the
+  zoneinfo search path and its ``tzdata.zi``, which a tzdata update replaces; ``PYTHONTZPATH``);
+- croniter's module identity, when the output needed croniter.
+
+When the inputs changed, the cron translations of the last runs are still good while the
+environment and croniter are unchanged: they are keyed by expression, zone and hash id
+(``zincati_py.schedule.cron.MEMO``), so a changed configuration whose cron expressions were
+all seen before does not import croniter either.
 
 Anything unexpected (a fragment that cannot be read, a directory that cannot be listed, a
 file over the size limit) makes the run uncacheable: the generator then computes as before.
@@ -55,6 +60,8 @@ CONFIG_DIRS = ("usr/lib/zincati/config.d", "run/zincati/config.d", "etc/zincati/
 ROOT_ENV = "ZINCATI_PY_ROOT"
 # As zincati_py.config.fragments.MAX_FRAGMENT_BYTES: larger files are not cached.
 MAX_FRAGMENT_BYTES = 256 * 1024
+# Cron translations kept across runs.
+MAX_TRANSLATIONS = 1000
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # The modules the output depends on (directories: every *.py in them).
 _CODE = ("config", "schedule", "generator.py", "unitfile.py", "paths.py", "__init__.py")
@@ -146,41 +153,44 @@ def _config_dirs(root: str) -> list[object]:
     return out
 
 
-def _time_zones(root: str, tzpath: list[str]) -> list[object]:
+def _localtime(root: str) -> list[object]:
     localtime = _under(root, "etc/localtime")
     try:
         link: str | None = os.readlink(localtime)
     except OSError:
         link = None
-    out: list[object] = [
-        os.environ.get("PYTHONTZPATH"),
-        link,
-        _identity(localtime, follow=False),
-        _identity(localtime),
-    ]
-    for directory in tzpath:
-        out.append((directory, _identity(directory), _identity(f"{directory}/tzdata.zi")))
-    return out
+    return [link, _identity(localtime, follow=False), _identity(localtime)]
 
 
-def inputs(root: str, executable: str, user: bool, tzpath: list[str]) -> tuple[object, ...]:
-    """Everything the generator's output depends on (see the module docstring).
-
-    Raises Uncacheable."""
+def environment(tzpath: list[str]) -> tuple[object, ...]:
+    """What a cron translation depends on besides its key: the code, the interpreter and the
+    time zone database (croniter's identity is checked apart). Raises Uncacheable."""
     from zincati_py import __version__
 
+    zones: list[object] = [os.environ.get("PYTHONTZPATH")]
+    for directory in tzpath:
+        zones.append((directory, _identity(directory), _identity(f"{directory}/tzdata.zi")))
     return (
         FORMAT,
         __version__,
         sys.version,
         sys.executable,
+        tuple(_code_identity()),
+        tuple(zones),
+    )
+
+
+def inputs(root: str, executable: str, user: bool, env: tuple[object, ...]) -> tuple[object, ...]:
+    """Everything the generator's output depends on (see the module docstring): ``env``
+    (from :func:`environment`) and what this run reads and names. Raises Uncacheable."""
+    return (
+        env,
         root,
         executable,
         user,
-        tuple(_code_identity()),
         tuple(_config_dirs(root)),
         _read(_under(root, "etc/machine-id")),
-        tuple(_time_zones(root, tzpath)),
+        tuple(_localtime(root)),
     )
 
 
@@ -231,6 +241,8 @@ class Replay:
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.inputs: tuple[object, ...] = doc["inputs"]
+        self.environment: tuple[object, ...] = doc["environment"]
+        self.translations: dict[Any, Any] = doc["translations"]
         self.tzpath: list[str] = doc["tzpath"]
         self.croniter: tuple[str, object] | None = doc["croniter"]
         self.units: dict[str, str] = doc["units"]
@@ -269,16 +281,22 @@ def croniter_identity() -> tuple[str, object] | None:
 
 def save(
     directory: CacheDir,
-    fingerprint: tuple[object, ...],
+    *,
+    fingerprint: tuple[object, ...] | None,
+    environment: tuple[object, ...],
+    translations: dict[Any, Any],
     tzpath: list[str],
     units: dict[str, str],
     timers: list[str],
     log: list[str],
     croniter: tuple[str, object] | None,
 ) -> None:
-    """Write the cache file atomically (raises OSError; callers ignore it)."""
+    """Write the cache file atomically (raises OSError; callers ignore it). A None
+    ``fingerprint`` keeps the translations only (the run's inputs could not be fingerprinted)."""
     doc = {
         "inputs": fingerprint,
+        "environment": environment,
+        "translations": translations,
         "tzpath": tzpath,
         "croniter": croniter,
         "units": units,

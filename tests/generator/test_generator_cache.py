@@ -145,3 +145,39 @@ def test_no_run_dir_no_memo_same_output(tmp_path: Path) -> None:
     second = output(root, tmp_path / "out2")
     assert first == second
     assert not (root / "run").exists()  # nothing created in a tree without /run
+
+
+def _imported(root: Path, out: Path, *env: tuple[str, str]) -> set[str]:
+    from tests.generator.helpers import run_generator
+
+    proc = run_generator(root, out, ("PYTHONPROFILEIMPORTTIME", "1"), *env)
+    assert proc.returncode == 0, proc.stderr
+    return {
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_translations_outlive_a_changed_configuration(runs: Runs) -> None:
+    """Inputs changed, cron expressions seen before: computed without croniter."""
+    jobs = runs.root / "etc/zincati/config.d/60-jobs.toml"
+    jobs.write_text(jobs.read_text() + "# an edit that changes no expression\n")
+    imported = _imported(runs.root, runs.tmp / "a")
+    assert "zincati_py.config" in imported and "croniter" not in imported
+    assert normalized_out(runs, "a") == runs.fresh()
+    # A new expression needs croniter, once.
+    jobs.write_text(jobs.read_text().replace('"*/15 * * * *"', '"*/20 * * * *"'))
+    assert "croniter" in _imported(runs.root, runs.tmp / "b")
+    jobs.write_text(jobs.read_text() + "#\n")
+    assert "croniter" not in _imported(runs.root, runs.tmp / "c")
+    # Another time zone database: every translation is made again.
+    jobs.write_text(jobs.read_text() + "#\n")
+    imported = _imported(runs.root, runs.tmp / "d", ("PYTHONTZPATH", "/usr/share/zoneinfo"))
+    assert "croniter" in imported
+
+
+def normalized_out(runs: Runs, name: str) -> dict[str, bytes]:
+    from tests.generator.corpus import normalized
+
+    return normalized(runs.root, runs.tmp / name)

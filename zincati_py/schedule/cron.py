@@ -123,7 +123,32 @@ def validate_time_zone(name: str) -> str:
         ) from None
 
 
+# Translations made by this process: (expr, tz, hash_id) -> (True, lines) or (False, the
+# CronError message). Validation and rendering translate each expression once between them,
+# and the generator keeps the table across boots (zincati_py.generator_cache: invalidated with
+# the code, croniter and the time zone database), so an unchanged expression needs no croniter.
+MEMO: dict[tuple[str, str | None, str | bytes | None], tuple[bool, tuple[str, ...] | str]] = {}
+
+
 def translate(expr: str, *, tz: str | None = None, hash_id: str | bytes | None = None) -> list[str]:
+    """:func:`translate_uncached`, remembered in :data:`MEMO`."""
+    key = (expr, tz, hash_id)
+    found = MEMO.get(key)
+    if found is None:
+        try:
+            found = (True, tuple(translate_uncached(expr, tz=tz, hash_id=hash_id)))
+        except CronError as exc:
+            found = (False, str(exc))
+        MEMO[key] = found
+    ok, value = found
+    if not ok:
+        raise CronError(value)
+    return list(value)
+
+
+def translate_uncached(
+    expr: str, *, tz: str | None = None, hash_id: str | bytes | None = None
+) -> list[str]:
     """OnCalendar values whose union fires exactly when the cron expression fires.
 
     ``tz`` (``"UTC"`` or an IANA name) is appended to every line; None means the host's local
