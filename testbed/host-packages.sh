@@ -40,15 +40,18 @@ need_root() {
   fi
 }
 
-# `apt-get ARGS`, waiting while another apt/dpkg holds one of its locks.
+# `apt-get ARGS`, waiting while another apt/dpkg holds one of its locks. apt's progress is
+# shown as it goes (a fresh machine installs for minutes), minus the lock complaints.
+lock_re='Could not get lock|Unable to lock|Unable to acquire the dpkg|is held by process'
 apt_get() {
-  local deadline=$((SECONDS + lock_timeout)) out rc told=0
+  local deadline=$((SECONDS + lock_timeout)) log rc told=0
+  log=$(mktemp)
   while :; do
     rc=0
-    out=$(apt-get -q -o DPkg::Lock::Timeout="$lock_timeout" "$@" 2>&1) || rc=$?
-    if [ "$rc" -eq 0 ]; then return 0; fi
-    if grep -q -E 'Could not get lock|Unable to lock|Unable to acquire the dpkg' <<<"$out" \
-      && [ "$SECONDS" -lt "$deadline" ]; then
+    apt-get -q -o DPkg::Lock::Timeout="$lock_timeout" "$@" 2>&1 | tee "$log" \
+      | { grep --line-buffered -v -E "$lock_re" || true; } || rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 0 ]; then rm -f "$log"; return 0; fi
+    if grep -q -E "$lock_re" "$log" && [ "$SECONDS" -lt "$deadline" ]; then
       if [ "$told" -eq 0 ]; then
         echo "zincati-py: another apt/dpkg holds its lock; waiting (up to ${lock_timeout}s)" >&2
         told=1
@@ -56,7 +59,7 @@ apt_get() {
       sleep 2
       continue
     fi
-    printf '%s\n' "$out" >&2
+    rm -f "$log"
     return "$rc"
   done
 }
