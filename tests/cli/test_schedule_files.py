@@ -292,10 +292,9 @@ def test_record_trims_history(tmp_path: Path) -> None:
 
 
 NOBODY = 65534
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown to another user)")
 
 
-@root_only
+@pytest.mark.root  # chown to another user
 def test_record_never_follows_a_path_another_user_controls(tmp_path: Path) -> None:
     """Issue 11 item 7: the hook runs as root. The agent user owned the old history directory
     (/var/lib/zincati-py/history) and could plant NAME.jsonl -> any file: root then appended
@@ -383,7 +382,9 @@ def test_generator_and_cli_agree_on_the_history_path(tmp_path: Path) -> None:
 
 EVERY_OPTION = (
     "--cron", "30 2 * * 1-5", "--command", "echo every", "--tz", "Europe/Berlin",
-    "--no-catch-up", "--randomized-delay", "60", "--timeout", "900",
+    "--no-catch-up", "--randomized-delay", "60", "--timeout", "900", "--retries", "2",
+    "--retry-delay", "30", "--on-failure", "echo failed", "--run-as", "backup",
+    "--dynamic-user",
 )  # fmt: skip
 EVERY_SETTING = {
     "cron": "30 2 * * 1-5",
@@ -392,6 +393,11 @@ EVERY_SETTING = {
     "catch_up": False,
     "randomized_delay_secs": 60,
     "timeout_secs": 900,
+    "retries": 2,
+    "retry_delay_secs": 30,
+    "on_failure": "echo failed",
+    "user": "backup",
+    "dynamic_user": True,
     "enabled": True,
 }
 # One flag at a time: (argv, the settings it changes).
@@ -404,6 +410,15 @@ ONE_AT_A_TIME = [
     (["--timeout", "30"], {"timeout_secs": 30}),
     (["--tz", "localtime"], {"time_zone": None}),
     (["--no-catch-up"], {"catch_up": False}),
+    (["--retries", "5"], {"retries": 5}),
+    (["--retry-delay", "1"], {"retry_delay_secs": 1}),
+    (["--on-failure", "logger failed"], {"on_failure": "logger failed"}),
+    (["--run-as", "nobody"], {"user": "nobody"}),
+    (["--no-dynamic-user"], {"dynamic_user": False}),
+    (["--argv", "/usr/bin/env", "-i", "x y"], {"command": ["/usr/bin/env", "-i", "x y"]}),
+    (["--timeout", "0"], {"timeout_secs": None}),
+    (["--on-failure", ""], {"on_failure": None}),
+    (["--run-as", ""], {"user": None}),
 ]
 
 
@@ -429,7 +444,7 @@ def test_modify_changes_exactly_the_options_given(tmp_path: Path, vendor: bool) 
     want = dict(EVERY_SETTING)
     assert _settings(root, "j") == want
     for argv, changes in ONE_AT_A_TIME:
-        proc = zpy("schedule", "modify", "j", *argv, *args)
+        proc = zpy("schedule", "modify", "j", *args, *argv)  # --argv takes the rest: last
         assert proc.returncode == 0, proc.stderr
         want |= changes
         assert _settings(root, "j") == want, argv
@@ -437,8 +452,7 @@ def test_modify_changes_exactly_the_options_given(tmp_path: Path, vendor: bool) 
         assert vendor_file.read_text() == text
         override = tomllib.loads((_etc(root) / "70-schedule-j.toml").read_text())
         (entry,) = override["schedule"]
-        assert set(entry) == {"name", "cron", "command", "time_zone", "catch_up",
-                              "randomized_delay_secs", "timeout_secs"}  # fmt: skip
+        assert set(entry) == set(EVERY_SETTING) - {"enabled"} | {"name"}
     # Where each setting comes from.
     status = zpy_json("schedule", "status", "j", "--root", str(root))
     sources = status["setting_sources"]
