@@ -10,11 +10,14 @@ import hashlib
 import hmac
 import os
 import re
-import zoneinfo
 from collections.abc import Callable
 from datetime import time
 from pathlib import Path
 from urllib.parse import urlsplit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import zoneinfo
 
 # Zincati's application id for deriving the node id from /etc/machine-id.
 ZINCATI_APP_ID = "de35106b6ec24688b63afddaa156679b"
@@ -49,6 +52,8 @@ def resolve_time_zone(name: str, localtime: Path) -> zoneinfo.ZoneInfo:
 
     Raises ValueError with a user-facing message when the zone cannot be resolved.
     """
+    import zoneinfo  # on first use: a configuration without zones does not need it
+
     if name == "localtime":
         if not os.path.lexists(localtime):
             return zoneinfo.ZoneInfo("UTC")  # systemd's rule: no /etc/localtime means UTC

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,13 @@ SCHEMA: dict[str, Any] = {
         "timing": {"steady_interval_secs": (int,), "check_cron": (str,)},
         "reboot": {"max_postpone_secs": (int,), "warn_interactive": (bool,)},
         "metrics": {"listen": (str,)},
+        "health": {
+            "pre_reboot": (list,),
+            "required_units": (list,),
+            "timeout_secs": (int,),
+            "rollback": (bool,),
+        },
+        "hooks": {"commands": (list,), "events": (list,), "timeout_secs": (int,)},
     },
     "identity": {"group": (str,), "node_uuid": (str,), "rollout_wariness": (float,)},
     "cincinnati": {"base_url": (str,)},
@@ -144,6 +150,8 @@ def _readlink(path: Path) -> str | None:
 
 def read_fragment(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
     """One fragment's TOML, or None and one error naming the file (never an exception)."""
+    import tomllib  # on first use: no fragments, no parser
+
     try:
         data = _read_bounded(path)
     except _TooLarge:

@@ -9,7 +9,6 @@ ignores windows unless the strategy is periodic). ``[[schedule]]`` jobs are chec
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from datetime import time
 from pathlib import Path
@@ -35,6 +34,8 @@ from zincati_py.config.model import (
     AgentSettings,
     FileGateSettings,
     FleetLockSettings,
+    HealthSettings,
+    HooksSettings,
     IdentitySettings,
     MetricsSettings,
     PeriodicSettings,
@@ -46,6 +47,14 @@ from zincati_py.config.model import (
 )
 from zincati_py.config.problems import Problem, Severity
 from zincati_py.config.raw import Entry, RawConfig
+
+
+def seconds_between(low: int, high: int) -> Callable[[int], str | None]:
+    def check(value: int) -> str | None:
+        return None if low <= value <= high else f"{value} is outside {low}..{high}"
+
+    return check
+
 
 # What an invalid strategy means for reboots (see ConfigReloader in agent/reload.py).
 NO_REBOOT = "; the agent never reboots under an invalid configuration"
@@ -100,6 +109,8 @@ class _Validator:
             metrics=MetricsSettings(
                 listen=self.value("agent.metrics.listen", None, host_port_problem)
             ),
+            health=self.health(),
+            hooks=self.hooks(),
         )
         if agent.timing.check_cron is not None:
             self.cron_order("agent.timing.check_cron")
@@ -117,6 +128,54 @@ class _Validator:
             cincinnati_base_url=self.value("cincinnati.base_url", None),
             updates=updates,
             schedules=self.schedules(identity.node_uuid),
+        )
+
+    def strings(self, key: str, check: Callable[[str], str | None]) -> tuple[str, ...]:
+        """An array of strings, each entry ``check``ed; a bad entry is reported and dropped."""
+        item = self.raw.scalars.get(key)
+        if item is None:
+            return ()
+        out: list[str] = []
+        for index, entry in enumerate(item.value):
+            message = check(entry) if isinstance(entry, str) else f"{entry!r} is not a string"
+            if message is not None:
+                self.report("error", item.file, f"{key}[{index}]", f"{message}; entry ignored")
+            elif entry not in out:
+                out.append(entry)
+        return tuple(out)
+
+    def health(self) -> HealthSettings:
+        from zincati_py.health import spec
+
+        return HealthSettings(
+            pre_reboot=self.strings("agent.health.pre_reboot", spec.check_problem),
+            required_units=self.strings("agent.health.required_units", spec.unit_problem),
+            timeout_secs=self.value(
+                "agent.health.timeout_secs", 300, seconds_between(1, spec.MAX_TIMEOUT_SECS)
+            ),
+            rollback=self.value("agent.health.rollback", True),
+        )
+
+    def hooks(self) -> HooksSettings:
+        from zincati_py.health import spec
+
+        def command(text: str) -> str | None:
+            problem = spec.check_problem(text)
+            if problem is None and spec.is_unit_name(text):
+                return f"{text!r} is a unit name; hooks are commands (an absolute program path)"
+            return problem
+
+        def event(text: str) -> str | None:
+            if text in spec.EVENTS:
+                return None
+            return f"unknown event {text!r} (expected one of {', '.join(spec.EVENTS)})"
+
+        return HooksSettings(
+            commands=self.strings("agent.hooks.commands", command),
+            events=self.strings("agent.hooks.events", event),
+            timeout_secs=self.value(
+                "agent.hooks.timeout_secs", 60, seconds_between(1, spec.MAX_TIMEOUT_SECS)
+            ),
         )
 
     def cron_order(self, key: str) -> None:
@@ -182,7 +241,8 @@ class _Validator:
         )
         node_uuid = self.value("identity.node_uuid", None, uuid_problem)
         if node_uuid is not None:
-            node_uuid = uuid.UUID(node_uuid).hex
+            # uuid.UUID(...).hex for the two forms uuid_problem accepts (uuid imports platform).
+            node_uuid = node_uuid.strip().replace("-", "").lower()
         else:
             node_uuid = self.derived_node_uuid(fleet_lock)
         return IdentitySettings(
@@ -226,9 +286,11 @@ class _Validator:
         credential = self.value(
             "updates.fleet_lock.token_credential",
             None,
-            lambda v: None
-            if v and "/" not in v and v not in (".", "..")
-            else f"{v!r} must be a credential name (a plain file name)",
+            lambda v: (
+                None
+                if v and "/" not in v and v not in (".", "..")
+                else f"{v!r} must be a credential name (a plain file name)"
+            ),
             severity,
         )
         if token_file is not None and credential is not None:
