@@ -170,6 +170,26 @@ def _tracked(repo: Path) -> set[str]:
     return {f"{sitelib()}/{f}" for f in out if f.endswith(".py") and (repo / f).is_file()}
 
 
+def test_main_package_ships_no_test_double(built: Built, installed: Installed) -> None:
+    """The test bed (doubles, harnesses, the demo fleet) is its own distribution: the main
+    package lists none of it, under any name: no testbed/sandbox path, no python package but
+    zincati_py, no file with a test bed module's content, no double's class or dbusmock."""
+    files = query(built, "-l").split()
+    assert files
+    assert [f for f in files if re.search(r"testbed|sandbox|/tests?/|conftest", f)] == []
+    top = {f.removeprefix(sitelib() + "/").split("/")[0] for f in files if f.startswith(sitelib())}
+    assert top == {"zincati_py", f"zincati_py-{_version()}.dist-info"}
+    testbed = {p.read_bytes() for p in (REPO / "testbed").rglob("*.py") if p.stat().st_size}
+    assert testbed, "no test bed modules found to compare with"
+    shipped = [installed.root / f.lstrip("/") for f in files if f.endswith(".py")]
+    assert shipped
+    copies = [str(p) for p in shipped if p.is_file() and p.read_bytes() in testbed]
+    assert copies == [], "test bed modules in the main package"
+    doubles = re.compile(rb"^\s*class \w*(Double|Harness)\b|^\s*(import|from) dbusmock\b", re.M)
+    found = [str(p) for p in shipped if p.is_file() and doubles.search(p.read_bytes())]
+    assert found == [], "test doubles in the main package"
+
+
 def test_installed_fleetlock_config_is_valid_and_uses_the_state_directory(
     installed: Installed,
 ) -> None:
