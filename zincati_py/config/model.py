@@ -30,6 +30,8 @@ __all__ = [
     "AgentSettings",
     "FileGateSettings",
     "FleetLockSettings",
+    "HealthSettings",
+    "HooksSettings",
     "IdentitySettings",
     "MetricsSettings",
     "PeriodicSettings",
@@ -67,10 +69,46 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    """``[agent.health]`` (see ``zincati_py.health``): checks before a reboot, the gate after."""
+
+    pre_reboot: tuple[str, ...] = ()  # unit names (must be active) or commands (must exit 0)
+    required_units: tuple[str, ...] = ()
+    timeout_secs: int = 300  # the post-boot gate's deadline, and each check's bound
+    rollback: bool = True  # a failed gate rolls back (false: report it only)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pre_reboot": list(self.pre_reboot),
+            "required_units": list(self.required_units),
+            "timeout_secs": self.timeout_secs,
+            "rollback": self.rollback,
+        }
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """``[agent.hooks]``: commands run (as transient systemd units) on update events."""
+
+    commands: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()  # empty: every event
+    timeout_secs: int = 60
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "commands": list(self.commands),
+            "events": list(self.events),
+            "timeout_secs": self.timeout_secs,
+        }
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     timing: TimingSettings = field(default_factory=TimingSettings)
     reboot: RebootSettings = field(default_factory=RebootSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
 
 
 @dataclass(frozen=True)
@@ -162,6 +200,8 @@ class Settings:
                     "warn_interactive": self.agent.reboot.warn_interactive,
                 },
                 "metrics": {"listen": self.agent.metrics.listen},
+                "health": self.agent.health.as_dict(),
+                "hooks": self.agent.hooks.as_dict(),
             },
             "identity": {
                 "group": self.identity.group,
