@@ -3,7 +3,8 @@
 The RPM part is not a copy of the spec: :func:`spec_install_commands` takes the ``%install``
 section of ``packaging/zincati-py.spec`` itself, expands Fedora's macro values and runs it
 with ``%{buildroot}`` = the rootfs, so a path changed in the spec changes here too (an unknown
-macro is an error, not a guess). ``%pyproject_install`` becomes pip installing the wheels with
+macro is an error, not a guess); ``%files``' ``%attr(...)`` owners and modes are applied as
+rpm does. ``%pyproject_install`` becomes pip installing the wheels with
 Debian's system layout (``/usr/bin``, ``/usr/lib/python3/dist-packages``: the counterpart of
 Fedora's ``/usr/bin`` + ``site-packages``). The scriptlets follow: ``%pre``'s sysusers
 (``systemd-sysusers --root``), ``%post``'s ``systemctl preset`` under Fedora's preset policy
@@ -23,6 +24,7 @@ Stand-ins for what Fedora has and Debian lacks (and nothing else):
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -58,10 +60,10 @@ class SpecError(RuntimeError):
 
 def _section(spec: str, name: str) -> list[str]:
     lines = spec.splitlines()
-    try:
-        start = lines.index(f"%{name}") + 1
-    except ValueError:
-        raise SpecError(f"{SPEC}: no %{name} section") from None
+    starts = [i for i, line in enumerate(lines) if re.match(rf"%{name}(\s|$)", line)]
+    if not starts:
+        raise SpecError(f"{SPEC}: no %{name} section")
+    start = starts[0] + 1
     out = []
     for line in lines[start:]:
         if re.match(r"%(check|files|pre|post|preun|postun|changelog|build|prep)\b", line):
@@ -86,20 +88,56 @@ def spec_install_commands(spec: str, buildroot: Path, sources: Mapping[str, str]
             continue
         joined.append(stripped)
     values = {**FEDORA_MACROS, "buildroot": str(buildroot), **sources}
-
-    def expand(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in values:
-            raise SpecError(f"{SPEC}: %install uses %{{{name}}}, which the test bed cannot expand")
-        return values[name]
-
     commands = []
     for line in joined:
-        expanded = re.sub(r"%\{\??([A-Za-z0-9_]+)\}", expand, line)
+        expanded = _expand(line, values)
         if "%" in expanded.replace("%%", ""):
             raise SpecError(f"{SPEC}: %install line with an unknown macro: {line}")
         commands.append(expanded.replace("%%", "%"))
     return commands
+
+
+def _expand(line: str, values: Mapping[str, str]) -> str:
+    def one(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in values:
+            raise SpecError(f"{SPEC}: %{{{name}}} in {line!r}: the test bed cannot expand it")
+        return values[name]
+
+    return re.sub(r"%\{\??([A-Za-z0-9_]+)\}", one, line)
+
+
+def spec_file_attrs(spec: str) -> list[tuple[str, str, str, str]]:
+    """``(mode, user, group, path)`` of every ``%attr(...)`` line of ``%files`` (what rpm sets
+    when it installs the file; ``-`` keeps what ``%install`` left)."""
+    out = []
+    for line in _section(spec, "files"):
+        m = re.match(r"\s*%attr\(\s*([0-7]+|-)\s*,\s*([\w-]+)\s*,\s*([\w-]+)\s*\)\s+(.*)$", line)
+        if not m:
+            continue
+        path = re.sub(r"%(config|dir|doc|license|ghost)(\([^)]*\))?\s*", "", m.group(4)).strip()
+        out.append((m.group(1), m.group(2), m.group(3), _expand(path, FEDORA_MACROS)))
+    return out
+
+
+def _ids(root: Path, table: str) -> dict[str, int]:
+    ids = {}
+    for line in (root / "etc" / table).read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) > 2:
+            ids[fields[0]] = int(fields[2])
+    return ids
+
+
+def apply_file_attrs(root: Path, spec: str) -> None:
+    users, groups = _ids(root, "passwd"), _ids(root, "group")
+    for mode, user, group, path in spec_file_attrs(spec):
+        target = root / path.lstrip("/")
+        if mode != "-":
+            target.chmod(int(mode, 8))
+        uid = -1 if user == "-" else users[user]
+        gid = -1 if group == "-" else groups[group]
+        os.chown(target, uid, gid, follow_symlinks=False)
 
 
 def _chroot(
@@ -147,6 +185,8 @@ def install_rpm_layout(root: Path, checkout: Path, wheelhouse: Path) -> None:
         ["systemd-sysusers", f"--root={root}", f"{root}/usr/lib/sysusers.d/zincati-py.conf"],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
+    # What rpm does when it installs the files: %files' %attr owners and modes.
+    apply_file_attrs(root, spec)
 
 
 # ---- the test bed's stand-ins ----------------------------------------------------------------
