@@ -19,18 +19,24 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class AgentMetrics(Collector):
-    """Current values, set by the agent; rendered on every scrape."""
+class AgentMetrics:
+    """Current values, set by the agent; rendered on every scrape.
+
+    prometheus-client (with what it imports: about 4 MiB of resident memory) is loaded at the
+    first scrape, not at start: an agent nobody scrapes never loads it. Other collectors join
+    through :meth:`register`; :attr:`registry` is the prometheus-client registry (loading it).
+    """
 
     def __init__(self) -> None:
         self.updates_enabled = 0
@@ -48,13 +54,34 @@ class AgentMetrics(Collector):
         self.update_checks = 0
         self.update_check_failures = 0
         self.decision_latency = 0.0
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
+        self._collectors: list[Any] = [self]  # a prometheus-client Collector each
+        self._registry: CollectorRegistry | None = None
+
+    def register(self, collector: Any) -> None:
+        """Render ``collector`` (a prometheus-client ``Collector``) with these metrics."""
+        if self._registry is not None:
+            self._registry.register(collector)
+        else:
+            self._collectors.append(collector)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The prometheus-client registry holding these metrics (loads prometheus-client)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry(auto_describe=False)
+            for collector in self._collectors:
+                registry.register(collector)
+            self._registry = registry
+        return self._registry
 
     def blocked(self, reason: str) -> None:
         self.finalization_blocked[reason] = self.finalization_blocked.get(reason, 0) + 1
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+
         def one(name: str, doc: str, kind: str, value: float, sample: str | None = None) -> Metric:
             m = Metric(name, doc, kind)
             m.add_sample(sample or name, {}, value)
@@ -159,6 +186,8 @@ class AgentMetrics(Collector):
         )
 
     def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
 
 

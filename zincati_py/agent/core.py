@@ -1,8 +1,9 @@
 """The small interface between the agent's loop and its collaborators.
 
 ``service.Agent`` is the loop and lifecycle: it owns the collaborators (``deployments``,
-``reboot``, ``reload``, ``publish``) and calls into them. They talk back to it only through
-:class:`Host` (wake me, run this task, announce the state now), and read each other one way:
+``reboot``, ``reload``, ``publish``; ``graph`` for the update graph) and calls into them. They
+talk back to it only through :class:`Host` (wake me, run this task, announce the state now),
+and read each other one way:
 ``reboot`` and ``publish`` read ``deployments`` and ``reload``; ``deployments`` and ``reload``
 read nobody. None of them imports ``service``, so there is no cycle.
 

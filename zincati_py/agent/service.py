@@ -34,12 +34,13 @@ from zincati_py.agent import machine, persist
 from zincati_py.agent.api import BUS_NAME, AgentInterface, RefusedError, export
 from zincati_py.agent.core import Outcome, Retries
 from zincati_py.agent.deployments import DeploymentTracker
+from zincati_py.agent.graph import UpdateGraph
 from zincati_py.agent.machine import Action, Facts, State, Step
 from zincati_py.agent.notify import Notifier
 from zincati_py.agent.publish import Publisher
 from zincati_py.agent.reboot import RebootCoordinator
 from zincati_py.agent.reload import ConfigReloader
-from zincati_py.cincinnati.updater import GraphUpdates
+from zincati_py.health.keeper import HealthKeeper
 from zincati_py.metrics import AgentMetrics, Exporter
 from zincati_py.paths import Paths
 
@@ -124,8 +125,16 @@ class Agent:
             self.reload,
         )
         # Update checks from the Cincinnati graph when [cincinnati] base_url is set.
-        self.graph = GraphUpdates(self.paths.root, self.store, self.boot_id, self.metrics.registry)
-        self.publish.graph = self.graph
+        self.graph = UpdateGraph(
+            self.paths.root, self.store, self.boot_id, self.metrics, self.publish
+        )
+        # Pre-reboot checks, the post-boot health gate and the rollback ([agent.health]).
+        self.health = HealthKeeper(
+            self.paths.root, self.store, self.deployments, self.reload, self.boot_id,
+            opts.systemd_bus,
+        )  # fmt: skip
+        self.reload.report = self.health.facts
+        self.publish.health = self.health
         self.bus: MessageBus | None = None
         self.rpm: RpmOstree | None = None
         self.logind: Logind | None = None
@@ -173,6 +182,7 @@ class Agent:
     async def reboot_now(self) -> str:
         """RebootNow on the API: reboot into the staged update, skipping the strategy."""
         async with self.lock:
+            self.graph.follow(self.reload.config)
             now = time.time()
             await self._reconcile(now)
             facts = self._facts(now)
@@ -239,6 +249,7 @@ class Agent:
 
     async def _reconcile(self, now: float) -> None:
         """Settle persisted records against the deployments actually booted and staged."""
+        await self.health.reconcile(now)  # first: it reads the reboot request DONE clears
         await self.reboot.reconcile(now)
         await self.deployments.reconcile()
 
@@ -260,6 +271,7 @@ class Agent:
 
     async def _evaluate(self, reasons: list[str], since: float | None) -> None:
         log.debug("evaluating (%s)", "; ".join(reasons) or "no reason")
+        self.graph.follow(self.reload.config)  # before publishing: its status is in it
         self.metrics.last_refresh = time.time()
         self.reboot.decision_since = since
         step: Step | None = None
@@ -293,11 +305,13 @@ class Agent:
         if not_before is not None and now < not_before:
             return (self.retries.failure.get(action, step.reason), not_before)
         if action is Action.REPORT_STEADY:
-            return await self._report_steady()
+            held = await self.health.before_steady()  # the gate, or a rollback under way
+            return held if held is not None else await self._report_steady()
         if action is Action.CHECK:
-            graph = self.graph.for_settings(self.reload.config)
+            graph = self.graph.check_step(self.reload.config)
             return await self.deployments.check(self.publish.status_line, graph)
-        return await self.reboot.finalize(force=False)
+        held = await self.health.pre_reboot()  # before the strategy (and a lock slot)
+        return held if held is not None else await self.reboot.finalize(force=False)
 
     async def _report_steady(self) -> Outcome:
         strategy = self.reload.strategy
@@ -317,6 +331,7 @@ class Agent:
         self.retries.succeeded(Action.REPORT_STEADY)
         log.info("reached steady state (%s)", verdict.reason)
         self.steady_reported = True
+        await self.health.steady_reported()
         return None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -373,6 +388,7 @@ class Agent:
         self.logind = Logind()
         await self.logind.connect(self.bus)
         await self.reboot.connect(self.logind)
+        self.health.connect(self.bus, self.rpm, self.logind)
         await self.reload.start(self.bus)
         self._start_watchdog()
         await self.deployments.start(self.rpm)
