@@ -27,9 +27,10 @@ all seen before does not import croniter either.
 Anything unexpected (a fragment that cannot be read, a directory that cannot be listed, a
 file over the size limit) makes the run uncacheable: the generator then computes as before.
 
-Where: ``ROOT/run/zincati-py-generator/cache`` (generators run very early, when ``/run`` is
-writable and ``/var`` may not be mounted yet); for a user manager's generator that cannot
-write there, ``$XDG_RUNTIME_DIR/zincati-py-generator/cache``. The directory is created 0700
+Where: ``ROOT/run/zincati-py-generator/cache`` (``cache-user`` for a user manager's
+generator: generators run very early, when ``/run`` is writable and ``/var`` may not be
+mounted yet); for a user manager's generator that cannot write there,
+``$XDG_RUNTIME_DIR/zincati-py-generator/cache-user``. The directory is created 0700
 and used only when it is a real directory owned by the running user and not writable by
 anyone else; the file is opened with ``O_NOFOLLOW`` relative to it and must be owned by the
 running user too, since replayed texts go into unit files unchecked. The file is written
@@ -195,10 +196,13 @@ def inputs(root: str, executable: str, user: bool, env: tuple[object, ...]) -> t
 
 
 class CacheDir:
-    """The cache directory, opened safely (or not at all: ``open_dir`` returns None)."""
+    """The cache directory, opened safely (or not at all: ``open_dir`` returns None), and the
+    file's name in it: one per manager scope (root's user manager shares the directory with
+    the system manager; their inputs differ)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, user: bool) -> None:
         self.fd = fd
+        self.file = f"{FILE_NAME}-user" if user else FILE_NAME
 
     def close(self) -> None:
         os.close(self.fd)
@@ -233,7 +237,7 @@ def open_dir(root: str, user: bool, create: bool) -> CacheDir | None:
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         os.close(fd)
         return None
-    return CacheDir(fd)
+    return CacheDir(fd, user)
 
 
 class Replay:
@@ -256,7 +260,9 @@ class Replay:
 def load(directory: CacheDir) -> Replay | None:
     """The cache file's contents, or None when there is none or it is not ours or not valid."""
     try:
-        fd = os.open(FILE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
+        fd = os.open(
+            directory.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd
+        )
     except OSError:
         return None
     try:
@@ -304,7 +310,12 @@ def save(
         "log": log,
     }
     data = marshal.dumps(doc)
-    tmp = f".{FILE_NAME}.{os.getpid()}"
+    tmp = f".{directory.file}.{os.getpid()}"
+    # Left by a run killed while writing (early-boot PIDs repeat). No contextlib: see above.
+    try:  # noqa: SIM105
+        os.unlink(tmp, dir_fd=directory.fd)
+    except FileNotFoundError:
+        pass
     fd = os.open(
         tmp,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -318,7 +329,7 @@ def save(
                 view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
-        os.replace(tmp, FILE_NAME, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+        os.replace(tmp, directory.file, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
     except BaseException:
         try:  # noqa: SIM105 (contextlib is an import this module does without)
             os.unlink(tmp, dir_fd=directory.fd)

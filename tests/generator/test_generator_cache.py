@@ -181,3 +181,42 @@ def normalized_out(runs: Runs, name: str) -> dict[str, bytes]:
     from tests.generator.corpus import normalized
 
     return normalized(runs.root, runs.tmp / name)
+
+
+def test_each_manager_scope_has_its_own_memo(runs: Runs) -> None:
+    from tests.generator.helpers import run_generator
+
+    system, _ = runs.run()
+    user_out = runs.tmp / "user"
+    assert run_generator(runs.root, user_out, ("SYSTEMD_SCOPE", "user")).returncode == 0
+    assert (runs.root / "run/zincati-py-generator/cache-user").is_file()
+    again, computed = runs.run()
+    assert not computed and again == system  # the user run did not replace the system's memo
+    service = (user_out / "zincati-py-schedule-backup.service").read_text()
+    assert " --user\n" in service
+
+
+def test_a_leftover_temp_file_does_not_stop_the_memo(tmp_path: Path) -> None:
+    """A run killed while writing leaves ``.cache.PID``; early-boot PIDs repeat."""
+    (tmp_path / "run").mkdir()
+    directory = generator_cache.open_dir(str(tmp_path), user=False, create=True)
+    assert directory is not None
+    try:
+        stale = tmp_path / "run/zincati-py-generator" / f".cache.{os.getpid()}"
+        stale.write_bytes(b"half a file")
+        generator_cache.save(
+            directory,
+            fingerprint=("inputs",),
+            environment=("env",),
+            translations={},
+            tzpath=[],
+            units={"a.timer": "x"},
+            timers=["a.timer"],
+            log=[],
+            croniter=None,
+        )
+        assert not stale.exists()
+        replay = generator_cache.load(directory)
+        assert replay is not None and replay.units == {"a.timer": "x"}
+    finally:
+        directory.close()
