@@ -367,3 +367,34 @@ def test_retries_failure_hook_and_argv_against_the_real_manager(
 
     wait_for(argv_out.exists, what="the argv job")
     assert argv_out.read_text() == "$HOME|100%|a b|-x|"
+
+    # Job metrics, from what systemd reported (status --json).
+    metrics = zpy_json("schedule", "status", "flaky", *common, env=env)["metrics"]
+    assert metrics["runs_by_result"] == {"success": 1} and metrics["last_attempts"] == 3
+    assert metrics["consecutive_failures"] == 0 and metrics["last_result"] == "success"
+    assert metrics["last_start"] and metrics["last_duration_secs"] is not None
+    metrics = zpy_json("schedule", "status", "broken", *common, env=env)["metrics"]
+    assert metrics["runs_by_result"] == {"exit-code": 1} and metrics["attempts"] == 3
+    assert metrics["consecutive_failures"] == 1
+
+
+def test_a_run_outlasting_its_next_fire_time_is_reported(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    """Issue 14: systemd skips a start while the run goes on; the hook warns (journal) naming
+    the job and the run is counted as an overrun."""
+    config = (
+        '[[schedule]]\nname = "slow"\ncron = "* * * * * */2"\ncommand = "sleep 3"\n'
+        "catch_up = false\n"
+        '[[schedule]]\nname = "quick"\ncron = "* * * * * */2"\ncommand = "true"\n'
+        "catch_up = false\n"
+    )
+    root, manager = _start(user_manager_factory, tmp_path, config)
+    env, common = manager.env(), ("--root", str(root), "--user")
+    status = lambda name: zpy_json("schedule", "status", name, *common, env=env)  # noqa: E731
+    wait_for(lambda: status("slow")["metrics"]["overruns"] >= 1, timeout=30, what="an overrun")
+    assert "schedule slow: warning: the run was still going when its timer elapsed" in (
+        manager.log()
+    )
+    wait_for(lambda: status("quick")["metrics"]["attempts"] >= 2, timeout=30, what="quick runs")
+    assert status("quick")["metrics"]["overruns"] == 0

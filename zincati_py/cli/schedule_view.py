@@ -32,6 +32,7 @@ from zincati_py.cli.common import (
 
 if TYPE_CHECKING:
     from zincati_py.config import LoadResult, ScheduleSettings
+    from zincati_py.dbus.systemd_sync import Systemd
 
 _Subparsers = Any
 
@@ -181,6 +182,7 @@ def _register_status(sub: _Subparsers) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from zincati_py.schedule import history, jobs
+    from zincati_py.schedule.metrics import job_metrics
 
     name = check_job_name(args.name)
     result = _load_reporting(args)
@@ -193,6 +195,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     with job_errors():
         runs = history.read(result.paths, name)
     row["last_recorded_run"] = runs[-1] if runs else None
+    row["metrics"] = job_metrics(row, runs)
     row["note"] = note
     # Where each effective setting comes from (the fragment that set it last), "default" if
     # none did: jobs merge by name across fragments, so one job can span several files.
@@ -237,7 +240,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
             + (f" ({live['last_result']})" if live.get("last_result") else "")
         )
     if runs:
-        print(f"  recorded:    {len(runs)} runs; last: {_describe_run(runs[-1])}")
+        m = row["metrics"]
+        counts = ", ".join(f"{n} {result}" for result, n in m["runs_by_result"].items())
+        print(f"  recorded:    {len(runs)} attempts; runs: {counts}")
+        print(f"  last:        {_describe_run(runs[-1])}")
+        if m["consecutive_failures"]:
+            print(f"  failing:     the last {m['consecutive_failures']} runs failed")
+        if m["overruns"]:
+            print(f"  overruns:    {m['overruns']} (a run outlasted its next fire time)")
     by_file: dict[str, list[str]] = {}
     for key, where in row["setting_sources"].items():
         by_file.setdefault(where, []).append(key)
@@ -338,6 +348,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     unit = schedule_unit(name)
     start = end = None
     attempt = None
+    overran: datetime | None = None
     failed = os.environ.get("SERVICE_RESULT", "success") != "success"
     try:
         with connect(args) as systemd:
@@ -346,14 +357,44 @@ def _cmd_record(args: argparse.Namespace) -> int:
             attempt = restarts + 1
             if args.retries and failed and restarts >= args.retries:
                 systemd.stop_unit(unit)  # the last attempt: no restart
-        start = usec_to_datetime(int(props.get("ExecMainStartTimestamp", 0)))
-        end = usec_to_datetime(int(props.get("ExecMainExitTimestamp", 0)))
+            start = usec_to_datetime(int(props.get("ExecMainStartTimestamp", 0)))
+            end = usec_to_datetime(int(props.get("ExecMainExitTimestamp", 0)))
+            overran = _overran(systemd, name, start, end)
     except (CliError, SystemdError) as exc:
         print(f"zincati-py: {unit}: start time unknown: {exc}", file=sys.stderr)
     record = history.make_record(name, unit, start, end, os.environ, attempt=attempt)
+    if overran is not None:
+        record["overran"] = True
+        print(
+            f"zincati-py: schedule {name}: warning: the run was still going when its timer "
+            f"elapsed at {iso(overran)}; systemd skipped that run",
+            file=sys.stderr,
+        )
     with job_errors():
         history.append(paths_of(args), name, record)
     return 0
+
+
+def _overran(
+    systemd: Systemd, name: str, start: datetime | None, end: datetime | None
+) -> datetime | None:
+    """When the job's timer elapsed while this run went on (systemd skips such a start), from
+    the timer's own calendar; None if it did not (or cannot be told)."""
+    from zincati_py.dbus.systemd import TIMER_IFACE
+    from zincati_py.dbus.systemd_sync import SystemdError
+    from zincati_py.schedule import CronError
+    from zincati_py.schedule.preview import next_elapses
+    from zincati_py.schedule.units import unit_name
+
+    if start is None or end is None:
+        return None
+    try:
+        timer = systemd.properties(unit_name(name, "timer"), TIMER_IFACE)
+        lines = [str(entry[1]) for entry in timer.get("TimersCalendar", [])]
+        elapses = next_elapses(lines, 1, after=start)
+    except (SystemdError, CronError, OSError, IndexError, TypeError):
+        return None
+    return elapses[0] if elapses and elapses[0] < end else None
 
 
 SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
