@@ -497,3 +497,41 @@ def test_create_replace_replaces_the_whole_job_admin_or_vendor(tmp_path: Path) -
         got = _settings(root, name)
         assert {k: got[k] for k in defaults} == defaults, name
         assert (got["cron"], got["command"], got["timeout_secs"]) == ("0 5 * * *", "echo new", None)
+
+
+def test_history_output_asks_the_journal_for_every_attempt_of_the_run(tmp_path: Path) -> None:
+    """Issue 14: --output [--run N] reads what a run printed from the journal by invocation id
+    (all attempts of the run). The test machine has no journald: a journalctl stand-in on
+    PATH shows what is asked; the real journalctl's refusal is checked too."""
+    root = make_root(tmp_path)
+    _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    bus = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"}
+    for attempt, invocation in ((None, "old"), (1, "a1"), (2, "a2")):
+        env = bus | {"SERVICE_RESULT": "exit-code", "INVOCATION_ID": invocation}
+        proc = zpy("schedule", "_record", "vendor-job", "--root", str(root), "--user", env=env)
+        assert proc.returncode == 0
+        path = root / "var/lib/zincati-py-schedule/history/vendor-job.jsonl"
+        lines = path.read_text().splitlines()
+        record = json.loads(lines[-1]) | {"attempt": attempt}  # as systemd would have counted
+        path.write_text("\n".join([*lines[:-1], json.dumps(record)]) + "\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "journalctl"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "arg $a"; done\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = ("schedule", "history", "vendor-job", "--output", "--root", str(root))
+    doc = zpy_json(*args, "--user", env=env)
+    assert doc["run"] == 1 and doc["invocation_ids"] == ["a1", "a2"]
+    assert doc["output"] == [
+        "arg --no-pager", "arg --quiet", "arg --output=short-iso", "arg --user",
+        f"arg --root={root}", "arg _SYSTEMD_INVOCATION_ID=a1", "arg _SYSTEMD_INVOCATION_ID=a2",
+    ]  # fmt: skip
+    doc = zpy_json(*args, "--run", "2", env=env)
+    assert doc["invocation_ids"] == ["old"] and "arg --user" not in doc["output"]
+    assert_clean_error(zpy(*args, "--run", "3", env=env), 65, "--run 3: 2 recorded runs")
+    assert_clean_error(
+        zpy("schedule", "history", "vendor-job", "--run", "1", "--root", str(root)), 64, "--output"
+    )
+    fake.write_text("#!/bin/sh\necho 'Failed to open journal' >&2\nexit 1\n")
+    assert_clean_error(zpy(*args, env=env), 69, "journalctl: Failed to open journal")

@@ -277,7 +277,7 @@ def _register_history(sub: _Subparsers) -> None:
         sub,
         "history",
         _cmd_history,
-        help="past runs of a job (start, end, result)",
+        help="past runs of a job (start, end, result; --output: what one printed)",
         description=(
             "Runs recorded by the job's ExecStopPost= hook, oldest first: start and end of the "
             "main process as systemd reports them and systemd's result and exit status."
@@ -285,6 +285,14 @@ def _register_history(sub: _Subparsers) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--limit", metavar="N", default=None, help="only the last N runs")
+    parser.add_argument(
+        "--output",
+        action="store_true",
+        help="what a run printed, from the journal by its invocation ids (all its attempts)",
+    )
+    parser.add_argument(
+        "--run", metavar="N", default=None, help="with --output: the Nth run back (1: the last)"
+    )
     add_root_argument(parser)
     add_user_argument(parser)
 
@@ -299,6 +307,10 @@ def _cmd_history(args: argparse.Namespace) -> int:
         runs = history.read(paths, name)
     if not runs and name not in jobs.raw_jobs(paths):
         raise CliError(f"no schedule {name} and no recorded runs")
+    if args.run is not None and not args.output:
+        raise CliError("--run: only with --output", os.EX_USAGE)
+    if args.output:
+        return _show_output(args, name, runs)
     if limit is not None:
         runs = runs[-limit:]
     if args.json:
@@ -308,6 +320,42 @@ def _cmd_history(args: argparse.Namespace) -> int:
         print(f"schedule {name}: no recorded runs", file=sys.stderr)
     for run in runs:
         print(_describe_run(run))
+    return 0
+
+
+def _show_output(args: argparse.Namespace, name: str, records: list[dict[str, Any]]) -> int:
+    """The journal lines of one run (every attempt's invocation id), via journalctl."""
+    import subprocess
+
+    from zincati_py.schedule.metrics import runs_of
+
+    runs = runs_of(records)
+    back = 1 if args.run is None else positive_int("--run", args.run, 1, unit="runs")
+    if back > len(runs):
+        raise CliError(f"schedule {name}: --run {back}: {len(runs)} recorded runs")
+    ids = [str(r["invocation_id"]) for r in runs[-back] if r.get("invocation_id")]
+    if not ids:
+        raise CliError(f"schedule {name}: run {back} back has no invocation id recorded")
+    root = paths_of(args).root
+    cmd = ["journalctl", "--no-pager", "--quiet", "--output=short-iso"]
+    cmd += ["--user"] if args.user else []
+    cmd += [] if str(root) == "/" else [f"--root={root}"]
+    cmd += [f"_SYSTEMD_INVOCATION_ID={i}" for i in ids]  # one field: the matches are ORed
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CliError(f"journalctl: {exc}", os.EX_UNAVAILABLE) from None
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
+        raise CliError(f"journalctl: {reason}", os.EX_UNAVAILABLE)
+    lines = proc.stdout.splitlines()
+    if args.json:
+        print_json({"name": name, "run": back, "invocation_ids": ids, "output": lines})
+        return 0
+    if not lines:
+        print(f"schedule {name}: nothing in the journal for {', '.join(ids)}", file=sys.stderr)
+    for line in lines:
+        print(line)
     return 0
 
 
