@@ -342,8 +342,8 @@ def _generate_cached(directory: str) -> None:
         return
     try:
         replay = cache.load(cache_dir)
-        if replay is not None and not replay.croniter_unchanged():
-            replay = None  # croniter changed: no translation of it is good any more
+        if replay is not None and not replay.code_unchanged():
+            replay = None  # computed by other code: neither output nor translations hold
         if replay is not None:
             try:
                 fingerprint = cache.inputs(root, exe, user, cache.environment(replay.tzpath))
@@ -374,17 +374,15 @@ def _computed_run(
         fingerprint = cache.inputs(root, exe, user, env)  # read before the inputs are
     except cache.Uncacheable:
         env, fingerprint = None, None
-    croniter = None
+    modules: dict[str, object] = {}
     if replay is not None and env is not None and replay.environment == env:
         cron.MEMO.update(replay.translations)  # computed by the same code on the same zones
-        croniter = replay.croniter
-    before = set(cron.MEMO)
+        modules.update(replay.modules)  # (croniter, when they needed it)
     del _logged[:]
     rendered, _ = _rendered_run(directory, root, user)
     if env is None:
         return
-    if set(cron.MEMO) - before or croniter is None:
-        croniter = cache.croniter_identity() or croniter
+    modules.update(cache.loaded_modules())
     try:  # noqa: SIM105 (contextlib is an import the cached path does without)
         cache.save(
             cache_dir,
@@ -396,7 +394,7 @@ def _computed_run(
             units=rendered.units,
             timers=rendered.timers,
             log=list(_logged),
-            croniter=croniter,
+            modules=modules,
         )
     except OSError:
         pass  # /run read-only or full: next boot computes again

@@ -13,14 +13,15 @@ The fingerprint (:func:`inputs`) holds, exactly:
 - ``etc/machine-id``'s contents (the node id hashes ``H`` and names the node);
 - ``etc/localtime``: the link and the identity of the link and of its target;
 - what the output names: the root prefix, the ``zincati-py`` executable, the manager scope;
-- the environment (:func:`environment`): zincati-py's version, the identity (device, inode,
-  size, times) of every module the output depends on (``config/``, ``schedule/``, the
-  generator, ``unitfile``), the interpreter, the time zone database (each directory on the
-  zoneinfo search path and its ``tzdata.zi``, which a tzdata update replaces; ``PYTHONTZPATH``);
-- croniter's module identity, when the output needed croniter.
+- the environment (:func:`environment`): zincati-py's version, the interpreter, the time zone
+  database (each directory on the zoneinfo search path and its ``tzdata.zi``, which a tzdata
+  update replaces; ``PYTHONTZPATH``);
+- the code: the identity (device, inode, size, times) of the file of every module the computing
+  run loaded that is not the standard library's (zincati-py's own, croniter, dateutil, ...:
+  :func:`loaded_modules`), checked before anything else is used.
 
 When the inputs changed, the cron translations of the last runs are still good while the
-environment and croniter are unchanged: they are keyed by expression, zone and hash id
+environment and the code are unchanged: they are keyed by expression, zone and hash id
 (``zincati_py.schedule.cron.MEMO``), so a changed configuration whose cron expressions were
 all seen before does not import croniter either.
 
@@ -63,9 +64,6 @@ ROOT_ENV = "ZINCATI_PY_ROOT"
 MAX_FRAGMENT_BYTES = 256 * 1024
 # Cron translations kept across runs.
 MAX_TRANSLATIONS = 1000
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-# The modules the output depends on (directories: every *.py in them).
-_CODE = ("config", "schedule", "generator.py", "unitfile.py", "paths.py", "__init__.py")
 
 
 class Uncacheable(Exception):
@@ -106,21 +104,6 @@ def _read(path: str) -> bytes | str:
         raise Uncacheable(path)  # too large: the loader reports it; not worth caching
     finally:
         os.close(fd)
-
-
-def _code_identity() -> list[object]:
-    out: list[object] = []
-    for name in _CODE:
-        path = os.path.join(_PACKAGE, name)
-        if name.endswith(".py"):
-            out.append((name, _identity(path)))
-            continue
-        try:
-            entries = sorted(e.name for e in os.scandir(path) if e.name.endswith(".py"))
-        except OSError as exc:
-            raise Uncacheable(path) from exc
-        out += [(f"{name}/{e}", _identity(os.path.join(path, e))) for e in entries]
-    return out
 
 
 def _config_dirs(root: str) -> list[object]:
@@ -164,8 +147,8 @@ def _localtime(root: str) -> list[object]:
 
 
 def environment(tzpath: list[str]) -> tuple[object, ...]:
-    """What a cron translation depends on besides its key: the code, the interpreter and the
-    time zone database (croniter's identity is checked apart). Raises Uncacheable."""
+    """What a cron translation depends on besides its key and the code: the interpreter and
+    the time zone database."""
     from zincati_py import __version__
 
     zones: list[object] = [os.environ.get("PYTHONTZPATH")]
@@ -176,7 +159,6 @@ def environment(tzpath: list[str]) -> tuple[object, ...]:
         __version__,
         sys.version,
         sys.executable,
-        tuple(_code_identity()),
         tuple(zones),
     )
 
@@ -248,13 +230,14 @@ class Replay:
         self.environment: tuple[object, ...] = doc["environment"]
         self.translations: dict[Any, Any] = doc["translations"]
         self.tzpath: list[str] = doc["tzpath"]
-        self.croniter: tuple[str, object] | None = doc["croniter"]
+        self.modules: dict[str, object] = doc["modules"]
         self.units: dict[str, str] = doc["units"]
         self.timers: list[str] = doc["timers"]
         self.log: list[str] = doc["log"]
 
-    def croniter_unchanged(self) -> bool:
-        return self.croniter is None or _identity(self.croniter[0]) == self.croniter[1]
+    def code_unchanged(self) -> bool:
+        """Every module file the computing run(s) loaded is still the same file."""
+        return all(_identity(path) == identity for path, identity in self.modules.items())
 
 
 def load(directory: CacheDir) -> Replay | None:
@@ -278,11 +261,18 @@ def load(directory: CacheDir) -> Replay | None:
         os.close(fd)
 
 
-def croniter_identity() -> tuple[str, object] | None:
-    """croniter's module file and its identity, when this process imported it."""
-    module = sys.modules.get("croniter.croniter") or sys.modules.get("croniter")
-    path = getattr(module, "__file__", None)
-    return None if path is None else (path, _identity(path))
+def loaded_modules() -> dict[str, object]:
+    """File → identity of every module loaded in this process that is not the standard
+    library's: zincati-py's own and the third-party ones (site-packages)."""
+    out: dict[str, object] = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str):
+            continue
+        ours = name == "zincati_py" or name.startswith("zincati_py.")
+        if ours or "/site-packages/" in path or "/dist-packages/" in path:
+            out[path] = _identity(path)
+    return out
 
 
 def save(
@@ -295,7 +285,7 @@ def save(
     units: dict[str, str],
     timers: list[str],
     log: list[str],
-    croniter: tuple[str, object] | None,
+    modules: dict[str, object],
 ) -> None:
     """Write the cache file atomically (raises OSError; callers ignore it). A None
     ``fingerprint`` keeps the translations only (the run's inputs could not be fingerprinted)."""
@@ -304,7 +294,7 @@ def save(
         "environment": environment,
         "translations": translations,
         "tzpath": tzpath,
-        "croniter": croniter,
+        "modules": modules,
         "units": units,
         "timers": timers,
         "log": log,

@@ -213,10 +213,29 @@ def test_a_leftover_temp_file_does_not_stop_the_memo(tmp_path: Path) -> None:
             units={"a.timer": "x"},
             timers=["a.timer"],
             log=[],
-            croniter=None,
+            modules={},
         )
         assert not stale.exists()
         replay = generator_cache.load(directory)
         assert replay is not None and replay.units == {"a.timer": "x"}
     finally:
         directory.close()
+
+
+def test_other_code_computes_again(runs: Runs) -> None:
+    """A module the computing run loaded changed (an update, an edit): nothing is replayed."""
+    import marshal
+
+    cache = runs.root / CACHE
+    doc = marshal.loads(cache.read_bytes())
+    modules = doc["modules"]
+    assert any(path.endswith("zincati_py/generator.py") for path in modules)
+    assert any("/croniter/" in path for path in modules)  # the jobs needed croniter
+    assert not any(path.endswith("/os.py") for path in modules)  # the stdlib is sys.version's
+    path = next(p for p in modules if p.endswith("zincati_py/config/validate.py"))
+    modules[path] = "another file"
+    cache.write_bytes(marshal.dumps(doc))
+    _, computed = runs.run()
+    assert computed
+    _, computed = runs.run()
+    assert not computed
