@@ -4,6 +4,11 @@ An invalid key falls back to its default and is reported with the file that set 
 that no configured strategy uses are checked too, with warnings instead of errors (Zincati
 ignores windows unless the strategy is periodic). ``[[schedule]]`` jobs are checked by
 ``jobs.validate_jobs``.
+
+Validation reads no file but the fragments, ``etc/machine-id``, ``etc/localtime`` and the time
+zone database: the generator replays its last run when those are unchanged
+(``zincati_py.generator_cache``), so a check that reads anything else must add it to that
+fingerprint too.
 """
 
 from __future__ import annotations
