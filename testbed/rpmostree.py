@@ -45,7 +45,8 @@ the logind double (python-dbusmock) reports a ``Reboot``/``RebootWithFlags`` cal
 ``org.freedesktop.DBus.Mock.MethodCalled`` signal, so the demo needs no glue.
 
 A simulated reboot boots the staged deployment only if its finalization lock was released;
-a locked staged deployment is discarded, as ostree-finalize-staged does.
+a locked staged deployment is discarded, as ostree-finalize-staged does. ``Rollback`` makes the
+rollback deployment the default as rpm-ostreed does (both kept); the next reboot boots it.
 """
 
 from __future__ import annotations
@@ -277,14 +278,45 @@ class Sysroot:
         _write_json(self.staged_file, entry)
         return entry
 
+    def rollback(self) -> None:
+        """What rpm-ostree's ``Rollback`` does (rollback_transaction_execute): the deployment
+        after the booted one (the rollback deployment) becomes the default; without one, but
+        with one before it (a rollback done already), the booted one goes back on top. Every
+        deployment is kept; a staged one is dropped (the deployment list is rewritten)."""
+        state = self.load()
+        deps = state["deployments"]
+        at = next(i for i, d in enumerate(deps) if d["checksum"] == state["booted"])
+        if at + 1 < len(deps):
+            first = deps.pop(at + 1)
+        elif at > 0:
+            first = deps.pop(at)
+        else:
+            raise ValueError("No rollback deployment found")
+        deps.insert(0, first)
+        staged = self.staged()
+        if staged is not None:
+            self._remove(staged)
+        for f in (self.staged_file, self.lock_file):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        self.save(state)
+
     def reboot(self) -> dict[str, Any]:
-        """Finalize (if unlocked) and boot; /run is a tmpfs, so the staged state vanishes."""
+        """Finalize (if unlocked) and boot; /run is a tmpfs, so the staged state vanishes.
+        Without a finalized staged deployment the default one (the first) boots: after a
+        rollback that is the previous deployment, and both are kept."""
         state = self.load()
         staged = self.staged()
         booted = next(d for d in state["deployments"] if d["checksum"] == state["booted"])
+        default = state["deployments"][0]
         if staged is not None and not self.lock_file.exists():
             keep = [staged, booted]
             state["booted"] = staged["checksum"]
+        elif default is not booted:
+            keep = list(state["deployments"])
+            state["booted"] = default["checksum"]
+            if staged is not None:
+                self._remove(staged)
         else:
             keep = [booted]
             if staged is not None:
@@ -767,6 +799,28 @@ class Daemon:
             return self._update(revision, lock, dry, downgrade)
 
         txn = Transaction(title, work, self.script.transaction_delay, self._txn_done)
+        self.transaction = txn
+        self.txn_info = (str(msg.member), str(msg.sender), SYSROOT_PATH)
+        self.touch()
+        return "s", [txn.address]
+
+    def _m_OS_Rollback(self, msg: Message) -> tuple[str, list[Any]]:
+        if self.transaction is not None:
+            raise DBusError(
+                "org.freedesktop.DBus.Error.Failed",
+                f"Transaction in progress: {self.transaction.title}",
+            )
+
+        def work() -> tuple[bool, str]:
+            if self.failure:
+                return False, self.failure
+            try:
+                self.sysroot.rollback()
+            except ValueError as exc:
+                return False, str(exc)
+            return True, ""
+
+        txn = Transaction("rollback", work, self.script.transaction_delay, self._txn_done)
         self.transaction = txn
         self.txn_info = (str(msg.member), str(msg.sender), SYSROOT_PATH)
         self.touch()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from zincati_py.agent.notify import Notifier
     from zincati_py.agent.reload import ConfigReloader
     from zincati_py.cincinnati.updater import GraphUpdates
+    from zincati_py.health.keeper import HealthKeeper
     from zincati_py.metrics import AgentMetrics
     from zincati_py.paths import Paths
 
@@ -63,6 +64,7 @@ class Publisher:
         self.settings = settings
         self.iface: AgentInterface | None = None
         self.graph: GraphUpdates | None = None  # the Cincinnati graph's part of the status
+        self.health: HealthKeeper | None = None  # the health gate's part of the status
         self.state = State.START
         self.state_since = time.time()
         self._last_doc: dict[str, Any] | None = None
@@ -117,6 +119,7 @@ class Publisher:
             "next_window": next_window,
             "config": self.settings.doc(),
             "cincinnati": self.graph.status(config) if self.graph else None,
+            "health": self.health.status() if self.health else None,
         }
         if doc != self._last_doc:
             self._last_doc = doc

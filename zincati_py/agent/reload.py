@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from zincati_py import config as config_mod
@@ -46,6 +47,8 @@ class ConfigReloader:
         self.ever_valid = result.ok
         self.loaded_at = time.time()
         self.strategy: Strategy | None = None
+        # The facts a steady-state report carries (the health keeper's, set by the agent).
+        self.report: Callable[[], dict[str, str]] = dict
         self._watcher: ConfigWatch | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._dirty = False
@@ -114,7 +117,9 @@ class ConfigReloader:
                 await old.stop()
             except Exception as exc:
                 log.warning("stopping strategy %s failed: %s", old.name, exc)
-        self.strategy = build(StrategyContext(self.config, self.paths, self.host.wake))
+        self.strategy = build(
+            StrategyContext(self.config, self.paths, self.host.wake, lambda: self.report())
+        )
         await self.strategy.start()
         self.metrics.updates_enabled = int(self.config.updates.enabled)
         self.metrics.allow_downgrade = int(self.config.updates.allow_downgrade)

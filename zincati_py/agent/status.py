@@ -18,6 +18,10 @@ agent; ``os.replace`` guarantees they see a complete document. Schema (``schema`
     lock_state                                "held" | "not held" (fleet lock) | "none"
     next_window                               next maintenance window start, or null
     config {valid, in_force, loaded_at, fragments[], problems[]}
+    health                                    {phase, release, from_release, started,
+                                              deadline, reason, verdict, restarts, checks[],
+                                              pre_reboot[], pre_reboot_reason, rolled_back[],
+                                              problems[]}: see zincati_py.health.gate
     cincinnati                                null (updates from the deployment's origin) or
                                               {source, last_fetch, last_error, target, reason,
                                               deadend, deadend_reason, denylist[]}
@@ -91,6 +95,20 @@ def describe(doc: dict[str, Any]) -> str:
             lines.append(f"  DEAD-END: {graph.get('deadend_reason') or 'no reason given'}")
         if graph.get("denylist"):
             lines.append(f"  deny-listed: {', '.join(c[:12] for c in graph['denylist'])}")
+    health = doc.get("health") or {}
+    if health.get("phase") or health.get("pre_reboot_reason"):
+        lines.append(
+            f"Health:     {health.get('phase') or 'no gate'}"
+            + (f" {health['release']}" if health.get("release") else "")
+            + (f": {health['reason']}" if health.get("reason") else "")
+        )
+        for check in [*(health.get("checks") or ()), *(health.get("pre_reboot") or ())]:
+            verdict = "ok" if check["ok"] else ("waiting" if check["pending"] else "FAILED")
+            lines.append(f"  {check['kind']} {check['name']}: {verdict} ({check['detail']})")
+            if check.get("output") and not check["ok"]:
+                lines += [f"    | {line}" for line in check["output"].splitlines()[-5:]]
+        if health.get("rolled_back"):
+            lines.append(f"  rolled back once: {', '.join(c[:12] for c in health['rolled_back'])}")
     strat = doc.get("strategy") or {}
     if strat:
         lines.append(f"Strategy:   {strat.get('name')}: {strat.get('reason')}")

@@ -297,6 +297,28 @@ class RpmOstree:
         if after is None or after.checksum != deployment.checksum or after.finalization_locked:
             raise RpmOstreeError(f"{deployment.version} is still finalization-locked after unlock")
 
+    async def rollback(self, timeout: float = 600.0) -> None:
+        """Make the rollback deployment the default one (rpm-ostree's ``Rollback`` of the
+        booted OS, as ``rpm-ostree rollback`` without ``--reboot``), as a transaction.
+
+        rpm-ostree's rollback toggles (called again, it makes the other one the default
+        again): the caller checks the deployment order first. Raises as :meth:`stage_update`.
+        """
+        await self._call(
+            SYSROOT_PATH,
+            SYSROOT_IFACE,
+            "RegisterClient",
+            "a{sv}",
+            {"id": Variant("s", self.client_id)},
+        )
+        try:
+            os_path = await self._os_path()
+            reply = await self._call(os_path, OS_IFACE, "Rollback", "a{sv}", {})
+            await run_transaction(str(reply[0]), timeout)
+        finally:
+            with contextlib.suppress(RpmOstreeError):
+                await self._call(SYSROOT_PATH, SYSROOT_IFACE, "UnregisterClient", "a{sv}", {})
+
     # -- internals ------------------------------------------------------------------------
     def _watch_targets(self) -> list[Path]:
         """``/run/ostree`` and every ``ostree/deploy/<os>/deploy`` (a deployment is a whole

@@ -162,10 +162,17 @@ class FleetLockClient:
         raw = await self._http.request("POST", protocol.PRE_REBOOT, self._body)
         return LockGrant(lease_seconds=protocol.parse_lease_seconds(raw))
 
-    async def steady_state(self) -> bool | None:
+    async def steady_state(self, report: dict[str, str] | None = None) -> bool | None:
         """Release the slot; succeeds when the node holds none. Returns whether a slot was
-        released, or None when the server does not say (Zincati's protocol doesn't)."""
-        resp = await self._http.request_full("POST", protocol.STEADY_STATE, self._body)
+        released, or None when the server does not say (Zincati's protocol doesn't).
+        ``report``: optional ``client_params`` keys (``booted_version``, ``health``, ...),
+        which servers that do not know them ignore."""
+        body = self._body
+        if report:
+            doc = json.loads(body)
+            doc["client_params"].update(report)
+            body = json.dumps(doc).encode()
+        resp = await self._http.request_full("POST", protocol.STEADY_STATE, body)
         released = resp.headers.get(protocol.RELEASED_HEADER)
         return None if released not in ("true", "false") else released == "true"
 

@@ -38,6 +38,9 @@ class StrategyContext:
     # Ask the agent to re-evaluate now; safe to call from any coroutine or callback in the
     # agent's event loop.
     wake: Callable[[str], None]
+    # What a steady-state report may tell a remote peer about this node (booted_version, and
+    # after an update's health gate: health "healthy"/"failed", failed_version, reason).
+    report: Callable[[], dict[str, str]] = dict
 
 
 class Strategy(abc.ABC):

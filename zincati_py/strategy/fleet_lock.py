@@ -246,9 +246,9 @@ class FleetLock(Strategy):
             await self._cancel(task)
             self._release = self._spawn(self._release_until_done(), "release")
 
-    async def _try_release(self, why: str) -> bool:
+    async def _try_release(self, why: str, report: dict[str, str] | None = None) -> bool:
         try:
-            await self._get_client().steady_state()
+            await self._get_client().steady_state(report)
         except FleetLockError as exc:
             await self._auth_failed(exc)
             self.last_error = f"release ({why}): {exc}"
@@ -274,7 +274,9 @@ class FleetLock(Strategy):
             self.steady = Verdict(False, f"cannot report steady state: {problem}")
             return self.steady
         await self._cancel_renewal()
-        if await self._try_release("steady state"):
+        # booted_version, and after an update's health gate its verdict (the lock server's
+        # rollout circuit breaker counts it against the version this node's slot was for).
+        if await self._try_release("steady state", self.ctx.report()):
             self._lock_backoff.reset()
             self.steady = Verdict(True, "steady state reported, no reboot slot held")
         else:

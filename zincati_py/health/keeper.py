@@ -1,0 +1,480 @@
+"""The agent's health collaborator: pre-reboot checks, the post-boot gate, the rollback.
+
+Tied into the agent's loop at three points (``agent/service.py``):
+
+- ``reconcile`` first in every evaluation, before the reboot record is settled: booting the
+  release this agent staged starts a gate (recorded durably before anything else forgets the
+  reboot request), and a persisted gate is settled against the boot the agent finds itself in
+  (:func:`zincati_py.health.gate.reconcile`);
+- ``before_steady`` in place of the steady-state report while a gate runs or a rollback is
+  being carried out, and ``steady_reported`` once the strategy took the report;
+- ``pre_reboot`` before the strategy is asked for a reboot (and a fleet-lock slot).
+
+The lock server hears the verdict through the strategy's steady-state report (``facts``):
+``booted_version`` and ``health`` ("healthy" or "failed"), plus ``failed_version`` and ``reason``
+after a rollback. Everything durable is in the agent's state file (``store``: the agent's
+``persist.Store``, taken by duck typing so this package imports nothing of the agent): the gate
+record under ``extra["health_gate"]``, the releases rolled back once under
+``extra["health_rolled_back"]``, and a failed release in the record's ``failed`` (the local
+deny-list: never finalized again, never staged from the update graph).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zincati_py.backoff import Backoff
+from zincati_py.health import discover, spec
+from zincati_py.health.gate import (
+    FINAL,
+    REPORT,
+    GateRecord,
+    Move,
+    Phase,
+    Verdict,
+    judge,
+    recheck_delay,
+    restarted,
+)
+from zincati_py.health.gate import reconcile as reconcile_gate
+from zincati_py.health.run import BOOT_COMPLETE, Result, run_command, unit_result
+
+if TYPE_CHECKING:
+    from dbus_fast.aio import MessageBus
+
+    from zincati_py.config import Settings
+    from zincati_py.dbus.logind import Logind
+    from zincati_py.dbus.rpmostree import RpmOstree
+
+log = logging.getLogger("zincati_py.agent")
+
+GATE_KEY = "health_gate"
+ROLLED_BACK_KEY = "health_rolled_back"
+MOTD_REL = "run/motd.d/85-zincati-py-rollback.motd"
+# A reboot asked of logind for a rollback that has not happened after this long is asked again.
+REBOOT_GRACE_SECS = 900.0
+_NO_MANAGER = (
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+)
+
+Outcome = tuple[str, float | None] | None
+
+
+class HealthKeeper:
+    def __init__(
+        self,
+        root: Path,
+        store: Any,
+        deployments: Any,
+        settings: Any,
+        boot_id: str,
+        systemd_bus: str | None = None,
+    ) -> None:
+        self.root = root
+        self.store = store
+        self.deployments = deployments  # .booted, .staged (agent.deployments.DeploymentTracker)
+        self.settings = settings  # .config (agent.reload.ConfigReloader)
+        self.boot_id = boot_id
+        self.systemd_bus = systemd_bus
+        self.bus: MessageBus | None = None
+        self.rpm: RpmOstree | None = None
+        self.logind: Logind | None = None
+        self.hooks: Any = None  # health.hooks.Hooks once connected
+        self.gate_results: list[Result] = []
+        self.pre_results: list[Result] = []
+        self.pre_reason: str | None = None
+        self.problems: list[str] = []
+        self._pre_backoff = Backoff(5.0, 300.0)
+
+    def connect(self, bus: MessageBus, rpm: RpmOstree, logind: Logind, hooks: Any = None) -> None:
+        self.bus, self.rpm, self.logind, self.hooks = bus, rpm, logind, hooks
+
+    @property
+    def config(self) -> Settings:
+        return self.settings.config  # type: ignore[no-any-return]
+
+    # -- records --------------------------------------------------------------------------
+    def record(self) -> GateRecord | None:
+        return GateRecord.from_dict(self.store.record.extra.get(GATE_KEY))
+
+    def rolled_back(self) -> list[str]:
+        return [str(c) for c in self.store.record.extra.get(ROLLED_BACK_KEY) or ()]
+
+    async def _save(self, rec: GateRecord, **changes: Any) -> None:
+        extra = {**self.store.record.extra, GATE_KEY: rec.as_dict()}
+        extra.update(changes.pop("extra", {}))
+        await self.store.commit(extra=extra, **changes)
+
+    async def reconcile(self, now: float) -> None:
+        """Start, restart or settle the gate for what is booted (durable before it returns)."""
+        booted = self.deployments.booted
+        if booted is None:
+            return
+        st = self.store.record
+        landed: str | None = None
+        from_checksum: str | None = None
+        req = st.reboot_requested
+        if req is not None and req.checksum == booted.checksum:
+            landed, from_checksum = booted.checksum, req.from_checksum
+        elif st.staged_by_us is not None and st.staged_by_us.checksum == booted.checksum:
+            landed = booted.checksum
+        rec = self.record()
+        move = reconcile_gate(rec, booted.checksum, self.boot_id, landed)
+        timeout = self.config.agent.health.timeout_secs
+        if move is Move.START:
+            new = GateRecord(
+                checksum=booted.checksum,
+                version=booted.version,
+                from_checksum=from_checksum,
+                from_version=None,
+                boot_id=self.boot_id,
+                started=now,
+                deadline=now + timeout,
+            )
+            await self._save(new)
+            self.gate_results = []
+            log.info(
+                "booted %s, the update this agent staged: health gate until it passes or %d s",
+                new.label,
+                timeout,
+            )
+            self._event("booted", new, "booted into the new release")
+        elif move is Move.RESTART:
+            assert rec is not None
+            new = restarted(rec, self.boot_id, now, timeout)
+            await self._save(new)
+            log.warning(
+                "the boot running the health gate of %s ended before a verdict (an unplanned "
+                "reboot): running the gate again in this boot",
+                rec.label,
+            )
+        elif move is Move.ROLLED_BACK:
+            assert rec is not None
+            new = replace(rec, phase=Phase.ROLLED_BACK)
+            if new.from_version is None and booted.checksum == rec.from_checksum:
+                new = replace(new, from_version=booted.version)
+            await self._save(new)
+            self._announce_rollback(new)
+        elif move is Move.ABANDON:
+            assert rec is not None
+            await self._save(replace(rec, phase=Phase.ABANDONED))
+            log.warning(
+                "%s is no longer booted (%s is), not by our rollback: health gate abandoned",
+                rec.label,
+                booted.label,
+            )
+
+    # -- the gate -------------------------------------------------------------------------
+    async def before_steady(self) -> Outcome:
+        """None: report steady now (with :meth:`facts`); else why not yet, and when to look
+        again."""
+        rec = self.record()
+        if rec is None or rec.phase in FINAL or rec.phase in REPORT:
+            return None
+        if rec.phase is Phase.GATE:
+            return await self._run_gate(rec)
+        if rec.phase is Phase.ROLLBACK:
+            return await self._carry_out(rec)
+        return None
+
+    async def _systemd(self) -> tuple[MessageBus | None, bool]:
+        """(bus, owned): the systemd manager's bus (``--systemd-bus``, else the system bus)."""
+        if self.systemd_bus:
+            from zincati_py.dbus import systemd
+
+            return await systemd.connect(address=self.systemd_bus), True
+        return self.bus, False
+
+    async def _boot_complete(self, bus: MessageBus | None) -> Result:
+        if bus is None:
+            return Result(BOOT_COMPLETE, "boot-complete", False, "no bus", pending=True)
+        result = await unit_result(bus, BOOT_COMPLETE, "boot-complete", wait=True)
+        if not result.ok and any(name in result.detail for name in _NO_MANAGER):
+            # No systemd manager on this bus at all (a test bed without one): nothing assesses
+            # the boot; said in the status, not waited for.
+            return Result(BOOT_COMPLETE, "boot-complete", True, "skipped: no systemd manager")
+        return result
+
+    async def _run_gate(self, rec: GateRecord) -> Outcome:
+        health = self.config.agent.health
+        bus, owned = None, False
+        try:
+            bus, owned = await self._systemd()
+            results = [await self._boot_complete(bus)]
+            for unit in health.required_units:
+                if bus is None:
+                    results.append(Result(unit, "unit", False, "no bus", pending=True))
+                else:
+                    results.append(await unit_result(bus, unit, "unit", wait=True))
+        except Exception as exc:
+            results = [Result("systemd", "unit", False, f"unreachable: {exc}", pending=True)]
+        finally:
+            if owned and bus is not None:
+                bus.disconnect()
+        now = time.time()
+        verdict, why = judge(results, now, rec.deadline)
+        if verdict is Verdict.PASSED:
+            # Units and boot-complete.target are there: now the executables.
+            timeout = float(health.timeout_secs)
+            env = self._env("gate", rec, "")
+            self.problems = []
+            for kind in discover.KINDS:
+                found, problems = discover.discover(self.root, kind)
+                self.problems += problems
+                for f in found:
+                    results.append(await run_command([str(f.path)], kind, timeout, env, f.name))
+            for p in self.problems:
+                log.warning("health.d: %s", p)
+            now = time.time()
+            verdict, why = judge(results, now, rec.deadline)
+        self.gate_results = results
+        for r in results:
+            if r.kind == "wanted" and not r.ok:
+                log.warning("health gate of %s: wanted check %s", rec.label, r.line())
+        if verdict is Verdict.WAITING:
+            at = min(rec.deadline, now + recheck_delay(now, rec.started))
+            return (f"health gate of {rec.label}: waiting for {why}", at)
+        if verdict is Verdict.PASSED:
+            await self._save(replace(rec, phase=Phase.PASSED, reason=why, verdict="healthy"))
+            log.info("health gate of %s passed: %s", rec.label, why)
+            self._remove_motd()
+            return None
+        return await self._failed(rec, why)
+
+    async def _failed(self, rec: GateRecord, why: str) -> Outcome:
+        health = self.config.agent.health
+        st = self.store.record
+        failed = st.failed if rec.checksum in st.failed else (*st.failed, rec.checksum)
+        once = rec.checksum in self.rolled_back()
+        can = (
+            health.rollback
+            and not once
+            and (rec.from_checksum is not None or await self._find_rollback_target(rec) is not None)
+        )
+        if can:
+            rec = await self._with_target(rec)
+            new = replace(
+                rec, phase=Phase.ROLLBACK, reason=why, decided_at=time.time(), verdict="failed"
+            )
+            # Decided, deny-listed and counted in one durable write, before acting.
+            await self._save(
+                new,
+                failed=failed,
+                extra={ROLLED_BACK_KEY: [*self.rolled_back(), rec.checksum]},
+            )
+            log.critical(
+                "HEALTH GATE FAILED for %s: %s; rolling back to %s (deny-listed: %s)",
+                rec.label,
+                why,
+                new.from_label,
+                rec.checksum,
+            )
+            return await self._carry_out(new)
+        if not health.rollback:
+            note = "automatic rollback disabled ([agent.health] rollback = false)"
+        elif once:
+            note = "rolled back once already for this release: not again"
+        else:
+            note = "no rollback deployment"
+        new = replace(
+            rec,
+            phase=Phase.FAILED,
+            reason=f"{why} ({note})",
+            decided_at=time.time(),
+            verdict="failed",
+        )
+        await self._save(new, failed=failed)
+        log.critical("HEALTH GATE FAILED for %s: %s; %s", rec.label, why, note)
+        return None
+
+    async def _find_rollback_target(self, rec: GateRecord) -> str | None:
+        if self.rpm is None:
+            return None
+        try:
+            deps = [d for d in await self.rpm.deployments() if not d.staged]
+        except Exception:
+            return None
+        return next((d.checksum for d in deps if d.checksum != rec.checksum), None)
+
+    async def _with_target(self, rec: GateRecord) -> GateRecord:
+        if rec.from_checksum is not None and rec.from_version is not None:
+            return rec
+        assert self.rpm is not None
+        deps = [d for d in await self.rpm.deployments() if not d.staged]
+        target = rec.from_checksum or next(
+            (d.checksum for d in deps if d.checksum != rec.checksum), None
+        )
+        version = next((d.version for d in deps if d.checksum == target), None)
+        return replace(rec, from_checksum=target, from_version=version)
+
+    async def _carry_out(self, rec: GateRecord) -> Outcome:
+        """Rollback decided: make the previous deployment the default (only while the failed
+        release still is), then reboot. Idempotent: a restart anywhere in here resumes."""
+        assert self.rpm is not None and self.logind is not None
+        now = time.time()
+        try:
+            deps = [d for d in await self.rpm.deployments() if not d.staged]
+            if deps and deps[0].checksum == rec.checksum:
+                log.warning("rolling back: making %s the default deployment", rec.from_label)
+                await self.rpm.rollback()
+                deps = [d for d in await self.rpm.deployments() if not d.staged]
+            if not deps or deps[0].checksum != rec.from_checksum:
+                got = deps[0].label if deps else "none"
+                raise RuntimeError(f"the default deployment is {got}, not {rec.from_label}")
+        except Exception as exc:
+            log.error("rollback of %s failed: %s", rec.label, exc)
+            return (f"rollback of {rec.label} failed: {exc}; retrying", now + 30.0)
+        called_here = rec.reboot_called and rec.reboot_called_boot == self.boot_id
+        if called_here and now < (rec.decided_at or now) + REBOOT_GRACE_SECS:
+            return (
+                f"rolled back to {rec.from_label}; reboot requested, waiting for it",
+                (rec.decided_at or now) + REBOOT_GRACE_SECS,
+            )
+        rec = replace(rec, reboot_called=True, reboot_called_boot=self.boot_id, decided_at=now)
+        await self._save(rec)  # durable before the call: a restart does not ask again at once
+        self._event("reboot", rec, f"rolling back to {rec.from_label}: {rec.reason}")
+        try:
+            await self.logind.reboot()
+        except Exception as exc:
+            log.error("reboot for the rollback failed: %s", exc)
+            await self._save(replace(rec, reboot_called=False))
+            return (f"rolled back to {rec.from_label}; reboot failed: {exc}; retrying", now + 30)
+        log.warning("rolled back to %s: rebooting", rec.from_label)
+        return (f"rolled back to {rec.from_label} ({rec.reason}): rebooting", None)
+
+    def _announce_rollback(self, rec: GateRecord) -> None:
+        text = (
+            f"zincati-py: update {rec.label} failed its health check and was rolled back to "
+            f"{rec.from_label}: {rec.reason}. {rec.label} will not be installed again "
+            "(see zincati-py status).\n"
+        )
+        log.critical(text.strip())
+        from zincati_py.fsutil import atomic_write
+
+        try:
+            atomic_write(self.root / MOTD_REL, text, mode=0o644, durable=False)
+        except OSError as exc:
+            log.error("%s: %s", self.root / MOTD_REL, exc)
+        self._event("rolled-back", rec, rec.reason)
+
+    def _remove_motd(self) -> None:
+        try:
+            (self.root / MOTD_REL).unlink()
+            log.info("removed %s: an update passed its health gate", self.root / MOTD_REL)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("%s: %s", self.root / MOTD_REL, exc)
+
+    async def steady_reported(self) -> None:
+        """The strategy took the steady-state report: the verdict owed is delivered."""
+        rec = self.record()
+        if rec is not None and rec.phase in REPORT:
+            await self._save(replace(rec, phase=Phase.REPORTED))
+            log.info("reported %s to the strategy (%s)", REPORT[rec.phase], rec.label)
+
+    def facts(self) -> dict[str, str]:
+        """What the steady-state report says (the fleet_lock strategy's optional keys)."""
+        out: dict[str, str] = {}
+        booted = self.deployments.booted
+        if booted is not None:
+            out["booted_version"] = booted.version or booted.checksum
+        rec = self.record()
+        if rec is not None and rec.phase in REPORT:
+            out["health"] = REPORT[rec.phase]
+            if rec.phase is not Phase.PASSED:
+                out["failed_version"] = rec.version or rec.checksum
+                out["reason"] = rec.reason[:200]
+        return out
+
+    # -- pre-reboot checks ----------------------------------------------------------------
+    async def pre_reboot(self) -> Outcome:
+        """Run ``[agent.health] pre_reboot``: None when all pass, else postpone (re-run at the
+        next evaluation, at the latest after a backoff)."""
+        checks = [spec.parse(t) for t in self.config.agent.health.pre_reboot]
+        if not checks:
+            self.pre_results, self.pre_reason = [], None
+            return None
+        timeout = float(self.config.agent.health.timeout_secs)
+        staged = self.deployments.staged
+        env = {**os.environ, "ZINCATI_PY_STAGED_VERSION": staged.version if staged else ""}
+        results: list[Result] = []
+        bus, owned = None, False
+        try:
+            for check in checks:
+                if check.unit is not None:
+                    if bus is None:
+                        bus, owned = await self._systemd()
+                    assert bus is not None
+                    results.append(await unit_result(bus, check.unit, "unit", wait=False))
+                else:
+                    results.append(await run_command(check.argv, "command", timeout, env))
+        except Exception as exc:
+            results.append(Result("systemd", "unit", False, f"unreachable: {exc}"))
+        finally:
+            if owned and bus is not None:
+                bus.disconnect()
+        self.pre_results = results
+        failed = [r for r in results if not r.ok]
+        if not failed:
+            self._pre_backoff.reset()
+            if self.pre_reason is not None:
+                log.info("pre-reboot checks pass again")
+            self.pre_reason = None
+            return None
+        reason = "pre-reboot check failed: " + "; ".join(r.line() for r in failed)
+        if reason != self.pre_reason:
+            log.warning("%s: reboot postponed", reason)
+        self.pre_reason = reason
+        return (reason, time.time() + self._pre_backoff.next_delay())
+
+    # -- hooks and status -----------------------------------------------------------------
+    def _env(self, event: str, rec: GateRecord | None, reason: str) -> dict[str, str]:
+        env = {**os.environ, "ZINCATI_PY_EVENT": event, "ZINCATI_PY_REASON": reason}
+        if rec is not None:
+            env["ZINCATI_PY_VERSION"] = rec.version or rec.checksum
+            env["ZINCATI_PY_FROM_VERSION"] = rec.from_version or rec.from_checksum or ""
+        return env
+
+    def _event(self, event: str, rec: GateRecord | None, reason: str) -> None:
+        if self.hooks is not None:
+            fields = {"reason": reason}
+            if rec is not None:
+                fields["version"] = rec.version or rec.checksum
+                fields["from_version"] = rec.from_version or rec.from_checksum or ""
+            self.hooks.fire(event, fields)
+
+    def status(self) -> dict[str, Any]:
+        from datetime import UTC, datetime
+
+        def iso(ts: float | None) -> str | None:
+            return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat("T", "seconds")
+
+        rec = self.record()
+        doc: dict[str, Any] = {
+            "phase": None,
+            "pre_reboot": [r.as_dict() for r in self.pre_results],
+            "pre_reboot_reason": self.pre_reason,
+            "rolled_back": self.rolled_back(),
+            "problems": list(self.problems),
+        }
+        if rec is not None:
+            doc.update(
+                phase=rec.phase.value,
+                release=rec.version or rec.checksum,
+                checksum=rec.checksum,
+                from_release=rec.from_version or rec.from_checksum,
+                started=iso(rec.started),
+                deadline=iso(rec.deadline),
+                reason=rec.reason,
+                restarts=rec.restarts,
+                verdict=rec.verdict or None,
+                checks=[r.as_dict() for r in self.gate_results],
+            )
+        return doc
