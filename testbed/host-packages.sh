@@ -18,13 +18,14 @@ lock_timeout=${ZINCATI_PY_APT_LOCK_TIMEOUT:-900}
 #   runs under /usr/bin/python3), python3 + venv, and what compiles pystemd from PyPI
 #   (gcc, pkg-config, libsystemd headers, Python headers); ca-certificates for pip; tzdata.
 # ci: the demo's, plus etcd (the lock server's HA backend), rpm tooling (the RPM build and
-#   rpmlint test) and node (evaluates the shipped polkit rules, which are JavaScript).
+#   rpmlint test) and node (evaluates the shipped polkit rules, which are JavaScript);
+#   systemd-container (systemd-nspawn) and mmdebstrap (its rootfs) for the real-host tier.
 debian_demo=(dbus systemd util-linux procps python3 python3-venv python3-dev python3-dbusmock
   libsystemd-dev pkg-config gcc ca-certificates tzdata)
-debian_ci=(etcd-server etcd-client rpm rpmlint nodejs)
+debian_ci=(etcd-server etcd-client rpm rpmlint nodejs systemd-container mmdebstrap)
 fedora_demo=(dbus-daemon systemd util-linux procps-ng python3 python3-devel python3-dbusmock
   python3-gobject systemd-devel pkgconf-pkg-config gcc ca-certificates tzdata)
-fedora_ci=(etcd rpm-build rpmlint nodejs)
+fedora_ci=(etcd rpm-build rpmlint nodejs systemd-container mmdebstrap)
 
 case $profile in
   demo) debian=("${debian_demo[@]}") fedora=("${fedora_demo[@]}") ;;
