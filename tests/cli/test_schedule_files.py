@@ -358,6 +358,15 @@ def test_record_never_follows_a_path_another_user_controls(tmp_path: Path) -> No
     history_dir.chmod(0o777)
     refused(record("m"), 77, str(history_dir), "another user")
     history_dir.chmod(0o750)
+    # Packaged, the directory is 2750 root:zincati-py: files root writes inherit the agent's
+    # group, readable to it (job metrics), writable by root only.
+    history_dir.chmod(0o750)
+    os.chown(history_dir, 0, NOBODY)
+    history_dir.chmod(0o2750)
+    (history_dir / "g.jsonl").unlink(missing_ok=True)
+    assert record("g").returncode == 0
+    st = (history_dir / "g.jsonl").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, NOBODY, 0o640)
     # A symlinked directory on the way is not followed.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

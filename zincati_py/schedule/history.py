@@ -12,7 +12,9 @@ The hook runs as root, so it never follows a path another user controls: the fil
 agent's state directory), every directory below the ``--root`` prefix is opened one component
 at a time with ``O_NOFOLLOW`` and must be owned by the caller (or root) and writable by no one
 else, files are opened relative to that directory's fd with ``O_NOFOLLOW`` and must be
-regular, single-linked and the caller's. Directories are created 0750, files 0640.
+regular, single-linked and the caller's. Directories are created 0750, files 0640; packaged,
+the directories are ``2750 root:zincati-py`` (tmpfiles), so the files inherit the agent's group
+and the agent can read them (job metrics) but not change them.
 """
 
 from __future__ import annotations
