@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,20 @@ class AgentMetrics:
         self.decision_latency = 0.0
         self._collectors: list[Any] = [self]  # a prometheus-client Collector each
         self._registry: CollectorRegistry | None = None
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
+
+    def on_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Await ``refresh`` before every scrape: for collectors whose values are read from
+        elsewhere (systemd) when asked, never polled."""
+        self._refreshers.append(refresh)
+
+    async def refresh(self) -> None:
+        for refresh in self._refreshers:
+            try:
+                async with asyncio.timeout(5):
+                    await refresh()
+            except Exception as exc:  # metrics are an extra: the scrape still answers
+                log.warning("metrics: refresh failed: %s", exc)
 
     def register(self, collector: Any) -> None:
         """Render ``collector`` (a prometheus-client ``Collector``) with these metrics."""
@@ -236,6 +250,7 @@ class Exporter:
 
     async def _dump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            await self.metrics.refresh()
             writer.write(self.metrics.render())
             await writer.drain()
         except OSError:
@@ -249,6 +264,8 @@ class Exporter:
             async with asyncio.timeout(5):
                 request = await reader.readuntil(b"\r\n\r\n")
             method = request.split(b" ", 1)[0]
+            if method == b"GET":
+                await self.metrics.refresh()
             body = self.metrics.render() if method == b"GET" else b""
             status = "200 OK" if method in (b"GET", b"HEAD") else "405 Method Not Allowed"
             if method == b"HEAD":

@@ -398,3 +398,61 @@ def test_a_run_outlasting_its_next_fire_time_is_reported(
     )
     wait_for(lambda: status("quick")["metrics"]["attempts"] >= 2, timeout=30, what="quick runs")
     assert status("quick")["metrics"]["overruns"] == 0
+
+
+def test_job_metrics_for_the_agent_socket_come_from_systemd_and_history(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    """Issue 14: the agent's metrics (AgentMetrics, what its socket renders) carry per-job
+    metrics read from systemd and the recorded runs at scrape time."""
+    import asyncio
+
+    from zincati_py.metrics import AgentMetrics
+    from zincati_py.paths import Paths
+    from zincati_py.schedule.metrics import JobMetricsCollector
+
+    config = (
+        '[[schedule]]\nname = "ok"\ncron = "0 5 * * *"\ncommand = "true"\ntime_zone = "UTC"\n'
+        '[[schedule]]\nname = "bad"\ncron = "0 0 1 1 *"\ncommand = "exit 4"\n'
+    )
+    root, manager = _start(user_manager_factory, tmp_path, config)
+    env, common = manager.env(), ("--root", str(root), "--user")
+    for name in ("ok", "bad"):
+        assert zpy("schedule", "trigger", name, *common, env=env).returncode == 0
+        wait_for(lambda n=name: zpy_json("schedule", "history", n, *common)["runs"], what=name)
+
+    metrics = AgentMetrics()
+    collector = JobMetricsCollector(
+        Paths.from_root(root), lambda: ["ok", "bad", "gone"], lambda: None, manager.bus_address
+    )
+    metrics.register(collector)
+    metrics.on_scrape(collector.refresh)
+
+    async def scrape() -> str:
+        await metrics.refresh()
+        return metrics.render().decode()
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = asyncio.run(scrape())
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("zincati_py_schedule_")
+    }
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((f"zincati_py_schedule_{name}", tuple(sorted(labels.items()))))
+
+    assert value("runs", job="ok", result="success") == 1
+    assert value("last_result", job="bad", result="exit-code") == 1
+    assert value("consecutive_failures", job="bad") == 1
+    assert value("consecutive_failures", job="ok") == 0
+    assert value("overruns", job="ok") == 0
+    (want,) = next_elapses(["*-*-* 05:00:00 UTC"], 1)
+    assert value("next_run_timestamp_seconds", job="ok") == want.timestamp()
+    started = value("last_start_timestamp_seconds", job="bad")
+    assert started is not None and abs(started - datetime.now(UTC).timestamp()) < 60
+    assert not any(dict(labels).get("job") == "gone" for _, labels in samples)
+    assert "zincati_update_agent_updates_enabled" in text

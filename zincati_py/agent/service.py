@@ -135,6 +135,17 @@ class Agent:
         )  # fmt: skip
         self.reload.report = self.health.facts
         self.publish.health = self.health
+        # Job metrics ([[schedule]]) on the metrics socket, read from systemd at each scrape.
+        from zincati_py.schedule.metrics import JobMetricsCollector
+
+        self.jobs = JobMetricsCollector(
+            self.paths,
+            lambda: [j.name for j in self.reload.config.schedules],
+            lambda: self.reload.bus,
+            opts.systemd_bus,
+        )
+        self.metrics.register(self.jobs)
+        self.metrics.on_scrape(self.jobs.refresh)
         self.bus: MessageBus | None = None
         self.rpm: RpmOstree | None = None
         self.logind: Logind | None = None
@@ -389,6 +400,7 @@ class Agent:
         await self.logind.connect(self.bus)
         await self.reboot.connect(self.logind)
         self.health.connect(self.bus, self.rpm, self.logind)
+        self.reboot.on_reboot = self.health.reboot_imminent
         await self.reload.start(self.bus)
         self._start_watchdog()
         await self.deployments.start(self.rpm)
