@@ -104,6 +104,7 @@ def make_host(
     """
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", name):
         raise ValueError(f"container name {name!r}: lower-case letters, digits, '-'")
+    started = time.monotonic()
     root = workdir / "root"
     _extract(image.tarball, root)
     install_rpm_layout(root, image.checkout, image.wheelhouse)
@@ -111,4 +112,6 @@ def make_host(
     enable_units(root, [*enable, "ostree-finalize-staged.path"])
     write_fragments(root, fragments or {})
     set_machine_id(root)
-    return Container(root, name, workdir / "logs")
+    host = Container(root, name, workdir / "logs")
+    host.timings["make"] = [round(time.monotonic() - started, 2)]
+    return host

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -64,6 +65,11 @@ class Container:
         self.boots = 0
         self.cgroups = [r / "zincati-py-testbed" / name for r in _cgroup_roots()]
         self._spawned: list[subprocess.Popen[str]] = []
+        #: Seconds each step took: "make" (install), "boot" (one per boot), "poweroff".
+        self.timings: dict[str, list[float]] = {}
+
+    def _timed(self, what: str, started: float) -> None:
+        self.timings.setdefault(what, []).append(round(time.monotonic() - started, 2))
 
     # ---- lifecycle -------------------------------------------------------------------------
     def boot(self, timeout: float = 120.0) -> Self:
@@ -71,6 +77,7 @@ class Container:
         if self.process is not None and self.process.poll() is None:
             raise ContainerError(f"{self.name}: already running")
         self.boots += 1
+        started = time.monotonic()
         self.logdir.mkdir(parents=True, exist_ok=True)
         for cg in self.cgroups:
             cg.mkdir(parents=True, exist_ok=True)
@@ -103,6 +110,7 @@ class Container:
             )
             state = proc.stdout.strip()
             if state in ("running", "degraded"):
+                self._timed("boot", started)
                 return self
             if self.process.poll() is not None:
                 break
@@ -164,6 +172,7 @@ class Container:
         """SIGTERM to nspawn (orderly poweroff); SIGKILL after ``timeout``. Its exit code."""
         rc = None
         if self.process is not None:
+            started = time.monotonic()
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
                 try:
@@ -171,6 +180,7 @@ class Container:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait(10)
+                self._timed("poweroff", started)
             rc = self.process.returncode
         self.leader = None
         return rc
@@ -185,6 +195,15 @@ class Container:
         self.poweroff()
         for cg in self.cgroups:
             _rmtree_cgroup(cg)
+
+    def discard_root(self) -> None:
+        """After :meth:`close`: keep the journal (``logdir/journal``), remove the rootfs."""
+        if self.running():
+            raise ContainerError(f"{self.name}: still running")
+        journal = self.root / "var/log/journal"
+        if journal.is_dir():
+            shutil.move(str(journal), str(self.logdir / "journal"))
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
@@ -261,7 +280,10 @@ class Container:
     # ---- logs ------------------------------------------------------------------------------
     def journal(self, *args: str, tail: int | None = None) -> str:
         """``journalctl -D ROOT/var/log/journal ARGS`` on the host (works when it is down)."""
-        cmd = ["journalctl", "-D", str(self.root / "var/log/journal"), "--no-pager", "-q"]
+        directory = self.root / "var/log/journal"
+        if not directory.is_dir():  # discarded: the kept copy
+            directory = self.logdir / "journal"
+        cmd = ["journalctl", "-D", str(directory), "--no-pager", "-q"]
         cmd += ["-o", "short-monotonic", *args]
         if tail is not None:
             cmd += ["-n", str(tail)]

@@ -19,6 +19,7 @@ from testbed.realhost import Container, Image, make_host, missing_host_tools, pr
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 ACTIVE: list[Container] = []
+TIMINGS: list[str] = []
 JOURNAL_UNITS = (
     "zincati-py.service", "zincati-py-*", "rpm-ostreed.service", "ostree-finalize-staged.service",
     "polkit.service", "systemd-logind.service", "dbus.service",
@@ -32,9 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if "realhost_image" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.realhost)
 
 
@@ -53,12 +53,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 report.sections.append((f"failed units of {host.name}", failed or "(none)"))
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if TIMINGS:
+        terminalreporter.write_sep("-", "real-host tier timings (s)")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def realhost_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
     missing = missing_host_tools()
     if missing:
         pytest.skip("real-host tier needs: " + ", ".join(missing))
-    return prepare_image(CHECKOUT, tmp_path_factory.mktemp("realhost-image"))
+    image = prepare_image(CHECKOUT, tmp_path_factory.mktemp("realhost-image"))
+    TIMINGS.append(
+        f"image: rootfs {image.timings['rootfs']:.1f} ({image.tarball}),"
+        f" wheels {image.timings['wheels']:.1f}"
+    )
+    return image
 
 
 HostFactory = Callable[..., Container]
@@ -87,4 +99,6 @@ def host_factory(
     finally:
         for host in hosts:
             host.close()
+            host.discard_root()  # ~400 MB each; the journal stays in its logs directory
             ACTIVE.remove(host)
+            TIMINGS.append(f"{host.name}: {host.timings}")

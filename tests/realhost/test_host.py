@@ -153,6 +153,9 @@ def pkcheck_all(host: Container, user: str) -> dict[tuple[str, tuple[str, ...]],
     # setpriv execs: $! is the sleeping process of the user, the subject polkit is asked about.
     script = (
         f"setpriv --reuid={user} --regid=$(id -g {user}) --init-groups sleep 60 & pid=$!\n"
+        # Ask only once the process is the user's sleep (before the exec it is root's shell).
+        f'for _ in $(seq 100); do [ "$(stat -c %U /proc/$pid)" = {user} ] &&'
+        ' [ "$(cat /proc/$pid/comm)" = sleep ] && break; sleep 0.05; done\n'
         + "\n".join(lines)
         + "\nkill $pid\n"
     )
@@ -178,12 +181,16 @@ def test_polkit_allows_exactly_what_the_rules_intend(host: Container) -> None:
 def test_config_change_adds_and_removes_a_timer_through_polkit(host: Container) -> None:
     fragment = "/etc/zincati/config.d/55-window.toml"
     host.run(["sh", "-c", f"cat > {fragment}.tmp && mv {fragment}.tmp {fragment}"], input=WINDOW)
+
     # The agent (user zincati-py) sees the fragment, asks systemd to reload (polkit:
     # reload-daemon), the generator writes the window timer, the agent starts it (polkit:
     # manage-units on zincati-py-*.timer).
-    host.wait_for("window timer started", lambda: "zincati-py-window-1.timer" in timers(host), 30)
-    show = host.run(["systemctl", "show", "zincati-py-window-1.timer", "-p", "ActiveState"]).stdout
-    assert "ActiveState=active" in show
+    def active() -> bool:
+        proc = host.run(["systemctl", "is-active", "zincati-py-window-1.timer"], check=False)
+        return proc.stdout.strip() == "active"
+
+    host.wait_for("window timer started", active, 30)
+    assert "zincati-py-window-1.timer" in timers(host)
     host.wait_for("strategy periodic", lambda: "periodic" in str(status(host)["strategy"]), 15)
     host.run(["rm", fragment])
     host.wait_for("window timer gone", lambda: "zincati-py-window-1.timer" not in timers(host), 30)

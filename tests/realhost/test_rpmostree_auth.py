@@ -32,9 +32,12 @@ s.sendall(b"BEGIN\r\n")
 s.recv(1)  # until the server is done with the socket
 """
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
-)
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+    ),
+]
 
 
 def handshake(uid: int, claim: str) -> tuple[bool, str]:
