@@ -805,6 +805,11 @@ class Daemon:
         return "s", [txn.address]
 
     def _m_OS_Rollback(self, msg: Message) -> tuple[str, list[Any]]:
+        txn = self.transaction
+        if txn is not None and txn.title == "rollback" and self.txn_info[0] == "Rollback":
+            # rpm-ostreed (prep_for_txn): a compatible invocation while the transaction is
+            # pending gets that transaction's address (its first caller may have died).
+            return "s", [txn.address]
         if self.transaction is not None:
             raise DBusError(
                 "org.freedesktop.DBus.Error.Failed",

@@ -25,7 +25,10 @@ def reboots(node: Node) -> int:
 
 
 def state(node: Node) -> dict[str, Any]:
-    return dict(json.loads((node.root / "var/lib/zincati-py/state.json").read_text()))
+    try:
+        return dict(json.loads((node.root / "var/lib/zincati-py/state.json").read_text()))
+    except FileNotFoundError:
+        return {"extra": {}, "failed": []}
 
 
 def gate(node: Node) -> dict[str, Any]:
@@ -133,3 +136,158 @@ def test_pre_reboot_check_postpones_until_it_passes(node_factory: Callable[..., 
     assert node.cli("wake", "test", "--system-bus", node.bus.address).returncode == 0
     wait_for(lambda: reboots(node) == 1, 15, "reboot once the check passes")
     node.wait_state("reported steady", agent=agent, booted=NEW, timeout=20)
+
+
+def _boot(node: Node, boot_id: str) -> None:
+    path = node.root / "proc/sys/kernel/random/boot_id"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(boot_id + "\n")
+
+
+def test_sigkill_during_the_gate_resumes_it_and_never_rolls_back_a_healthy_boot(
+    node_factory: Callable[..., Node],
+) -> None:
+    node = node_factory(SCRIPT)
+    _boot(node, "boot-1")
+    started = node.tmp / "started"
+    required(node, "10-slow", f"touch {started}; sleep 2; exit 0")
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(started.exists, 15, "the gate's check running")
+    assert gate(node)["phase"] == "gate"
+    agent.kill()
+    again = node.agent()
+    doc = node.wait_state("reported steady", agent=again, booted=NEW, timeout=20)
+    assert doc["health"]["verdict"] == "healthy"
+    assert (gate(node)["phase"], gate(node)["restarts"]) == ("reported", 0)
+    assert reboots(node) == 1
+    assert "health_rolled_back" not in state(node)["extra"]
+
+
+def test_unplanned_reboot_during_the_gate_runs_it_again_in_the_new_boot(
+    node_factory: Callable[..., Node],
+) -> None:
+    node = node_factory(SCRIPT)
+    _boot(node, "boot-1")
+    started, fixed = node.tmp / "started", node.tmp / "fixed"
+    required(node, "10-app", f"touch {started}; test -e {fixed} && exit 0; sleep 5; exit 1")
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(started.exists, 15, "the gate's check running")
+    # Power loss mid-gate: the agent dies with the boot, the host comes up on NEW again.
+    agent.kill()
+    fixed.touch()
+    _boot(node, "boot-2")
+    assert node.control("Reboot")[0] == NEW
+    again = node.agent()
+    doc = node.wait_state("reported steady", agent=again, booted=NEW, timeout=20)
+    g = gate(node)
+    assert (g["phase"], g["verdict"], g["restarts"], g["boot_id"]) == (
+        "reported",
+        "healthy",
+        1,
+        "boot-2",
+    )
+    assert doc["health"]["restarts"] == 1
+    assert reboots(node) == 1
+    assert "running the gate again in this boot" in again.log()
+
+
+def test_sigkill_at_every_rollback_step_rolls_back_once(
+    node_factory: Callable[..., Node],
+) -> None:
+    # A slow rpm-ostree transaction leaves a window between "rollback decided" and done.
+    node = node_factory({**SCRIPT, "transaction_delay": 1.0})
+    _boot(node, "boot-1")
+    required(node, "10-app", "echo broken; exit 1")
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    # 1: killed right after the decision was recorded (the Rollback transaction under way).
+    wait_for(lambda: gate(node).get("phase") == "rollback", 20, "rollback decided")
+    agent.kill()
+    assert reboots(node) == 1
+    second = node.agent()
+    # 2: killed once the rollback boot came up, possibly before its report.
+    wait_for(lambda: gate(node).get("phase") in ("rolled-back", "reported"), 20, "rolled back")
+    second.kill()
+    third = node.agent()
+    node.wait_state("reported steady", agent=third, booted=OLD, timeout=20)
+    wait_for(lambda: gate(node).get("phase") == "reported", 10, "report delivered")
+    assert reboots(node) == 2
+    assert node.booted_version() == OLD
+    assert [d["version"] for d in node.double_state()["deployments"]] == [OLD, NEW]
+    assert state(node)["extra"]["health_rolled_back"] == [checksum(node, NEW)]
+    # Nothing more happens: no second rollback, no reboot.
+    assert_stays(lambda: reboots(node) == 2, 1.5, "exactly one rollback reboot")
+
+
+class _Recorder:
+    """A FleetLock server that is not ours (grants every slot, keeps every request body):
+    our report keys are optional JSON another implementation receives and ignores."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                recorder.bodies.append((self.path, json.loads(raw)))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def steady(self) -> list[dict[str, Any]]:
+        return [b["client_params"] for p, b in self.bodies if p.endswith("/v1/steady-state")]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_rollback_is_reported_to_the_lock_server_and_the_slot_released(
+    node_factory: Callable[..., Node],
+) -> None:
+    recorder = _Recorder()
+    try:
+        node = node_factory(SCRIPT)
+        node.write_config(
+            "50-lock.toml",
+            '[updates]\nstrategy = "fleet_lock"\n'
+            f'[updates.fleet_lock]\nbase_url = "{recorder.url}"\n'
+            '[identity]\nnode_uuid = "0123456789abcdef0123456789abcdef"\n',
+        )
+        required(node, "10-app", "echo 'kubelet not ready'; exit 1")
+        agent = node.agent()
+        node.wait_state("reported steady", agent=agent)
+        assert "health" not in recorder.steady()[0]  # no verdict for a boot we did not gate
+        assert recorder.steady()[0]["booted_version"] == OLD
+        node.control("Stage", "sb", NEW, True)
+        wait_for(lambda: reboots(node) == 2, 20, "the rollback reboot")
+        node.wait_state("reported steady", agent=agent, booted=OLD, timeout=20)
+        wait_for(lambda: len(recorder.steady()) >= 2, 10, "the report")
+        report = recorder.steady()[-1]
+        assert report["booted_version"] == OLD
+        assert (report["health"], report["failed_version"]) == ("failed", NEW)
+        assert "kubelet" not in report["reason"] and "10-app" in report["reason"]
+        pre = [b["client_params"] for p, b in recorder.bodies if p.endswith("/v1/pre-reboot")]
+        assert pre and all("health" not in p for p in pre)
+        wait_for(lambda: gate(node).get("phase") == "reported", 10, "report recorded")
+        assert (node.status() or {})["lock_state"] == "not held"
+    finally:
+        recorder.close()

@@ -400,6 +400,7 @@ class Agent:
         await self.logind.connect(self.bus)
         await self.reboot.connect(self.logind)
         self.health.connect(self.bus, self.rpm, self.logind)
+        self.reboot.on_reboot = self.health.reboot_imminent
         await self.reload.start(self.bus)
         self._start_watchdog()
         await self.deployments.start(self.rpm)

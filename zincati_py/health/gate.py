@@ -155,3 +155,26 @@ def recheck_delay(now: float, started: float) -> float:
     """How long to wait before evaluating a waiting gate again: short at first (a unit is
     starting), up to 30 s; never past the deadline (the caller caps it)."""
     return min(30.0, max(1.0, (now - started) / 4))
+
+
+def describe(rec: GateRecord | None, checks: Sequence[Result]) -> dict[str, Any]:
+    """The gate's part of ``status.json``'s ``health`` (times ISO 8601 UTC)."""
+    from datetime import UTC, datetime
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+    if rec is None:
+        return {"phase": None}
+    return {
+        "phase": rec.phase.value,
+        "release": rec.version or rec.checksum,
+        "checksum": rec.checksum,
+        "from_release": rec.from_version or rec.from_checksum,
+        "started": iso(rec.started),
+        "deadline": iso(rec.deadline),
+        "reason": rec.reason,
+        "restarts": rec.restarts,
+        "verdict": rec.verdict or None,
+        "checks": [r.as_dict() for r in checks],
+    }

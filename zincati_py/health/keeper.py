@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zincati_py.backoff import Backoff
-from zincati_py.health import discover, spec
+from zincati_py.health import discover
 from zincati_py.health.gate import (
     FINAL,
     REPORT,
@@ -37,11 +37,13 @@ from zincati_py.health.gate import (
     Move,
     Phase,
     Verdict,
+    describe,
     judge,
     recheck_delay,
     restarted,
 )
 from zincati_py.health.gate import reconcile as reconcile_gate
+from zincati_py.health.prereboot import PreReboot
 from zincati_py.health.run import BOOT_COMPLETE, Result, run_command, unit_result
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from zincati_py.config import Settings
     from zincati_py.dbus.logind import Logind
     from zincati_py.dbus.rpmostree import RpmOstree
+    from zincati_py.health.hooks import Events
 
 log = logging.getLogger("zincati_py.agent")
 
@@ -64,6 +67,12 @@ _NO_MANAGER = (
 )
 
 Outcome = tuple[str, float | None] | None
+
+
+def _iso(ts: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class HealthKeeper:
@@ -85,15 +94,24 @@ class HealthKeeper:
         self.bus: MessageBus | None = None
         self.rpm: RpmOstree | None = None
         self.logind: Logind | None = None
-        self.hooks: Any = None  # health.hooks.Hooks once connected
+        self.events: Events | None = None  # the event hooks, once connected
         self.gate_results: list[Result] = []
-        self.pre_results: list[Result] = []
-        self.pre_reason: str | None = None
+        self.pre = PreReboot()
+        self._retry = Backoff(2.0, 120.0)  # rollback and its reboot, when they fail
         self.problems: list[str] = []
-        self._pre_backoff = Backoff(5.0, 300.0)
 
-    def connect(self, bus: MessageBus, rpm: RpmOstree, logind: Logind, hooks: Any = None) -> None:
-        self.bus, self.rpm, self.logind, self.hooks = bus, rpm, logind, hooks
+    def connect(self, bus: MessageBus, rpm: RpmOstree, logind: Logind) -> None:
+        from zincati_py.health.hooks import Events, Hooks
+
+        self.bus, self.rpm, self.logind = bus, rpm, logind
+        self.events = Events(
+            self.root, self.store, self.deployments, Hooks(self.settings, self._systemd)
+        )
+
+    def reboot_imminent(self, version: str, reason: str, when: float | None = None) -> None:
+        """The agent is about to ask logind to reboot into ``version`` (the reboot hook)."""
+        if self.events is not None:
+            self.events.reboot_imminent(version, reason, when)
 
     @property
     def config(self) -> Settings:
@@ -124,6 +142,8 @@ class HealthKeeper:
             landed, from_checksum = booted.checksum, req.from_checksum
         elif st.staged_by_us is not None and st.staged_by_us.checksum == booted.checksum:
             landed = booted.checksum
+        if self.events is not None:
+            await self.events.watch()
         rec = self.record()
         move = reconcile_gate(rec, booted.checksum, self.boot_id, landed)
         timeout = self.config.agent.health.timeout_secs
@@ -132,7 +152,7 @@ class HealthKeeper:
                 checksum=booted.checksum,
                 version=booted.version,
                 from_checksum=from_checksum,
-                from_version=None,
+                from_version=await self._version_of(from_checksum),
                 boot_id=self.boot_id,
                 started=now,
                 deadline=now + timeout,
@@ -293,6 +313,15 @@ class HealthKeeper:
         log.critical("HEALTH GATE FAILED for %s: %s; %s", rec.label, why, note)
         return None
 
+    async def _version_of(self, checksum: str | None) -> str | None:
+        if checksum is None or self.rpm is None:
+            return None
+        try:
+            deps = await self.rpm.deployments()
+        except Exception:
+            return None
+        return next((d.version for d in deps if d.checksum == checksum), None)
+
     async def _find_rollback_target(self, rec: GateRecord) -> str | None:
         if self.rpm is None:
             return None
@@ -328,8 +357,9 @@ class HealthKeeper:
                 got = deps[0].label if deps else "none"
                 raise RuntimeError(f"the default deployment is {got}, not {rec.from_label}")
         except Exception as exc:
-            log.error("rollback of %s failed: %s", rec.label, exc)
-            return (f"rollback of {rec.label} failed: {exc}; retrying", now + 30.0)
+            delay = self._retry.next_delay()
+            log.error("rollback of %s failed: %s; retrying in %.0f s", rec.label, exc, delay)
+            return (f"rollback of {rec.label} failed: {exc}; retrying", now + delay)
         called_here = rec.reboot_called and rec.reboot_called_boot == self.boot_id
         if called_here and now < (rec.decided_at or now) + REBOOT_GRACE_SECS:
             return (
@@ -338,13 +368,20 @@ class HealthKeeper:
             )
         rec = replace(rec, reboot_called=True, reboot_called_boot=self.boot_id, decided_at=now)
         await self._save(rec)  # durable before the call: a restart does not ask again at once
-        self._event("reboot", rec, f"rolling back to {rec.from_label}: {rec.reason}")
+        self._fire(
+            "reboot",
+            version=rec.from_version or rec.from_checksum or "",
+            from_version=rec.version or rec.checksum,
+            reason=f"rolling back to {rec.from_label}: {rec.reason}",
+            when=_iso(now),
+        )
         try:
             await self.logind.reboot()
         except Exception as exc:
             log.error("reboot for the rollback failed: %s", exc)
             await self._save(replace(rec, reboot_called=False))
-            return (f"rolled back to {rec.from_label}; reboot failed: {exc}; retrying", now + 30)
+            delay = self._retry.next_delay()
+            return (f"rolled back to {rec.from_label}; reboot failed: {exc}; retrying", now + delay)
         log.warning("rolled back to %s: rebooting", rec.from_label)
         return (f"rolled back to {rec.from_label} ({rec.reason}): rebooting", None)
 
@@ -395,44 +432,11 @@ class HealthKeeper:
 
     # -- pre-reboot checks ----------------------------------------------------------------
     async def pre_reboot(self) -> Outcome:
-        """Run ``[agent.health] pre_reboot``: None when all pass, else postpone (re-run at the
-        next evaluation, at the latest after a backoff)."""
-        checks = [spec.parse(t) for t in self.config.agent.health.pre_reboot]
-        if not checks:
-            self.pre_results, self.pre_reason = [], None
-            return None
-        timeout = float(self.config.agent.health.timeout_secs)
+        """``[agent.health] pre_reboot`` (see :class:`PreReboot`): None when all pass."""
         staged = self.deployments.staged
-        env = {**os.environ, "ZINCATI_PY_STAGED_VERSION": staged.version if staged else ""}
-        results: list[Result] = []
-        bus, owned = None, False
-        try:
-            for check in checks:
-                if check.unit is not None:
-                    if bus is None:
-                        bus, owned = await self._systemd()
-                    assert bus is not None
-                    results.append(await unit_result(bus, check.unit, "unit", wait=False))
-                else:
-                    results.append(await run_command(check.argv, "command", timeout, env))
-        except Exception as exc:
-            results.append(Result("systemd", "unit", False, f"unreachable: {exc}"))
-        finally:
-            if owned and bus is not None:
-                bus.disconnect()
-        self.pre_results = results
-        failed = [r for r in results if not r.ok]
-        if not failed:
-            self._pre_backoff.reset()
-            if self.pre_reason is not None:
-                log.info("pre-reboot checks pass again")
-            self.pre_reason = None
-            return None
-        reason = "pre-reboot check failed: " + "; ".join(r.line() for r in failed)
-        if reason != self.pre_reason:
-            log.warning("%s: reboot postponed", reason)
-        self.pre_reason = reason
-        return (reason, time.time() + self._pre_backoff.next_delay())
+        return await self.pre.run(
+            self.config, staged.version if staged else None, self._systemd, self._env
+        )
 
     # -- hooks and status -----------------------------------------------------------------
     def _env(self, event: str, rec: GateRecord | None, reason: str) -> dict[str, str]:
@@ -443,38 +447,21 @@ class HealthKeeper:
         return env
 
     def _event(self, event: str, rec: GateRecord | None, reason: str) -> None:
-        if self.hooks is not None:
-            fields = {"reason": reason}
-            if rec is not None:
-                fields["version"] = rec.version or rec.checksum
-                fields["from_version"] = rec.from_version or rec.from_checksum or ""
-            self.hooks.fire(event, fields)
+        fields = {"reason": reason}
+        if rec is not None:
+            fields["version"] = rec.version or rec.checksum
+            fields["from_version"] = rec.from_version or rec.from_checksum or ""
+        self._fire(event, **fields)
+
+    def _fire(self, event: str, **fields: str) -> None:
+        if self.events is not None:
+            self.events.fire(event, **fields)
 
     def status(self) -> dict[str, Any]:
-        from datetime import UTC, datetime
-
-        def iso(ts: float | None) -> str | None:
-            return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat("T", "seconds")
-
-        rec = self.record()
         doc: dict[str, Any] = {
-            "phase": None,
-            "pre_reboot": [r.as_dict() for r in self.pre_results],
-            "pre_reboot_reason": self.pre_reason,
+            "pre_reboot": [r.as_dict() for r in self.pre.results],
+            "pre_reboot_reason": self.pre.reason,
             "rolled_back": self.rolled_back(),
             "problems": list(self.problems),
         }
-        if rec is not None:
-            doc.update(
-                phase=rec.phase.value,
-                release=rec.version or rec.checksum,
-                checksum=rec.checksum,
-                from_release=rec.from_version or rec.from_checksum,
-                started=iso(rec.started),
-                deadline=iso(rec.deadline),
-                reason=rec.reason,
-                restarts=rec.restarts,
-                verdict=rec.verdict or None,
-                checks=[r.as_dict() for r in self.gate_results],
-            )
-        return doc
+        return {**doc, **describe(self.record(), self.gate_results)}

@@ -1,0 +1,111 @@
+"""The health gate and the event hooks against a real systemd manager (the test bed's
+``systemd --user``, reached with ``ZINCATI_PY_SYSTEMD_BUS``), with the agent against the
+rpm-ostree double and dbusmock's logind: boot-complete.target and required units as systemd
+reports them, hooks as transient services systemd runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from testbed.systemd import UserManager
+from tests.agent.agent_harness import Node, wait_for
+from tests.health.test_gate_agent import NEW, OLD, SCRIPT, gate, reboots
+
+BOOT_COMPLETE = """[Unit]
+Description=Boot Completion Check (test bed)
+"""
+
+
+def units(manager: UserManager, **files: str) -> None:
+    for name, text in files.items():
+        (manager.unit_dir / name).write_text(text)
+    manager.daemon_reload()
+
+
+def oneshot(command: str) -> str:
+    return f"[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={command}\n"
+
+
+def test_steady_only_after_boot_complete_and_required_units(
+    node_factory: Callable[..., Node], user_manager_factory: Callable[..., UserManager]
+) -> None:
+    node = node_factory(SCRIPT)
+    manager = user_manager_factory(None)
+    units(manager, **{"boot-complete.target": BOOT_COMPLETE, "app.service": oneshot("/bin/true")})
+    node.write_config(
+        "50-health.toml", '[agent.health]\nrequired_units = ["app.service"]\ntimeout_secs = 60\n'
+    )
+    agent = node.agent(ZINCATI_PY_SYSTEMD_BUS=manager.bus_address)
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: gate(node).get("phase") == "gate", 15, "gate running")
+    # Neither boot-complete.target nor app.service is active: the gate waits.
+    time.sleep(1.0)
+    doc = node.status() or {}
+    assert doc["state"] == "initialized" and "health gate of" in doc["reason"], doc
+    waiting = {c["name"]: c for c in doc["health"]["checks"]}
+    assert waiting["boot-complete.target"]["pending"], waiting
+    assert waiting["app.service"]["pending"], waiting
+    manager.systemctl("start", "app.service")
+    time.sleep(0.5)
+    assert (node.status() or {})["state"] == "initialized"
+    manager.systemctl("start", "boot-complete.target")
+    doc = node.wait_state("reported steady", agent=agent, booted=NEW, timeout=45)
+    assert doc["health"]["verdict"] == "healthy"
+    assert {c["name"]: c["ok"] for c in doc["health"]["checks"]} == {
+        "boot-complete.target": True,
+        "app.service": True,
+    }
+    assert reboots(node) == 1
+
+
+def test_failed_required_unit_rolls_back_and_hooks_run_as_transient_units(
+    node_factory: Callable[..., Node],
+    user_manager_factory: Callable[..., UserManager],
+    tmp_path: Path,
+) -> None:
+    node = node_factory(SCRIPT)
+    manager = user_manager_factory(None)
+    units(manager, **{"boot-complete.target": BOOT_COMPLETE, "app.service": oneshot("/bin/false")})
+    out = tmp_path / "hooks"
+    out.mkdir()
+    record = (
+        f'/bin/sh -c "echo $ZINCATI_PY_VERSION $ZINCATI_PY_FROM_VERSION >> {out}/$ZINCATI_PY_EVENT"'
+    )
+    node.write_config(
+        "50-health.toml",
+        "[agent.health]\n"
+        'required_units = ["app.service"]\n'
+        "[agent.hooks]\n"
+        f"commands = [\"/bin/false\", '{record}']\n",
+    )
+    agent = node.agent(ZINCATI_PY_SYSTEMD_BUS=manager.bus_address)
+    node.wait_state("reported steady", agent=agent)
+    manager.systemctl("start", "boot-complete.target")
+    manager.systemctl("start", "app.service", check=False)  # fails: "failed" at once
+    assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
+    node.control("PublishRelease", "s", NEW)
+    assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
+    wait_for(lambda: reboots(node) == 2, 30, "update reboot, then the rollback reboot")
+    node.wait_state("reported steady", agent=agent, booted=OLD, timeout=30)
+    g = gate(node)
+    assert (g["verdict"], g["phase"]) in (("failed", "rolled-back"), ("failed", "reported"))
+    assert "app.service: FAILED (failed" in g["reason"], g["reason"]
+
+    def lines(event: str) -> list[str]:
+        try:
+            return (out / event).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    wait_for(lambda: lines("rolled-back"), 15, "the rolled-back hook")
+    assert lines("staged") == [f"{NEW} {OLD}"]
+    assert lines("booted") == [f"{NEW} {OLD}"]
+    assert lines("rolled-back") == [f"{NEW} {OLD}"]
+    # Two reboots announced: into NEW (the update), then back to OLD (the rollback).
+    wait_for(lambda: len(lines("reboot")) == 2, 10, "both reboot hooks")
+    assert lines("reboot") == [f"{NEW} {OLD}", f"{OLD} {NEW}"]
+    # The failing hook changed nothing; systemd ran it (and collected it).
+    assert "hook zincati-py-hook-staged" in agent.log()

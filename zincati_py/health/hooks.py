@@ -1,0 +1,171 @@
+"""``[agent.hooks]``: admin commands run on update events, as transient systemd services.
+
+Events (``spec.EVENTS``): ``staged`` (an update staged), ``reboot`` (a reboot is imminent:
+``ZINCATI_PY_WHEN`` is when, ``ZINCATI_PY_REASON`` why), ``booted`` (booted into a new
+release), ``rolled-back`` (its health gate failed and the previous deployment is booted again),
+``dead-end`` (the booted release is a dead-end). Each configured command (``commands``, for
+the ``events`` listed, every event when empty) runs as a oneshot service started with systemd's
+``StartTransientUnit`` on the agent's systemd adapter: no unit file, no shell; argv and
+environment travel as D-Bus values (``$`` in an argument is doubled, as systemd still expands
+variables in a transient ``ExecStart=``; control characters in a value become spaces). Named
+``zincati-py-hook-EVENT-....service``, run as the agent's own user, bounded by
+``timeout_secs``, with ``ZINCATI_PY_EVENT``, ``ZINCATI_PY_VERSION``, ``ZINCATI_PY_FROM_VERSION``,
+``ZINCATI_PY_REASON`` and ``ZINCATI_PY_WHEN`` in its environment. Firing never waits and never
+fails the update: a hook systemd refuses (or no systemd at all) is logged, and the hook's own
+failure is systemd's to record (``journalctl -u``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zincati_py.health import spec
+from zincati_py.unitfile import control_characters
+
+if TYPE_CHECKING:
+    from dbus_fast.aio import MessageBus
+
+    from zincati_py.config import Settings
+
+log = logging.getLogger("zincati_py.agent")
+
+SystemdBus = Callable[[], Awaitable[tuple["MessageBus | None", bool]]]
+FIELDS = ("version", "from_version", "reason", "when")
+
+
+def clean(value: str) -> str:
+    """A value for an environment assignment: control characters become spaces."""
+    if not control_characters(value):
+        return value
+    return "".join(" " if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F else c for c in value)
+
+
+def environment(event: str, fields: dict[str, str]) -> list[str]:
+    env = [f"ZINCATI_PY_EVENT={event}"]
+    env += [f"ZINCATI_PY_{k.upper()}={clean(fields.get(k, ''))}" for k in FIELDS]
+    return env
+
+
+class Hooks:
+    def __init__(self, settings: Any, systemd: SystemdBus) -> None:
+        self.settings = settings  # .config: the Settings in force
+        self.systemd = systemd
+        self.fired = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def fire(self, event: str, fields: dict[str, str]) -> None:
+        """Run the hooks for ``event`` in the background (returns at once)."""
+        config: Settings = self.settings.config
+        hooks = config.agent.hooks
+        if not hooks.commands or (hooks.events and event not in hooks.events):
+            return
+        task = asyncio.get_running_loop().create_task(self._run(event, fields))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, event: str, fields: dict[str, str]) -> None:
+        from zincati_py.dbus import systemd
+
+        hooks = self.settings.config.agent.hooks
+        user = None if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        env = environment(event, fields)
+        bus, owned = None, False
+        try:
+            bus, owned = await self.systemd()
+            for text in hooks.commands:
+                self.fired += 1
+                name = f"zincati-py-hook-{event}-{os.getpid()}-{int(time.time())}-{self.fired}"
+                # systemd substitutes $VAR in ExecStart= even over D-Bus: "$$" is a literal "$".
+                words = spec.parse(text).argv
+                argv = [w.replace("$", "$$") for w in words]
+                try:
+                    if bus is None:
+                        raise RuntimeError("no bus")
+                    await systemd.start_transient_service(
+                        bus,
+                        f"{name}.service",
+                        argv,
+                        description=f"zincati-py hook for event {event}",
+                        environment=env,
+                        timeout_secs=hooks.timeout_secs,
+                        user=user,
+                        path=words[0],
+                    )
+                    log.info("hook %s started for event %s: %s", name, event, text)
+                except Exception as exc:
+                    log.warning("hook for event %s not run (%s): %s", event, text, exc)
+        except Exception as exc:
+            log.warning("hooks for event %s not run: %s", event, exc)
+        finally:
+            if owned and bus is not None:
+                bus.disconnect()
+
+
+DEADEND_MOTD_REL = "run/motd.d/85-zincati-deadend.motd"  # zincati_py.cincinnati.motd's
+FIRED_KEY = "health_hooks_fired"
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+class Events:
+    """Which update events happened, for :class:`Hooks`. ``store`` and ``deployments`` are the
+    agent's (duck-typed): "staged" is fired once per update this agent staged, "dead-end" once
+    per dead-end text (``/run/motd.d/85-zincati-deadend.motd``, the graph client's), both
+    remembered durably under ``extra["health_hooks_fired"]``; the rest by the health keeper."""
+
+    def __init__(self, root: Path, store: Any, deployments: Any, hooks: Hooks) -> None:
+        self.root = root
+        self.store = store
+        self.deployments = deployments
+        self.hooks = hooks
+
+    def _booted(self) -> str:
+        booted = self.deployments.booted
+        return str(booted.version or booted.checksum) if booted is not None else ""
+
+    def fire(self, event: str, **fields: str) -> None:
+        self.hooks.fire(event, fields)
+
+    def reboot_imminent(self, version: str, reason: str, when: float | None = None) -> None:
+        at = _iso(when if when is not None else time.time())
+        self.fire("reboot", version=version, from_version=self._booted(), reason=reason, when=at)
+
+    async def watch(self) -> None:
+        seen = dict(self.store.record.extra.get(FIRED_KEY) or {})
+        now_seen = dict(seen)
+        ours = self.store.record.staged_by_us
+        staged = self.deployments.staged
+        if (
+            ours is not None
+            and staged is not None
+            and staged.checksum == ours.checksum
+            and seen.get("staged") != ours.checksum
+        ):
+            now_seen["staged"] = ours.checksum
+            self.fire(
+                "staged",
+                version=staged.version or staged.checksum,
+                from_version=self._booted(),
+                reason="update staged (finalization locked)",
+            )
+        try:
+            deadend = (self.root / DEADEND_MOTD_REL).read_text().strip()
+        except OSError:
+            deadend = ""
+        if deadend != seen.get("deadend", ""):
+            now_seen["deadend"] = deadend
+            if deadend:
+                self.fire("dead-end", version=self._booted(), reason=deadend)
+        if now_seen != seen:
+            await self.store.commit(extra={**self.store.record.extra, FIRED_KEY: now_seen})
