@@ -142,6 +142,8 @@ class Events:
         self.fire("reboot", version=version, from_version=self._booted(), reason=reason, when=at)
 
     async def watch(self) -> None:
+        if not self.hooks.settings.config.agent.hooks.commands:
+            return  # nothing to fire: nothing to remember either
         seen = dict(self.store.record.extra.get(FIRED_KEY) or {})
         now_seen = dict(seen)
         ours = self.store.record.staged_by_us
