@@ -333,36 +333,36 @@ def _generate_cached(directory: str) -> None:
     root = cache.resolve_root()
     user = os.environ.get("SYSTEMD_SCOPE") == "user"
     exe = _executable(root)
+    dirs = cache.open_dirs(root, user)
     try:
-        cache_dir = cache.open_dir(root, user, create=True)
-    except OSError:
-        cache_dir = None
-    if cache_dir is None:
-        generate(directory, root, user=user)
-        return
-    try:
-        replay = cache.load(cache_dir)
-        if replay is not None and not replay.code_unchanged():
-            replay = None  # computed by other code: neither output nor translations hold
-        if replay is not None:
+        replays = []
+        for cache_dir in dirs:  # /run first: it holds this boot's latest
+            replay = cache.load(cache_dir)
+            if replay is None or not replay.code_unchanged():
+                continue  # none, or computed by other code: neither output nor translations
+            replays.append(replay)
             try:
                 fingerprint = cache.inputs(root, exe, user, cache.environment(replay.tzpath))
             except cache.Uncacheable:
-                fingerprint = None
+                break
             if fingerprint == replay.inputs:
                 for line in replay.log:
                     print(line, file=sys.stderr)
                 _write(replay.units, replay.timers, directory)
                 return
-        _computed_run(cache_dir, replay, directory, root, exe, user)
+        _computed_run(dirs, replays[0] if replays else None, directory, root, exe, user)
     finally:
-        cache_dir.close()
+        for cache_dir in dirs:
+            cache_dir.close()
 
 
 def _computed_run(
-    cache_dir: CacheDir, replay: Replay | None, directory: str, root: str, exe: str, user: bool
+    dirs: list[CacheDir], replay: Replay | None, directory: str, root: str, exe: str, user: bool
 ) -> None:
     """Compute and write the units, then keep them (and the translations) for the next run."""
+    if not dirs:
+        _rendered_run(directory, root, user)
+        return
     import zoneinfo
 
     from zincati_py import generator_cache as cache
@@ -383,21 +383,22 @@ def _computed_run(
     if env is None:
         return
     modules.update(cache.loaded_modules())
-    try:  # noqa: SIM105 (contextlib is an import the cached path does without)
-        cache.save(
-            cache_dir,
-            fingerprint=fingerprint,
-            environment=env,
-            # The latest ones (this run's come last), so the file cannot grow without bound.
-            translations=dict(list(cron.MEMO.items())[-cache.MAX_TRANSLATIONS :]),
-            tzpath=tzpath,
-            units=rendered.units,
-            timers=rendered.timers,
-            log=list(_logged),
-            modules=modules,
-        )
-    except OSError:
-        pass  # /run read-only or full: next boot computes again
+    for cache_dir in dirs:
+        try:  # noqa: SIM105 (contextlib is an import the cached path does without)
+            cache.save(
+                cache_dir,
+                fingerprint=fingerprint,
+                environment=env,
+                # The latest ones (this run's come last), so the file cannot grow unbounded.
+                translations=dict(list(cron.MEMO.items())[-cache.MAX_TRANSLATIONS :]),
+                tzpath=tzpath,
+                units=rendered.units,
+                timers=rendered.timers,
+                log=list(_logged),
+                modules=modules,
+            )
+        except OSError:
+            pass  # read-only (/var at boot) or full: a later run writes it
 
 
 def _rendered_run(directory: str, root: str | None, user: bool) -> tuple[Rendered, int]:

@@ -28,10 +28,13 @@ all seen before does not import croniter either.
 Anything unexpected (a fragment that cannot be read, a directory that cannot be listed, a
 file over the size limit) makes the run uncacheable: the generator then computes as before.
 
-Where: ``ROOT/run/zincati-py-generator/cache`` (``cache-user`` for a user manager's
-generator: generators run very early, when ``/run`` is writable and ``/var`` may not be
-mounted yet); for a user manager's generator that cannot write there,
-``$XDG_RUNTIME_DIR/zincati-py-generator/cache-user``. The directory is created 0700
+Where: ``zincati-py-generator/cache`` (``cache-user`` for a user manager's generator) in
+``ROOT/run`` and in ``ROOT/var/cache``. Generators run very early: ``/run`` is writable but
+emptied at every boot, ``/var`` is kept but may be read-only (or not mounted yet) at boot. So
+a run reads ``/run`` first, then ``/var/cache``, and a computing run writes both where it can:
+a boot replays what the last ``daemon-reload`` of the previous boot computed, when ``/var`` is
+there to read. A user manager's generator that cannot write ``/run`` uses
+``$XDG_RUNTIME_DIR/zincati-py-generator`` only. The directory is created 0700
 and used only when it is a real directory owned by the running user and not writable by
 anyone else; the file is opened with ``O_NOFOLLOW`` relative to it and must be owned by the
 running user too, since replayed texts go into unit files unchecked. The file is written
@@ -51,7 +54,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["CacheDir", "Replay", "inputs", "load", "open_dir", "save"]
+__all__ = ["CacheDir", "Replay", "environment", "inputs", "load", "open_dirs", "save"]
 
 # Bump when the file's layout or the meaning of a fingerprint part changes.
 FORMAT = 1
@@ -190,24 +193,33 @@ class CacheDir:
         os.close(self.fd)
 
 
-def _cache_dir_path(root: str, user: bool) -> str:
+def _cache_dir_paths(root: str, user: bool) -> list[str]:
+    """Where the memo is kept, freshest first: ``/run`` (always writable when generators run,
+    but emptied at every boot) and ``/var/cache`` (kept across boots; it may be read-only or
+    not mounted yet when the generator runs at boot: then it is only read, or not used)."""
     run = _under(root, "run")
     if user and os.geteuid() != 0 and not os.access(run, os.W_OK):
         runtime = os.environ.get("XDG_RUNTIME_DIR")
-        if runtime:
-            return os.path.join(runtime, DIR_NAME)
-    return os.path.join(run, DIR_NAME)
+        return [os.path.join(runtime, DIR_NAME)] if runtime else []
+    return [os.path.join(run, DIR_NAME), os.path.join(_under(root, "var/cache"), DIR_NAME)]
 
 
-def open_dir(root: str, user: bool, create: bool) -> CacheDir | None:
-    """The cache directory if it is ours alone (created 0700 when ``create``), else None."""
-    path = _cache_dir_path(root, user)
+def open_dirs(root: str, user: bool) -> list[CacheDir]:
+    """The memo's directories that exist or could be created (0700) and are ours alone."""
+    out = []
+    for path in _cache_dir_paths(root, user):
+        directory = open_dir(path, user)
+        if directory is not None:
+            out.append(directory)
+    return out
+
+
+def open_dir(path: str, user: bool) -> CacheDir | None:
+    """The directory at ``path`` (created 0700 if its parent exists) if it is ours alone."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        if not create:
-            return None
         try:
             os.mkdir(path, 0o700)
             fd = os.open(path, flags)

@@ -52,14 +52,15 @@ class Runs:
     def fresh(self) -> dict[str, bytes]:
         """What a run without any memo writes (the reference)."""
         self.n += 1
-        cache = self.root / CACHE
-        saved = cache.read_bytes() if cache.exists() else None
-        cache.unlink(missing_ok=True)
+        caches = [self.root / CACHE, self.root / "var/cache/zincati-py-generator/cache"]
+        saved = {c: c.read_bytes() for c in caches if c.exists()}
+        for cache in caches:
+            cache.unlink(missing_ok=True)
         try:
             files, computed = _imports_config(self.root, self.tmp / f"out{self.n}")
         finally:
-            if saved is not None:
-                cache.write_bytes(saved)
+            for cache, data in saved.items():
+                cache.write_bytes(data)
                 cache.chmod(0o600)
         assert computed
         return files
@@ -199,7 +200,7 @@ def test_each_manager_scope_has_its_own_memo(runs: Runs) -> None:
 def test_a_leftover_temp_file_does_not_stop_the_memo(tmp_path: Path) -> None:
     """A run killed while writing leaves ``.cache.PID``; early-boot PIDs repeat."""
     (tmp_path / "run").mkdir()
-    directory = generator_cache.open_dir(str(tmp_path), user=False, create=True)
+    directory = generator_cache.open_dir(str(tmp_path / "run/zincati-py-generator"), user=False)
     assert directory is not None
     try:
         stale = tmp_path / "run/zincati-py-generator" / f".cache.{os.getpid()}"
@@ -239,3 +240,24 @@ def test_other_code_computes_again(runs: Runs) -> None:
     assert computed
     _, computed = runs.run()
     assert not computed
+
+
+def test_a_reboot_replays_from_var_cache(root: Path, tmp_path: Path) -> None:
+    """/run is emptied at every boot; /var/cache keeps the memo (read-only at boot is enough)."""
+    import shutil
+
+    (root / "var/cache").mkdir(parents=True)
+    runs = Runs(root, tmp_path)
+    reference, computed = runs.run()
+    assert computed
+    assert (root / "var/cache/zincati-py-generator/cache").is_file()
+    shutil.rmtree(root / "run/zincati-py-generator")  # a reboot
+    got, computed = runs.run()
+    assert not computed and got == reference
+    # A changed input is computed, and both places hold the new memo.
+    (root / "etc/machine-id").write_text("fedcba9876543210fedcba9876543210\n")
+    changed, computed = runs.run()
+    assert computed and changed != reference
+    shutil.rmtree(root / "run/zincati-py-generator")
+    again, computed = runs.run()
+    assert not computed and again == changed
