@@ -45,17 +45,18 @@ need_root() {
 # shown as it goes (a fresh machine installs for minutes), minus the lock complaints.
 lock_re='Could not get lock|Unable to lock|Unable to acquire the dpkg|is held by process'
 apt_get() {
-  local deadline=$((SECONDS + lock_timeout)) log rc told=0
+  local deadline=$((SECONDS + lock_timeout)) log rc told=0 quiet=-q
   log=$(mktemp)
   while :; do
     rc=0
-    apt-get -q -o DPkg::Lock::Timeout="$lock_timeout" "$@" 2>&1 | tee "$log" \
+    apt-get "$quiet" -o DPkg::Lock::Timeout="$lock_timeout" "$@" 2>&1 | tee "$log" \
       | { grep --line-buffered -v -E "$lock_re" || true; } || rc=${PIPESTATUS[0]}
     if [ "$rc" -eq 0 ]; then rm -f "$log"; return 0; fi
     if grep -q -E "$lock_re" "$log" && [ "$SECONDS" -lt "$deadline" ]; then
       if [ "$told" -eq 0 ]; then
         echo "zincati-py: another apt/dpkg holds its lock; waiting (up to ${lock_timeout}s)" >&2
         told=1
+        quiet=-qq  # retries: no progress lines, only what is not a lock complaint
       fi
       sleep 2
       continue

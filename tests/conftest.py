@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,12 +12,127 @@ import pytest
 # ---- systemd user manager (owner: generator/schedule CLI; testbed/systemd.py) ----
 from testbed.systemd import UserManager, user_manager_available
 
-# ---- every test runs in CI (owner: lead) ----
-# Tests skip when a real component is missing (dbus-daemon, systemd, dbusmock, etcd, rpmbuild),
-# so a partial developer machine can still run the rest. The project's test command
-# (tests/run.sh, what .ci/run calls) installs everything and sets ZINCATI_PY_REQUIRE_ALL=1:
-# there a skip is a failure, so CI can never pass by not running a test.
+# ---- test tiers: markers, the fast tier, every test runs in CI (owner: newcomer) ----
+# Two tiers. The fast tier is what plain `pytest` runs, as any user on a laptop, in well under a
+# minute: the pure tests (state machine, config, cron translation, windows, protocol, the
+# in-process lock server). The full tier adds the tests that need root or real components, and
+# the slow ones (our programs as processes, fleets, real-time leases). Those carry markers
+# (registered in pyproject.toml), added here (1) from the fixtures a test uses, anywhere in its
+# fixture closure (FIXTURE_MARKS, PARAM_MARKS), (2) from its `skipif(..., reason="needs X")`
+# (REASON_MARKS: the house convention for a missing tool), (3) for what neither shows, by test
+# path (PATH_MARKS), or (4) written on the test. Plain `pytest` skips every marked test with the
+# reason; `pytest --real` runs them where the components exist (a missing one skips, as
+# before); the project's test command (tests/run.sh, what .ci/run calls) sets
+# ZINCATI_PY_REQUIRE_ALL=1: every tier runs and a skip is a failure, so CI can never pass by not
+# running a test. `pytest -m "not full"` is the fast tier, `pytest --real -m etcd` one part.
 REQUIRE_ALL = os.environ.get("ZINCATI_PY_REQUIRE_ALL") == "1"
+
+#: Each marker of the full tier and what it needs (the text of a fast-tier skip).
+FULL_TIER = {
+    "root": "needs root (private mount namespaces, other users' files)",
+    "systemd": "needs a real systemd (user manager, systemd-analyze)",
+    "dbus": "needs dbus-daemon (private buses)",
+    "dbusmock": "needs python3-dbusmock under /usr/bin/python3 (the logind double)",
+    "etcd": "needs etcd (Debian etcd-server)",
+    "rpm": "needs rpmbuild and rpmlint",
+    "nodejs": "needs node (the polkit rules are JavaScript)",
+    "realhost": "boots systemd-nspawn containers (the real-host tier)",
+    "slow": "takes seconds (our programs as processes, fleets, real-time leases)",
+}
+#: Fixture (anywhere in a test's fixture closure) -> markers.
+FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
+    "user_manager_factory": ("root", "systemd", "dbus"),
+    "system_bus": ("dbus",),
+    "logind_factory": ("dbusmock",),
+    "node_factory": ("dbus", "dbusmock"),  # tests/agent: an agent beside both doubles
+    "fleet_factory": ("dbus", "dbusmock"),
+    "graph_node": ("dbus", "dbusmock"),  # tests/cincinnati
+    "etcd": ("etcd",),
+    "_needs_sandbox": ("root", "systemd", "dbus", "dbusmock"),  # tests/e2e: the demo's fleet
+    "realhost_image": ("root", "realhost"),
+    "subprocess_server": ("slow",),  # tests/fleetlock: `fleetlock serve` processes
+    "command": ("slow",),  # tests/fleetlock: the same, started by the test
+    "lock_server": ("slow",),  # tests/strategy: a real lock server process per test
+}
+#: (fixture, parameter) -> markers, for a parametrized fixture that needs a component for one
+#: of its values only (fleetlock's `backend`: sqlite is pure, etcd is not).
+PARAM_MARKS: dict[tuple[str, str], tuple[str, ...]] = {("backend", "etcd"): ("etcd",)}
+#: Words of a `skipif` reason -> markers.
+REASON_MARKS = {
+    "root": ("root",),
+    "systemd-analyze": ("systemd",),
+    "etcd": ("etcd",),
+    "dbus-daemon": ("dbus",),
+    "dbusmock": ("dbusmock",),
+}
+#: Test file, or file::test (any parameters), -> markers: what no fixture or skipif shows.
+PATH_MARKS: dict[str, tuple[str, ...]] = {
+    "tests/fleetlock/test_etcd_tls.py": ("etcd",),  # its own TLS etcd
+    "tests/schedule/test_schedule_differential.py": ("systemd",),  # vs systemd-analyze
+    "tests/schedule/test_schedule_preview.py": ("systemd",),  # previews are systemd's
+    "tests/agent/test_parts.py::test_polkit_check_against_dbusmock_polkitd": ("dbus", "dbusmock"),
+    "tests/strategy/test_marker_file.py::test_owner_is_not_checked": ("root",),
+    # zincati-py run as a process per step: 0.3-4 s a test, measured.
+    "tests/cli/test_schedule_files.py": ("slow",),
+    "tests/config/test_config_cli.py": ("slow",),
+    "tests/cincinnati/test_updates_cmd.py": ("slow",),
+    "tests/fleetlock/test_cli.py": ("slow",),
+    "tests/fleetlock/test_queue.py": ("slow",),  # queue deadlines, grace and cooldown: ~1.3 s each
+    # real-time waits: leases, sweeps, a slow client.
+    "tests/fleetlock/test_protocol.py::test_lease_renewal": ("slow",),
+    "tests/fleetlock/test_protocol.py::test_lease_expiry_frees_a_vanished_nodes_slot": ("slow",),
+    "tests/fleetlock/test_protocol.py::test_sweeper_frees_expired_slots_without_requests": (
+        "slow",
+    ),
+    "tests/fleetlock/test_security.py::test_healthz_answers_under_a_slow_client_attack": ("slow",),
+}
+ROOTDIR = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--real",
+        action="store_true",
+        help="also run the full tier (tests marked " + "/".join(FULL_TIER) + ") where the "
+        "components exist; tests/run.sh runs it and fails on any skip",
+    )
+
+
+def _needs(item: pytest.Item) -> set[str]:
+    needs = {m.name for m in item.iter_markers() if m.name in FULL_TIER}
+    for fixture in getattr(item, "fixturenames", ()):
+        needs.update(FIXTURE_MARKS.get(fixture, ()))
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        for (fixture, value), marks in PARAM_MARKS.items():
+            if callspec.params.get(fixture) == value:
+                needs.update(marks)
+    for mark in item.iter_markers("skipif"):
+        reason = str(mark.kwargs.get("reason", ""))
+        for word, marks in REASON_MARKS.items():
+            if re.search(rf"\b{re.escape(word)}\b", reason):
+                needs.update(marks)
+    path = Path(str(item.path)).resolve()
+    rel = path.relative_to(ROOTDIR).as_posix() if path.is_relative_to(ROOTDIR) else str(path)
+    name = getattr(item, "originalname", item.name)
+    needs.update(PATH_MARKS.get(rel, ()))
+    needs.update(PATH_MARKS.get(f"{rel}::{name}", ()))
+    return needs
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_full = REQUIRE_ALL or bool(config.getoption("--real"))
+    for item in items:
+        needs = _needs(item)
+        if not needs:
+            continue
+        for name in sorted(needs):
+            item.add_marker(name)
+        item.add_marker("full")
+        if not run_full:
+            what = "; ".join(FULL_TIER[n] for n in FULL_TIER if n in needs)
+            reason = f"full tier: {what}; runs in tests/run.sh, or pytest --real"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -89,11 +89,13 @@ def evaluate(cases: list[dict[str, Any]]) -> list[str | None]:
     return results
 
 
+@pytest.mark.nodejs
 def test_rules_grant_the_agent_user_exactly_what_it_uses() -> None:
     cases = [{"action": a, "user": "zincati-py"} for a in GRANTED + NOT_GRANTED]
     assert evaluate(cases) == ["yes"] * len(GRANTED) + [None] * len(NOT_GRANTED)
 
 
+@pytest.mark.nodejs
 @pytest.mark.parametrize("user", ["root", "core", "zincati-py-fleetlock", "zincati"])
 def test_rules_grant_nothing_to_other_users(user: str) -> None:
     cases: list[dict[str, Any]] = [{"action": a, "user": user} for a in GRANTED + NOT_GRANTED]
@@ -107,6 +109,7 @@ def test_rules_grant_nothing_to_other_users(user: str) -> None:
     assert evaluate(cases) == [None] * len(cases)
 
 
+@pytest.mark.nodejs
 def test_rules_let_the_agent_start_only_the_finalize_unit_and_manage_our_timers() -> None:
     manage = "org.freedesktop.systemd1.manage-units"
     details = [
@@ -128,6 +131,7 @@ def test_rules_let_the_agent_start_only_the_finalize_unit_and_manage_our_timers(
     assert evaluate(cases) == [want for _, want in details]
 
 
+@pytest.mark.nodejs
 def test_reboot_now_action_lets_the_agent_ask_about_its_callers() -> None:
     root = ET.parse(POLICY).getroot()
     actions = {a.get("id"): a for a in root.iter("action")}
@@ -165,6 +169,7 @@ def test_dbus_policy_owner_and_callers() -> None:
     assert sum(1 for rule in root.iter("allow") if rule.get("own")) == 1
 
 
+@pytest.mark.dbus
 def test_dbus_daemon_accepts_the_policy(tmp_path: Path) -> None:
     daemon = shutil.which("dbus-daemon")
     assert daemon, "needs dbus-daemon (apt-get install dbus)"

@@ -20,6 +20,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SPEC = REPO / "packaging" / "zincati-py.spec"
 TOOLS = ("rpm", "rpmbuild", "rpmlint", "systemd-analyze", "systemd-sysusers", "systemd-tmpfiles")
+# The full tier (tests/conftest.py): rpmbuild/rpmlint and systemd's tools on the result.
+pytestmark = [pytest.mark.rpm, pytest.mark.systemd]
 
 
 def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

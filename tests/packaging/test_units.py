@@ -61,6 +61,7 @@ def test_every_shipped_unit_is_measured() -> None:
     assert {p.name for p in UNITS.iterdir()} == set(MAX_EXPOSURE)
 
 
+@pytest.mark.systemd
 @pytest.mark.parametrize("unit", sorted(MAX_EXPOSURE))
 def test_exposure_is_at_most_the_bound(unit: str) -> None:
     exposure, _ = security(unit)
