@@ -11,7 +11,9 @@ dbusmock logind) and reports:
   logind's ``Reboot`` call, observed on the bus (dbusmock's ``MethodCalled`` signal), plus the
   agent's own event-to-decision time (``zincati_py_decision_latency_seconds``);
 * the resident-memory cost of importing aiohttp vs httpx on top of the agent's own modules
-  (the HTTP client the fleet-lock strategy would load).
+  (the HTTP client the fleet-lock strategy would load), and what each group of imports adds
+  to a fresh interpreter, in the agent's order (``BREAKDOWN``);
+* idle RSS split into anonymous and file-backed (shared library text) pages.
 
 With ``--fleet-lock`` the agent runs ``strategy = "fleet_lock"`` against a local
 ``zincati-py fleetlock serve`` (SQLite, one slot): the idle RSS then includes the HTTP client
@@ -46,10 +48,14 @@ BOOTED = "40.20240101.3.0"
 
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS (kB), thread count and context switches summed over threads."""
-    out = {"rss_kb": 0, "threads": 0, "ctxt": 0}
+    out = {"rss_kb": 0, "anon_kb": 0, "file_kb": 0, "threads": 0, "ctxt": 0}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             out["rss_kb"] = int(line.split()[1])
+        elif line.startswith("RssAnon:"):
+            out["anon_kb"] = int(line.split()[1])
+        elif line.startswith("RssFile:"):
+            out["file_kb"] = int(line.split()[1])
     for task in Path(f"/proc/{pid}/task").iterdir():
         out["threads"] += 1
         for line in (task / "status").read_text().splitlines():
@@ -160,6 +166,55 @@ def import_cost() -> dict[str, int]:
     return out
 
 
+# What the idle agent loads, in import order, grouped by what pulls it in (issue 17).
+BREAKDOWN = [
+    ("interpreter + CLI dispatch", "zincati_py.cli, zincati_py.cli.agent_cmd"),
+    ("asyncio, hashlib (no OpenSSL: lazytls)", "zincati_py.lazytls.defer()"),
+    ("dbus-fast (+ xml.etree)", "dbus_fast, dbus_fast.aio"),
+    ("config (tomllib, zoneinfo, uuid...)", "zincati_py.config"),
+    (
+        "agent modules and adapters",
+        "zincati_py.agent.service, zincati_py.dbus.rpmostree, "
+        "zincati_py.dbus.logind, zincati_py.strategy.immediate",
+    ),
+    ("pyinotify (+ ctypes, tempfile)", "pyinotify"),
+    ("not at idle: OpenSSL (first TLS use, or a scrape)", "ssl"),
+    ("not at idle: prometheus-client (1st scrape)", "prometheus_client"),
+    ("not at idle: httpx (fleet_lock)", "httpx"),
+]
+
+
+def import_breakdown() -> list[tuple[str, int]]:
+    """VmRSS (kB) each group of BREAKDOWN adds, imported in that order in a fresh process."""
+    code = (
+        "import gc, importlib, sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "def rss():\n"
+        "    gc.collect()\n"
+        "    for l in open('/proc/self/status'):\n"
+        "        if l.startswith('VmRSS'): return int(l.split()[1])\n"
+        "last = rss()\n"
+        "print(last)\n"
+        "for mods in sys.argv[1:]:\n"
+        "    for m in mods.split(', '):\n"
+        "        if m.endswith('()'):\n"
+        "            mod, fn = m[:-2].rsplit('.', 1)\n"
+        "            getattr(importlib.import_module(mod), fn)()\n"
+        "        else:\n"
+        "            importlib.import_module(m)\n"
+        "    now = rss(); print(now - last); last = now\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, *(mods for _, mods in BREAKDOWN)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    bare, *deltas = (int(x) for x in r.stdout.split())
+    return [("bare interpreter", bare), *zip((what for what, _ in BREAKDOWN), deltas, strict=True)]
+
+
 def start_lock_server(root: Path, tmp: Path) -> subprocess.Popen[bytes]:
     """A local FleetLock server (one slot) and the agent config pointing at it."""
     with socket.socket() as s:
@@ -266,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.seconds)
             after = proc_status(agent.pid)
             result["idle_rss_kb"] = after["rss_kb"]
+            # File-backed pages (library text, mostly) are shared with other processes.
+            result["idle_rss_anon_kb"] = after["anon_kb"]
+            result["idle_rss_file_kb"] = after["file_kb"]
             result["threads"] = after["threads"]
             result["wakeups"] = after["ctxt"] - before["ctxt"]
             result["watchdog_sec"] = args.watchdog_sec or None
@@ -294,13 +352,16 @@ def main(argv: list[str] | None = None) -> int:
             if notify is not None:
                 notify.close()
     result["http_client_import_kb"] = import_cost()
+    result["import_breakdown_kb"] = dict(import_breakdown())
 
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"python {result['python']}, strategy {result['strategy']}")
     print(
-        f"idle RSS:            {result['idle_rss_kb'] / 1024:.1f} MiB ({result['threads']} threads)"
+        f"idle RSS:            {result['idle_rss_kb'] / 1024:.1f} MiB ({result['threads']} threads;"
+        f" anon {result['idle_rss_anon_kb'] / 1024:.1f}, file-backed"
+        f" {result['idle_rss_file_kb'] / 1024:.1f})"
     )
     print(
         f"wakeups in {args.seconds:g} s:  {result['wakeups']}"
@@ -314,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     if "agent_event_to_decision_ms" in result:
         a = result["agent_event_to_decision_ms"]
         print(f"agent event → reboot decision: median {a['median']:.1f} ms, max {a['max']:.1f} ms")
+    print("what the imports cost (VmRSS added, in this order):")
+    for what, kb in result["import_breakdown_kb"].items():
+        print(f"  {what:45s} {kb / 1024:5.1f} MiB")
     h = result["http_client_import_kb"]
     print(
         f"import on top of the agent ({h['agent_modules_kb'] / 1024:.1f} MiB): "

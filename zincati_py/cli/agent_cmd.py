@@ -97,6 +97,9 @@ def register(sub: Any) -> None:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
+    from zincati_py import lazytls
+
+    lazytls.defer()  # before asyncio: OpenSSL only once TLS is needed (zincati_py/lazytls.py)
     from zincati_py.agent.service import Options, main
 
     return main(

@@ -11,7 +11,6 @@ the command line, where other users could read it).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -76,6 +75,7 @@ def run_serve(args: argparse.Namespace) -> int:
         config = load(args.config)
     except ConfigError as exc:
         raise CliError(str(exc), os.EX_DATAERR) from None
+    import asyncio
     import ssl
 
     from zincati_py.fleetlock.backends import BackendMissing
@@ -131,6 +131,8 @@ def _exit_code(err: FleetLockError) -> int:
 def _call(args: argparse.Namespace, fn: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
     """Run ``fn(session)`` and turn a FleetLock failure into the CLI's error and exit code."""
     _check_args(args)
+    import asyncio
+
     from zincati_py.fleetlock.client import FleetLockError, new_session
 
     async def main() -> T:

@@ -1,0 +1,128 @@
+"""zincati_py.lazytls: the agent starts without OpenSSL, and TLS works once something needs it.
+
+Each case runs in a fresh interpreter (the deferral must come before asyncio is imported).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IDLE = """
+import sys
+from zincati_py import lazytls
+assert lazytls.defer() is True
+import asyncio, hashlib, hmac
+import zincati_py.agent.service, zincati_py.dbus.rpmostree, zincati_py.dbus.logind
+loaded = [m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules]
+assert not loaded, loaded
+# Python's own hash implementations: the same digests.
+assert hashlib.sha256(b"zincati").hexdigest().startswith("6b1edc84")
+assert hashlib.md5(b"").hexdigest() == "d41d8cd98f00b204e9800998ecf8427e"
+assert hmac.new(b"k", b"m", "sha256").hexdigest().startswith("b6")
+assert lazytls.defer() is False  # once only
+print("ok")
+"""
+
+TLS = """
+import sys
+from zincati_py import lazytls
+assert lazytls.defer() is True
+import asyncio, asyncio.sslproto, asyncio.base_events, asyncio.selector_events
+assert asyncio.sslproto.ssl is None and "ssl" not in sys.modules
+import httpx  # imports ssl: the real one, handed to asyncio
+import ssl
+for mod in (asyncio.sslproto, asyncio.base_events, asyncio.selector_events):
+    assert mod.ssl is ssl, mod
+assert asyncio.sslproto.SSLAgainErrors == (ssl.SSLWantReadError, ssl.SSLSyscallError)
+CERT, KEY = sys.argv[1], sys.argv[2]
+
+async def main():
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(CERT, KEY)
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\\r\\n\\r\\n")
+        writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    client_ctx = ssl.create_default_context(cafile=CERT)
+    # asyncio streams over TLS
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+    writer.write(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    assert (await reader.read()).endswith(b"ok")
+    writer.close()
+    # the agent's HTTP client (the fleet-lock and update-graph clients use it)
+    async with httpx.AsyncClient(verify=client_ctx) as client:
+        r = await client.get(f"https://127.0.0.1:{port}/")
+        assert r.status_code == 200 and r.text == "ok", r
+    # and a certificate it does not trust is refused
+    async with httpx.AsyncClient(verify=ssl.create_default_context()) as client:
+        try:
+            await client.get(f"https://127.0.0.1:{port}/")
+        except httpx.ConnectError as exc:
+            assert "CERTIFICATE_VERIFY_FAILED" in str(exc), exc
+        else:
+            raise AssertionError("an untrusted certificate was accepted")
+    server.close()
+    await server.wait_closed()
+
+asyncio.run(asyncio.wait_for(main(), 30))
+print("ok")
+"""
+
+
+def run(code: str, *args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_the_idle_agent_loads_no_openssl() -> None:
+    run(IDLE)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    assert openssl, (
+        "the openssl command (Debian/Fedora: package openssl) makes the test certificate"
+    )
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def test_tls_works_once_ssl_is_imported(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    run(TLS, str(cert), str(key))
