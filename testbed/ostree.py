@@ -12,6 +12,10 @@ can share a machine.
 :mod:`testbed.realhost`): an unlocked staged deployment becomes the default one (booted next),
 a finalization-locked one is discarded. It needs the rpm-ostree double's script (``--script``
 or ``$TESTBED_RPMOSTREE_SCRIPT``) for the booted deployment of a sysroot the double never saw.
+
+``python -m testbed.ostree admin boot-default [--sysroot=ROOT] [--script=FILE]`` is the
+bootloader's part at boot (not an ostree command): with nothing staged, the default deployment
+boots, so an ``rpm-ostree rollback`` takes effect on the next boot as with a real bootloader.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ def finalize_staged(root: Path, script: Path) -> tuple[int, str]:
     return 0, f"Finalized {booted['version']} ({booted['checksum']}.{booted['serial']})"
 
 
+def boot_default(root: Path, script: Path) -> tuple[int, str]:
+    """What the bootloader does at boot: the default deployment boots (after an rpm-ostree
+    rollback, the previous one)."""
+    booted = Sysroot(root, Script.load(script)).boot_default()
+    if booted is None:
+        return 0, "Booted the default deployment (unchanged)"
+    return 0, f"Booted the default deployment {booted['version']} ({booted['checksum']})"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ostree")
     sub = p.add_subparsers(dest="group", required=True)
@@ -65,8 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     fs = admin.add_parser("finalize-staged")
     fs.add_argument("--sysroot", type=Path, default=Path("/"))
     fs.add_argument("--script", type=Path, default=os.environ.get(SCRIPT_ENV))
+    bd = admin.add_parser("boot-default")
+    bd.add_argument("--sysroot", type=Path, default=Path("/"))
+    bd.add_argument("--script", type=Path, default=os.environ.get(SCRIPT_ENV))
     args = p.parse_args(argv)
-    if args.command == "finalize-staged":
+    if args.command == "boot-default":
+        if args.script is None:
+            p.error(f"boot-default needs --script or ${SCRIPT_ENV}")
+        code, message = boot_default(args.sysroot, args.script)
+    elif args.command == "finalize-staged":
         if args.script is None:
             p.error(f"finalize-staged needs --script or ${SCRIPT_ENV}")
         code, message = finalize_staged(args.sysroot, args.script)

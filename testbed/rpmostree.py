@@ -301,6 +301,19 @@ class Sysroot:
                 f.unlink()
         self.save(state)
 
+    def boot_default(self) -> dict[str, Any] | None:
+        """At boot, without a staged deployment to finalize (the bootloader's part): the
+        default deployment (the first; another one after a ``Rollback``) is the one booted.
+        Returns it when that changed the booted deployment."""
+        state = self.load()
+        default = state["deployments"][0]
+        if self.staged() is not None or default["checksum"] == state["booted"]:
+            return None
+        state["booted"] = default["checksum"]
+        state["reboots"] += 1
+        self.save(state)
+        return dict(default)
+
     def reboot(self) -> dict[str, Any]:
         """Finalize (if unlocked) and boot; /run is a tmpfs, so the staged state vanishes.
         Without a finalized staged deployment the default one (the first) boots: after a

@@ -323,6 +323,8 @@ Before=sysinit.target ostree-finalize-staged.path zincati-py-finalize.service
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/bin/touch /run/ostree-booted
+# The bootloader's part: the default deployment boots (an rpm-ostree rollback's target).
+ExecStart=/usr/bin/ostree admin boot-default
 """
 
 

@@ -52,6 +52,7 @@ GRANTED = (
     "org.projectatomic.rpmostree1.finalize-deployment",
     "org.projectatomic.rpmostree1.client-management",
     "org.projectatomic.rpmostree1.reload-daemon",
+    "org.projectatomic.rpmostree1.rollback",
     "org.freedesktop.login1.reboot",
     "org.freedesktop.login1.reboot-multiple-sessions",
     "org.freedesktop.login1.set-wall-message",
@@ -59,7 +60,6 @@ GRANTED = (
 )
 NOT_GRANTED = (
     "org.projectatomic.rpmostree1.rebase",
-    "org.projectatomic.rpmostree1.rollback",
     "org.projectatomic.rpmostree1.override",
     "org.projectatomic.rpmostree1.install-uninstall-packages",
     "org.projectatomic.rpmostree1.bootconfig",

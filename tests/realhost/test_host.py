@@ -125,7 +125,7 @@ ACTIONS = [
     ("org.projectatomic.rpmostree1.client-management", (), True),
     ("org.projectatomic.rpmostree1.reload-daemon", (), True),
     ("org.projectatomic.rpmostree1.rebase", (), False),
-    ("org.projectatomic.rpmostree1.rollback", (), False),
+    ("org.projectatomic.rpmostree1.rollback", (), True),  # a failed health gate (issue 16)
     ("org.freedesktop.login1.reboot", (), True),
     ("org.freedesktop.login1.reboot-multiple-sessions", (), True),
     ("org.freedesktop.login1.reboot-ignore-inhibit", (), False),
