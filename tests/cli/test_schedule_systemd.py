@@ -456,3 +456,63 @@ def test_job_metrics_for_the_agent_socket_come_from_systemd_and_history(
     assert started is not None and abs(started - datetime.now(UTC).timestamp()) < 60
     assert not any(dict(labels).get("job") == "gone" for _, labels in samples)
     assert "zincati_update_agent_updates_enabled" in text
+
+
+def test_fleet_exclusive_runs_one_at_a_time_across_two_hosts(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    """Issue 14: two user managers ("hosts") and one lock server with 1 slot: the same job
+    fires on both and exactly one runs at a time, the slot renewed past its 2 s lease while
+    the run goes on; with no wait, the second is recorded as skipped."""
+    from testbed.etcd import free_port
+    from testbed.lockserver import LockServerProcess
+
+    port = free_port()
+    server_config = tmp_path / "fleetlock.toml"
+    server_config.write_text(
+        f'listen = "127.0.0.1:{port}"\nbackend = "sqlite:{tmp_path / "locks.db"}"\n'
+        "default_slots = 1\nlease_seconds = 2\n"
+    )
+    server = LockServerProcess(server_config, port, tmp_path / "server.log").start()
+    shared = tmp_path / "runs.log"
+    try:
+        managers = []
+        for host in ("a", "b"):
+            root = make_root(tmp_path / host)
+            (root / "etc" / "machine-id").write_text(f"{host * 32}\n")
+            job = (
+                f'[updates]\nenabled = false\n[updates.fleet_lock]\nbase_url = "{server.url}"\n'
+                '[[schedule]]\nname = "once"\ncron = "0 0 1 1 *"\nexclusive_group = "nightly"\n'
+                "exclusive_wait_secs = 30\n"
+                f"command = 'echo start {host} >> {shared}; sleep 5; echo end {host} >> {shared}'\n"
+                '[[schedule]]\nname = "nowait"\ncron = "0 0 1 1 *"\nexclusive_group = "other"\n'
+                f"command = 'sleep 4'\n"
+            )
+            _write(root, "50-test.toml", job)
+            managers.append(
+                (host, root, user_manager_factory(root, directory=tmp_path / host / "m"))
+            )
+
+        def history(root: Path, name: str) -> list[dict[str, object]]:
+            return zpy_json("schedule", "history", name, "--root", str(root))["runs"]  # type: ignore[no-any-return]
+
+        for _, root, manager in managers:
+            for name in ("once", "nowait"):
+                proc = zpy(
+                    "schedule", "trigger", name, "--root", str(root), "--user", env=manager.env()
+                )
+                assert proc.returncode == 0, proc.stderr
+        for _, root, _ in managers:
+            wait_for(lambda r=root: history(r, "once"), timeout=45, what="both exclusive runs")
+        # Never both at once: start a, end a, start b, end b (or b first).
+        events = shared.read_text().split("\n")[:-1]
+        assert len(events) == 4 and events[0].split()[1] == events[1].split()[1], events
+        assert [e.split()[0] for e in events] == ["start", "end", "start", "end"], events
+        assert all(history(root, "once")[0]["result"] == "success" for _, root, _ in managers)
+        # No wait: one ran, the other was skipped (not a failure) and the journal says why.
+        results = sorted(str(history(root, "nowait")[0]["result"]) for _, root, _ in managers)
+        assert results == ["skipped", "success"]
+        logs = "".join(manager.log() for _, _, manager in managers)
+        assert "skipped: every slot of group 'other' is taken (held by " in logs
+    finally:
+        server.stop()

@@ -42,6 +42,8 @@ def test_schedule_all_fields(tree) -> None:  # type: ignore[no-untyped-def]
         "on_failure": None,
         "user": None,
         "dynamic_user": False,
+        "exclusive_group": None,
+        "exclusive_wait_secs": 0,
         "source": str(path),
     }
 

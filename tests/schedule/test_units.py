@@ -25,7 +25,7 @@ def _exec_start(service: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("command", "line"),
+    ("cmd", "line"),
     [
         ("true", 'ExecStart=/bin/sh -c "true"'),  # as before: no "--" where none is needed
         ("echo -x", 'ExecStart=/bin/sh -c "echo -x"'),
@@ -34,8 +34,8 @@ def _exec_start(service: str) -> str:
         ("--help", 'ExecStart=/bin/sh -c -- "--help"'),
     ],
 )
-def test_a_command_is_never_read_as_shell_options(command: str, line: str) -> None:
-    _, service, notes = _render(ScheduleSettings("j", "@daily", command))
+def test_a_command_is_never_read_as_shell_options(cmd: str, line: str) -> None:
+    _, service, notes = _render(ScheduleSettings("j", "@daily", cmd))
     assert _exec_start(service) == line and notes == []
 
 
@@ -172,3 +172,42 @@ def test_neutral_values_mean_unset(tmp_path: Path) -> None:
     )  # fmt: skip
     service = _units(job).service
     assert "Timeout" not in service and "OnFailure" not in service and "User" not in service
+
+
+def test_an_exclusive_job_runs_under_the_lock_wrapper(tmp_path: Path) -> None:
+    etc = tmp_path / "etc" / "zincati" / "config.d"
+    etc.mkdir(parents=True)
+    fragment = etc / "50-j.toml"
+    (tmp_path / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    job = '[[schedule]]\nname = "j"\ncron = "@daily"\ncommand = "-x 100%"\n'
+    fragment.write_text(job + 'exclusive_group = "nightly"\nexclusive_wait_secs = 30\n')
+    result = load(tmp_path)
+    (problem,) = result.errors  # no lock server configured
+    assert (problem.key, "updates.fleet_lock.base_url" in problem.message) == (
+        "schedule[j].exclusive_group", True,
+    )  # fmt: skip
+    url = '[updates.fleet_lock]\nbase_url = "http://lock.example:8080/"\n'
+    negative_wait = 'exclusive_group = "g"\nexclusive_wait_secs = -1'
+    for bad, key in (('exclusive_group = "a b"', "exclusive_group"),
+                     (negative_wait, "exclusive_wait_secs")):  # fmt: skip
+        fragment.write_text(url + job + bad + "\n")
+        (problem,) = load(tmp_path).errors
+        assert problem.key == f"schedule[j].{key}"
+    fragment.write_text(url + job + 'exclusive_group = "nightly"\nexclusive_wait_secs = 30\n')
+    result = load(tmp_path)
+    assert result.errors == ()
+    (settings,) = result.config.schedules
+    out = units.render_job(
+        settings,
+        header=HEADER,
+        exe="/usr/bin/zincati-py",
+        hash_id=result.config.identity.node_uuid,
+        hook_args="",
+    )
+    node = result.config.identity.node_uuid
+    assert _exec_start(out.service) == (
+        "ExecStart=/usr/bin/zincati-py schedule _exclusive --url http://lock.example:8080/ "
+        f'--group nightly --id {node}:j --wait 30 j -- /bin/sh -c -- "-x 100%%"'
+    )
+    assert "SuccessExitStatus=75\n" in out.service
+    assert "ExecStopPost=-/usr/bin/zincati-py schedule _record j --exclusive\n" in out.service

@@ -195,6 +195,14 @@ def _add_job_options(parser: argparse.ArgumentParser, *, create: bool) -> None:
         help="run as a transient user systemd allocates (DynamicUser=)",
     )
     parser.add_argument(
+        "--exclusive-group",
+        metavar="GROUP",
+        help="run only while holding a slot of this FleetLock group ('': not exclusive)",
+    )
+    parser.add_argument(
+        "--exclusive-wait", metavar="SECS", help="wait up to SECS for a slot, else skip (0)"
+    )
+    parser.add_argument(
         "--argv",
         nargs=argparse.REMAINDER,
         metavar="ARG",
@@ -244,6 +252,10 @@ def _job_options(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
         keys["user"] = args.run_as
     if args.dynamic_user is not None:
         keys["dynamic_user"] = args.dynamic_user
+    if args.exclusive_group is not None:
+        keys["exclusive_group"] = args.exclusive_group
+    if args.exclusive_wait is not None:
+        keys["exclusive_wait_secs"] = positive_int("--exclusive-wait", args.exclusive_wait, 0)
     if "cron" in keys:
         tz = keys.get("time_zone")
         node = load(paths).config.identity.node_uuid
@@ -276,7 +288,13 @@ def _cmd_create(args: argparse.Namespace) -> int:
     job: dict[str, Any] = {"name": name} | _job_options(args, paths)
     if "command" not in job:
         raise CliError("schedule create: --command or --argv is required", os.EX_USAGE)
-    for key, empty in (("on_failure", ""), ("user", ""), ("retries", 0), ("dynamic_user", False)):
+    for key, empty in (
+        ("on_failure", ""),
+        ("user", ""),
+        ("retries", 0),
+        ("dynamic_user", False),
+        ("exclusive_group", ""),
+    ):
         if job.get(key) == empty:
             del job[key]
     if job.get("time_zone") == "localtime":
@@ -381,5 +399,5 @@ _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _register_toggle("disable", False),
     *schedule_view.SUBCOMMANDS[:3],  # list, status, history
     _register_trigger,
-    *schedule_view.SUBCOMMANDS[3:],  # _record
+    *schedule_view.SUBCOMMANDS[3:],  # _record, _exclusive
 )

@@ -95,6 +95,8 @@ def _row(job: ScheduleSettings, hash_id: str | None, live: dict[str, Any] | None
         "on_failure": job.on_failure,
         "user": job.user,
         "dynamic_user": job.dynamic_user,
+        "exclusive_group": job.exclusive_group,
+        "exclusive_wait_secs": job.exclusive_wait_secs,
         "source": str(job.source) if job.source else None,
         "timer_loaded": live.get("timer_loaded"),
         "next_run": iso(live.get("next_run")),
@@ -227,6 +229,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         extras.append(f"on failure: {job.on_failure!r}")
     if job.user or job.dynamic_user:
         extras.append(f"runs as {job.user or 'a dynamic user'}")
+    if job.exclusive_group:
+        extras.append(
+            f"fleet-exclusive in group {job.exclusive_group} (waits {job.exclusive_wait_secs}s)"
+        )
     print(f"  options:     {', '.join(extras)}")
     if note:
         print(f"  systemd:     {note}")
@@ -375,8 +381,37 @@ def _register_record(sub: _Subparsers) -> None:
         default=0,
         help="the job's retries: after the last failed attempt, stop the unit (no restart)",
     )
+    parser.add_argument(
+        "--exclusive", action="store_true", help="a fleet-exclusive job: exit status 75 = skipped"
+    )
     add_root_argument(parser)
     add_user_argument(parser)
+
+
+def _register_exclusive(sub: _Subparsers) -> None:
+    parser = job_parser(
+        sub,
+        "_exclusive",
+        _cmd_exclusive,
+        description=(
+            "Internal: a fleet-exclusive job's ExecStart=. Runs ARGV holding a slot of GROUP "
+            "on the FleetLock server at URL (renewed while it runs, released at the end)."
+        ),
+    )
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--wait", type=int, default=0)
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+
+
+def _cmd_exclusive(args: argparse.Namespace) -> int:
+    from zincati_py.schedule import exclusive
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise CliError("schedule _exclusive: no command after --", os.EX_USAGE)
+    return exclusive.main(args.url, args.group, args.id, args.wait, argv)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -411,6 +446,11 @@ def _cmd_record(args: argparse.Namespace) -> int:
     except (CliError, SystemdError) as exc:
         print(f"zincati-py: {unit}: start time unknown: {exc}", file=sys.stderr)
     record = history.make_record(name, unit, start, end, os.environ, attempt=attempt)
+    if args.exclusive and os.environ.get("EXIT_CODE") == "exited":
+        from zincati_py.schedule.exclusive import SKIPPED
+
+        if os.environ.get("EXIT_STATUS") == str(SKIPPED):
+            record["result"] = "skipped"  # the group was full: the command never ran
     if overran is not None:
         record["overran"] = True
         print(
@@ -450,4 +490,5 @@ SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _register_status,
     _register_history,
     _register_record,
+    _register_exclusive,
 )

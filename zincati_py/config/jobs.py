@@ -24,6 +24,8 @@ USER_NAME_RE = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_-]{0,30}|[0-9]{1,10})$")
 # on_failure naming a unit instead of a command.
 FAILURE_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]{1,250}\.(?:service|target)$")
 MAX_RETRIES = 1000
+# exclusive_group: a FleetLock group name (zincati_py.fleetlock.protocol.GROUP_RE).
+LOCK_GROUP_RE = re.compile(r"^[a-zA-Z0-9.-]+$")
 
 # The accepted TOML value types of each job key.
 SCHEDULE_SCHEMA: dict[str, Any] = {
@@ -40,6 +42,8 @@ SCHEDULE_SCHEMA: dict[str, Any] = {
     "on_failure": (str,),
     "user": (str,),
     "dynamic_user": (bool,),
+    "exclusive_group": (str,),
+    "exclusive_wait_secs": (int,),
 }
 
 
@@ -59,6 +63,10 @@ class ScheduleSettings:
     on_failure: str | None = None  # a shell line, or a unit name (*.service, *.target)
     user: str | None = None
     dynamic_user: bool = False
+    # A slot of this FleetLock group (updates.fleet_lock.base_url) is held while a run goes on.
+    exclusive_group: str | None = None
+    exclusive_wait_secs: int = 0
+    fleet_lock_url: str | None = None  # copied from updates.fleet_lock.base_url when exclusive
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +83,8 @@ class ScheduleSettings:
             "on_failure": self.on_failure,
             "user": self.user,
             "dynamic_user": self.dynamic_user,
+            "exclusive_group": self.exclusive_group,
+            "exclusive_wait_secs": self.exclusive_wait_secs,
             "source": str(self.source) if self.source else None,
         }
 
@@ -88,8 +98,11 @@ def validate_jobs(
     hash_id: str | None,
     report: Report,
     tz_problem: Callable[[str], str | None],
+    *,
+    fleet_lock_url: str | None = None,
 ) -> tuple[ScheduleSettings, ...]:
-    """The valid jobs, sorted by name; each invalid one reported once and left out."""
+    """The valid jobs, sorted by name; each invalid one reported once and left out.
+    ``fleet_lock_url``: the configured FleetLock server, which ``exclusive_group`` needs."""
     out: list[ScheduleSettings] = []
     for name, entry in jobs.items():
         v = entry.values
@@ -151,6 +164,27 @@ def validate_jobs(
         if user is not None and not USER_NAME_RE.fullmatch(user):
             bad("user", f"{user!r} is not a user name or UID systemd accepts", v["user"].file)
             continue
+        group = (v["exclusive_group"].value if "exclusive_group" in v else "") or None
+        if group is not None and not LOCK_GROUP_RE.fullmatch(group):
+            bad(
+                "exclusive_group",
+                f"{group!r} must match {LOCK_GROUP_RE.pattern}",
+                v["exclusive_group"].file,
+            )
+            continue
+        if group is not None and not fleet_lock_url:
+            bad("exclusive_group", "needs updates.fleet_lock.base_url", v["exclusive_group"].file)
+            continue
+        if group is not None and not hash_id:
+            bad(
+                "exclusive_group", "needs a node id (identity.node_uuid)", v["exclusive_group"].file
+            )
+            continue
+        wait = v["exclusive_wait_secs"].value if "exclusive_wait_secs" in v else 0
+        if wait < 0 or (message := too_many_seconds(wait)) is not None:
+            message = f"{wait} is negative" if wait < 0 else message
+            bad("exclusive_wait_secs", str(message), v["exclusive_wait_secs"].file)
+            continue
         command = v["command"].value
         out.append(
             ScheduleSettings(
@@ -168,6 +202,9 @@ def validate_jobs(
                 on_failure=on_failure,
                 user=user,
                 dynamic_user=v["dynamic_user"].value if "dynamic_user" in v else False,
+                exclusive_group=group,
+                exclusive_wait_secs=wait,
+                fleet_lock_url=fleet_lock_url if group else None,
             )
         )
     return tuple(sorted(out, key=lambda s: s.name))

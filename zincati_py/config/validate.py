@@ -347,7 +347,13 @@ class _Validator:
         return tz_problem(name, self.localtime)
 
     def schedules(self, hash_id: str | None) -> tuple[ScheduleSettings, ...]:
-        return validate_jobs(self.raw.schedules, hash_id, self.report, self._tz_problem)
+        return validate_jobs(
+            self.raw.schedules,
+            hash_id,
+            self.report,
+            self._tz_problem,
+            fleet_lock_url=self.raw.get("updates.fleet_lock.base_url"),
+        )
 
     def window(
         self, entry: Entry, severity: Severity, tz: str, hash_id: str | None

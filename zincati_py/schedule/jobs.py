@@ -62,6 +62,8 @@ KEY_ORDER = (
     "on_failure",
     "user",
     "dynamic_user",
+    "exclusive_group",
+    "exclusive_wait_secs",
     "enabled",
 )
 
@@ -77,6 +79,8 @@ RESET: dict[str, Any] = {
     "on_failure": "",
     "user": "",
     "dynamic_user": False,
+    "exclusive_group": "",
+    "exclusive_wait_secs": 0,
     "enabled": True,
 }
 

@@ -23,6 +23,8 @@ Service
     ``on_failure``: ``OnFailure=`` a unit, or a generated ``zincati-py-on-failure-NAME.service``
     running the command with ``ZINCATI_PY_JOB`` set (systemd adds ``MONITOR_SERVICE_RESULT``,
     ``MONITOR_EXIT_CODE``, ``MONITOR_EXIT_STATUS``, ``MONITOR_INVOCATION_ID``, ``MONITOR_UNIT``).
+    ``exclusive_group``: the command runs under ``zincati-py schedule _exclusive`` holding a
+    FleetLock slot (zincati_py.schedule.exclusive); ``SuccessExitStatus=75`` for a skipped run.
     ``user``/``dynamic_user``: ``User=``/``DynamicUser=yes`` for the command and the failure
     hook. ``ExecStopPost=`` runs ``zincati-py schedule _record NAME`` after every attempt
     (timer, trigger or manual start), as root (``+``) when the job runs as another user, which
@@ -144,6 +146,8 @@ def render_job(
     extra: dict[str, str] = {}
     try:
         exec_start = exec_command(job.command)
+        if job.exclusive_group:
+            exec_start = _exclusive(job, exe, hash_id)
         run_as = _run_as(job)
     except unitfile.UnsafeValue as exc:
         key = "command" if "command" in str(exc) else "user"
@@ -180,6 +184,12 @@ def render_job(
         retry_unit = f"StartLimitIntervalSec={interval}s\nStartLimitBurst={job.retries + 1}\n"
         retry_service = f"Restart=on-failure\nRestartSec={job.retry_delay_secs}s\n"
         hook += f" --retries {job.retries}"
+    exclusive = ""
+    if job.exclusive_group:
+        from zincati_py.schedule.exclusive import SKIPPED
+
+        exclusive = f"SuccessExitStatus={SKIPPED}\n"  # skipped (group full): no retry, no hook
+        hook += " --exclusive"
     # "-": recording history must never turn a run into a failure; "+": as root, whoever
     # the job runs as (the history is root's).
     flags = "-+" if run_as else "-"
@@ -190,10 +200,32 @@ def render_job(
         f"ExecStart={exec_start}\n"
         + (f"TimeoutStartSec={job.timeout_secs}s\n" if job.timeout_secs else "")
         + retry_service
+        + exclusive
         + run_as
         + f"ExecStopPost={flags}{exe} schedule _record {job.name}{hook}\n"
     )
     return JobUnits(SCHEDULE_UNIT.format(name=job.name), timer, service, extra, notes)
+
+
+def _exclusive(job: ScheduleSettings, exe: str, hash_id: str | None) -> str:
+    """``zincati-py schedule _exclusive ... -- ARGV``: the command, holding a FleetLock slot."""
+    from zincati_py.schedule.exclusive import lock_id
+
+    if not job.fleet_lock_url or not hash_id:
+        raise unitfile.UnsafeValue("command: exclusive_group needs a lock server and a node id")
+    if isinstance(job.command, str):
+        dashes = ["--"] if job.command[:1] in ("-", "+") else []
+        argv = [SHELL, "-c", *dashes, job.command]
+    else:
+        argv = list(job.command)
+    words = [  # the options before NAME: everything after NAME is the command
+        "schedule", "_exclusive", "--url", job.fleet_lock_url,
+        "--group", job.exclusive_group or "", "--id", lock_id(hash_id, job.name),
+        "--wait", str(job.exclusive_wait_secs), job.name, "--", *argv,
+    ]  # fmt: skip
+    if any("\0" in word for word in words):
+        raise unitfile.UnsafeValue("command contains a NUL character")
+    return " ".join([exe, *(unitfile.exec_word(word) for word in words)])
 
 
 def _failure_hook(job: ScheduleSettings, header: str, run_as: str, extra: dict[str, str]) -> str:
