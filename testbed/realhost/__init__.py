@@ -4,7 +4,7 @@ Real dbus-daemon, systemd-logind, polkitd and systemd inside; our files laid out
 spec's own ``%install``; only rpm-ostree/ostree (absent from Debian) are the test bed's
 stand-ins. Typical use (what ``tests/realhost`` fixtures do)::
 
-    image = prepare_image(checkout, workdir)            # cached rootfs + this tree's wheels
+    image = prepare_image(checkout, workdir)   # cached rootfs (+ deps) + this tree's wheels
     host = make_host(image, workdir / "h1", "zpy-h1", script={...}, fragments={...})
     with host.boot():
         host.run(["zincati-py", "status"])
@@ -19,7 +19,6 @@ presets), :mod:`.container` (boot, run, reboot, journals, teardown).
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -31,6 +30,7 @@ from testbed.realhost.container import Container, ContainerError
 from testbed.realhost.image import (
     build_wheelhouse,
     container_python,
+    deps_tree,
     missing_host_tools,
     rootfs_tarball,
 )
@@ -55,16 +55,23 @@ __all__ = [
 @dataclass(frozen=True)
 class Image:
     checkout: Path
-    tarball: Path
+    #: The read-only rootfs with the dependencies (lower layer of every container's overlay).
+    lower: Path
     wheelhouse: Path
     timings: dict[str, float]
 
 
-def _extract(tarball: Path, root: Path) -> None:
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    subprocess.run(["tar", "-C", str(root), "-xf", str(tarball)], check=True, timeout=300)
+def _overlay(lower: Path, workdir: Path) -> Path:
+    """``workdir/root``: an overlay of ``lower`` whose writes land in ``workdir/upper``."""
+    root, upper, work = workdir / "root", workdir / "upper", workdir / "work"
+    for d in (root, upper, work):
+        d.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={lower},upperdir={upper},workdir={work}", str(root)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return root
 
 
 def prepare_image(checkout: Path, workdir: Path) -> Image:
@@ -84,7 +91,10 @@ def prepare_image(checkout: Path, workdir: Path) -> Image:
     version = container_python(probe)
     wheelhouse = build_wheelhouse(checkout, workdir / "wheelhouse", version)
     timings["wheels"] = time.monotonic() - t
-    return Image(checkout, tarball, wheelhouse, timings)
+    t = time.monotonic()
+    with_deps = deps_tree(tarball, wheelhouse)
+    timings["deps"] = time.monotonic() - t
+    return Image(checkout, with_deps, wheelhouse, timings)
 
 
 def make_host(
@@ -105,13 +115,12 @@ def make_host(
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", name):
         raise ValueError(f"container name {name!r}: lower-case letters, digits, '-'")
     started = time.monotonic()
-    root = workdir / "root"
-    _extract(image.tarball, root)
+    root = _overlay(image.lower, workdir)
+    host = Container(root, name, workdir / "logs", mounts=[root])
     install_rpm_layout(root, image.checkout, image.wheelhouse)
     install_standins(root, image.wheelhouse, {"reboot_on_logind": False, **script})
     enable_units(root, [*enable, "ostree-finalize-staged.path"])
     write_fragments(root, fragments or {})
     set_machine_id(root)
-    host = Container(root, name, workdir / "logs")
     host.timings["make"] = [round(time.monotonic() - started, 2)]
     return host

@@ -56,8 +56,10 @@ def _rmtree_cgroup(path: Path) -> None:
 class Container:
     """``Container(root, name, logdir).boot()``; ``run([...])``; ``close()``."""
 
-    def __init__(self, root: Path, name: str, logdir: Path) -> None:
+    def __init__(self, root: Path, name: str, logdir: Path, mounts: Sequence[Path] = ()) -> None:
         self.root = root
+        #: Mounted for this container (its overlay root): unmounted by :meth:`discard_root`.
+        self.mounts = list(mounts)
         self.name = name
         self.logdir = logdir
         self.process: subprocess.Popen[bytes] | None = None
@@ -203,7 +205,11 @@ class Container:
         journal = self.root / "var/log/journal"
         if journal.is_dir():
             shutil.move(str(journal), str(self.logdir / "journal"))
-        shutil.rmtree(self.root, ignore_errors=True)
+        for mount in reversed(self.mounts):
+            subprocess.run(["umount", str(mount)], check=False, capture_output=True, timeout=60)
+        self.mounts.clear()
+        for leftover in (self.root, self.root.parent / "upper", self.root.parent / "work"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self

@@ -187,3 +187,39 @@ def build_wheelhouse(checkout: Path, dest: Path, python_version: str, timeout: f
     if proc.returncode != 0:
         raise RuntimeError(f"pip wheel failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return dest
+
+
+OURS = ("zincati_py-", "zincati_py_testbed-")
+
+
+def deps_tree(rootfs: Path, wheelhouse: Path, cache_dir: Path = CACHE_DIR) -> Path:
+    """The rootfs, extracted, with every dependency wheel already installed: a read-only
+    directory (cached by rootfs and wheel names) that containers use as the lower layer of an
+    overlay, so a container costs a mount and our two wheels, not an extraction."""
+    from testbed.realhost.install import pip_install  # the one way wheels go in
+
+    deps = sorted(p.name for p in wheelhouse.glob("*.whl") if not p.name.startswith(OURS))
+    key = hashlib.sha256("\n".join([rootfs.name, *deps]).encode()).hexdigest()[:16]
+    tree = cache_dir / f"rootfs-deps-{key}"
+    if tree.is_dir():
+        return tree
+    with _locked(cache_dir / ".rootfs.lock", 900):
+        if tree.is_dir():
+            return tree
+        work = Path(tempfile.mkdtemp(prefix=".deps-", dir=cache_dir))
+        try:
+            root = work / "root"
+            root.mkdir()
+            subprocess.run(["tar", "-C", str(root), "-xf", str(rootfs)], check=True, timeout=600)
+            only_deps = work / "wheels"
+            only_deps.mkdir()
+            for name in deps:
+                shutil.copy2(wheelhouse / name, only_deps / name)
+            pip_install(root, only_deps, [f"/var/tmp/zpy-wheelhouse/{n}" for n in deps])
+            os.rename(root, tree)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        for old in cache_dir.glob("rootfs-deps-*"):
+            if old != tree:
+                shutil.rmtree(old, ignore_errors=True)
+    return tree

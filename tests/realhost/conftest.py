@@ -67,8 +67,8 @@ def realhost_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
         pytest.skip("real-host tier needs: " + ", ".join(missing))
     image = prepare_image(CHECKOUT, tmp_path_factory.mktemp("realhost-image"))
     TIMINGS.append(
-        f"image: rootfs {image.timings['rootfs']:.1f} ({image.tarball}),"
-        f" wheels {image.timings['wheels']:.1f}"
+        f"image: rootfs {image.timings['rootfs']:.1f} ({image.lower}),"
+        f" wheels {image.timings['wheels']:.1f}, deps {image.timings['deps']:.1f}"
     )
     return image
 
