@@ -219,7 +219,9 @@ def deps_tree(rootfs: Path, wheelhouse: Path, cache_dir: Path = CACHE_DIR) -> Pa
             os.rename(root, tree)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        # Trees of other dependency sets may be lower layers of running containers (another
+        # session, another checkout): only those unused for a day go.
         for old in cache_dir.glob("rootfs-deps-*"):
-            if old != tree:
+            if old != tree and time.time() - old.stat().st_atime > 86400:
                 shutil.rmtree(old, ignore_errors=True)
     return tree
