@@ -83,6 +83,25 @@ class Retries:
         self.failure.clear()
 
 
+_malloc_trim: Any = None  # glibc's malloc_trim, False where there is none
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc ``malloc_trim``): what start-up
+    and an evaluation allocated and freed stays resident otherwise (about 0.5 MiB at idle,
+    bench/agent_idle.py). A no-op without glibc. ctypes is loaded already (pyinotify)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
 async def save(saved: Awaitable[Any], what: str) -> None:
     """Await a durable write nothing waits for (a record no action depends on)."""
     try:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from zincati_py import envhooks
 from zincati_py.agent import machine, persist
 from zincati_py.agent.api import BUS_NAME, AgentInterface, RefusedError, export
-from zincati_py.agent.core import Outcome, Retries
+from zincati_py.agent.core import Outcome, Retries, release_free_memory
 from zincati_py.agent.deployments import DeploymentTracker
 from zincati_py.agent.graph import UpdateGraph
 from zincati_py.agent.machine import Action, Facts, State, Step
@@ -274,6 +274,7 @@ class Agent:
             async with self.lock:
                 try:
                     await self._evaluate(reasons, since)
+                    release_free_memory()  # the agent sleeps now, maybe for days
                 except Exception:
                     # A bug must not kill the daemon; retry later with backoff.
                     log.exception("evaluation failed")
