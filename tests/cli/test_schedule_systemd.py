@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -514,5 +516,18 @@ def test_fleet_exclusive_runs_one_at_a_time_across_two_hosts(
         assert results == ["skipped", "success"]
         logs = "".join(manager.log() for _, _, manager in managers)
         assert "skipped: every slot of group 'other' is taken (held by " in logs
+
+        # Stopped mid-run (as at shutdown): the command is stopped and the slot released.
+        def holders() -> list[str]:
+            with urllib.request.urlopen(f"{server.url}v1/groups/nightly", timeout=5) as resp:
+                return [h["id"] for h in json.load(resp)["holders"]]
+
+        _, root, manager = managers[0]
+        assert zpy("schedule", "trigger", "once", "--root", str(root), "--user",
+                   env=manager.env()).returncode == 0  # fmt: skip
+        (holder,) = wait_for(holders, what="the slot taken")
+        assert holder.endswith(":once")
+        manager.systemctl("stop", "zincati-py-schedule-once.service")
+        assert holders() == []
     finally:
         server.stop()

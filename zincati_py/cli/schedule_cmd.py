@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from zincati_py.cli import schedule_view
+from zincati_py.cli import schedule_hooks, schedule_view
 from zincati_py.cli.common import (
     CliError,
     add_root_argument,
@@ -397,7 +397,7 @@ _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _register_delete,
     _register_toggle("enable", True),
     _register_toggle("disable", False),
-    *schedule_view.SUBCOMMANDS[:3],  # list, status, history
+    *schedule_view.SUBCOMMANDS,  # list, status, history
     _register_trigger,
-    *schedule_view.SUBCOMMANDS[3:],  # _record, _exclusive
+    *schedule_hooks.SUBCOMMANDS,  # _record, _exclusive (run by the generated units)
 )
