@@ -105,18 +105,20 @@ def make_host(
     script: Mapping[str, Any],
     fragments: Mapping[str, str] | None = None,
     enable: Iterable[str] = ("zincati-py.service",),
+    netns: Path | None = None,
 ) -> Container:
     """A rootfs with the project installed the RPM way, ready to :meth:`Container.boot`.
 
     ``script`` is the rpm-ostree double's update stream (see :mod:`testbed.rpmostree`),
     ``fragments`` admin config fragments for ``/etc/zincati/config.d``, ``enable`` the units
-    the image's preset enables (``ostree-finalize-staged.path`` always is).
+    the image's preset enables (``ostree-finalize-staged.path`` always is), ``netns`` a network
+    namespace to share with other containers (default: a private one).
     """
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", name):
         raise ValueError(f"container name {name!r}: lower-case letters, digits, '-'")
     started = time.monotonic()
     root = _overlay(image.lower, workdir)
-    host = Container(root, name, workdir / "logs", mounts=[root])
+    host = Container(root, name, workdir / "logs", mounts=[root], netns=netns)
     install_rpm_layout(root, image.checkout, image.wheelhouse)
     install_standins(root, image.wheelhouse, {"reboot_on_logind": False, **script})
     enable_units(root, [*enable, "ostree-finalize-staged.path"])

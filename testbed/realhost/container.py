@@ -56,8 +56,18 @@ def _rmtree_cgroup(path: Path) -> None:
 class Container:
     """``Container(root, name, logdir).boot()``; ``run([...])``; ``close()``."""
 
-    def __init__(self, root: Path, name: str, logdir: Path, mounts: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        logdir: Path,
+        mounts: Sequence[Path] = (),
+        netns: Path | None = None,
+    ) -> None:
         self.root = root
+        #: A network namespace shared with other containers (a fleet on one loopback), else
+        #: ``--private-network``.
+        self.netns = netns
         #: Mounted for this container (its overlay root): unmounted by :meth:`discard_root`.
         self.mounts = list(mounts)
         self.name = name
@@ -88,8 +98,8 @@ class Container:
         )
         nspawn = [
             "systemd-nspawn", "-b", "-D", str(self.root), f"--machine={self.name}",
-            "--register=no", "--keep-unit", "--private-network", "--console=pipe",
-            "--link-journal=no",
+            "--register=no", "--keep-unit", "--console=pipe", "--link-journal=no",
+            "--private-network" if self.netns is None else f"--network-namespace-path={self.netns}",
         ]  # fmt: skip
         console = open(self.logdir / f"console-{self.boots}.log", "wb")  # noqa: SIM115
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}

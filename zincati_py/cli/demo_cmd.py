@@ -1,6 +1,8 @@
 """``zincati-py demo``: a sandboxed fleet doing one coordinated update (the demo lives in the
 separate test bed distribution, ``testbed/demo.py``; the product only dispatches to it).
 
+``--real``: every node a booted systemd-nspawn container instead (``testbed/realhost/fleet.py``).
+
 Exit codes: 0 every node updated exactly once and never two at a time; 1 the rollout was wrong
 or timed out (the reason is printed); 64 bad arguments; 69 this machine cannot run the
 sandbox (what is missing is printed); 130 interrupted (everything is torn down first).
@@ -15,6 +17,7 @@ from typing import Any
 from zincati_py.cli import CliError
 
 MAX_NODES = 20
+MAX_REAL_NODES = 8  # --real: a booted container per node
 
 
 def register(sub: Any) -> None:
@@ -30,6 +33,12 @@ def register(sub: Any) -> None:
     p.add_argument("--fast", action="store_true", help="short timings: done in under a minute")
     p.add_argument("--json", action="store_true", help="one JSON object per event, then a summary")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, roots)")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="each node a booted systemd-nspawn container (real systemd PID 1, logind, polkit; "
+        f"up to {MAX_REAL_NODES} nodes; needs root, systemd-container, mmdebstrap)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -47,6 +56,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not 1 <= args.nodes <= MAX_NODES:
         raise CliError(f"--nodes: must be between 1 and {MAX_NODES}, got {args.nodes}", os.EX_USAGE)
+    if args.real:
+        if args.nodes > MAX_REAL_NODES:
+            raise CliError(
+                f"--nodes: at most {MAX_REAL_NODES} with --real, got {args.nodes}", os.EX_USAGE
+            )
+        from testbed.realhost.fleet import run as run_real
+
+        real_code: int = run_real(args.nodes, args.json, args.keep)
+        return real_code
     missing = prerequisites()
     if missing:
         raise CliError(
