@@ -206,6 +206,17 @@ class Container:
         self._spawned.clear()
         self.poweroff()
         for cg in self.cgroups:
+            # A container whose nspawn had to be SIGKILLed may leave processes: kill what is
+            # left in its cgroup (cgroup v2's cgroup.kill; a no-op when empty), then remove it.
+            kill = cg / "cgroup.kill"
+            if kill.exists():
+                with contextlib.suppress(OSError):
+                    kill.write_text("1")
+                deadline = time.monotonic() + 10
+                while (cg / "cgroup.events").exists() and time.monotonic() < deadline:
+                    if "populated 0" in (cg / "cgroup.events").read_text():
+                        break
+                    time.sleep(0.1)
             _rmtree_cgroup(cg)
 
     def discard_root(self) -> None:
