@@ -531,3 +531,55 @@ def test_fleet_exclusive_runs_one_at_a_time_across_two_hosts(
         assert holders() == []
     finally:
         server.stop()
+
+
+def test_fleet_exclusive_run_authenticates_with_the_configured_token(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    """The job gets [updates.fleet_lock] token_file as a systemd credential (LoadCredential=),
+    so a lock server with tokens lets the run take its slot; a wrong token: not run."""
+    from testbed.etcd import free_port
+    from testbed.lockserver import LockServerProcess
+
+    port = free_port()
+    for name, token in (("admin", "admin-secret"), ("shared", "shared-secret"),
+                        ("wrong", "not-it")):  # fmt: skip
+        (tmp_path / f"{name}.token").write_text(token + "\n")
+        (tmp_path / f"{name}.token").chmod(0o600)
+    server_config = tmp_path / "fleetlock.toml"
+    server_config.write_text(
+        f'listen = "127.0.0.1:{port}"\nbackend = "sqlite:{tmp_path / "locks.db"}"\n'
+        f'[auth]\nadmin_token_file = "{tmp_path / "admin.token"}"\n'
+        f'shared_token_file = "{tmp_path / "shared.token"}"\n'
+    )
+    server = LockServerProcess(server_config, port, tmp_path / "server.log").start()
+    try:
+        root = make_root(tmp_path)
+        out = tmp_path / "ran"
+        for name in ("good", "bad"):
+            (root / "etc/zincati/config.d" / f"50-{name}.toml").write_text(
+                f'[[schedule]]\nname = "{name}"\ncron = "0 0 1 1 *"\nexclusive_group = "g{name}"\n'
+                f"command = 'echo {name} >> {out}'\n"
+            )
+        # The user manager of the test bed cannot load credentials (systemd 252 leaves
+        # $CREDENTIALS_DIRECTORY empty there): the root job reads the token file itself.
+        lock = (
+            '[updates]\nenabled = false\n[updates.fleet_lock]\nbase_url = "{}"\ntoken_file = "{}"\n'
+        )
+        _write(root, "10-lock.toml", lock.format(server.url, tmp_path / "shared.token"))
+        manager = user_manager_factory(root)
+        env, common = manager.env(), ("--root", str(root), "--user")
+        assert zpy("schedule", "trigger", "good", *common, env=env).returncode == 0
+        (run,) = wait_for(lambda: zpy_json("schedule", "history", "good", *common)["runs"])
+        assert run["result"] == "success", manager.log()[-3000:]
+        assert out.read_text() == "good\n"
+        _write(root, "10-lock.toml", lock.format(server.url, tmp_path / "wrong.token"))
+        manager.daemon_reload()
+        assert zpy("schedule", "trigger", "bad", *common, env=env).returncode == 0
+        (run,) = wait_for(lambda: zpy_json("schedule", "history", "bad", *common)["runs"])
+        assert run["result"] == "exit-code" and run["exit_status"] == "69"
+        assert out.read_text() == "good\n"  # the command never ran
+        assert "not run: the lock server" in manager.log()
+        assert "shared-secret" not in manager.log() and "not-it" not in manager.log()
+    finally:
+        server.stop()

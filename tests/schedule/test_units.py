@@ -211,3 +211,35 @@ def test_an_exclusive_job_runs_under_the_lock_wrapper(tmp_path: Path) -> None:
     )
     assert "SuccessExitStatus=75\n" in out.service
     assert "ExecStopPost=-/usr/bin/zincati-py schedule _record j --exclusive\n" in out.service
+
+
+def test_an_exclusive_job_gets_the_lock_server_token_as_a_credential(tmp_path: Path) -> None:
+    etc = tmp_path / "etc" / "zincati" / "config.d"
+    etc.mkdir(parents=True)
+    (tmp_path / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (etc / "50-j.toml").write_text(
+        '[updates.fleet_lock]\nbase_url = "http://lock.example/"\n'
+        'token_file = "/etc/zincati-py/fleetlock-node.token"\n'
+        '[[schedule]]\nname = "j"\ncron = "@daily"\ncommand = "true"\nexclusive_group = "g"\n'
+        '[[schedule]]\nname = "k"\ncron = "@daily"\ncommand = "true"\n'
+    )
+    result = load(tmp_path)
+    jobs = {job.name: job for job in result.config.schedules}
+    node = result.config.identity.node_uuid
+
+    def render(job: ScheduleSettings) -> str:
+        out = units.render_job(
+            job, header=HEADER, exe="/usr/bin/zincati-py", hash_id=node, hook_args=""
+        )
+        return out.service
+
+    service = render(jobs["j"])
+    assert (
+        "LoadCredential=zincati-py-fleetlock-token:/etc/zincati-py/fleetlock-node.token\n"
+        in service
+    )
+    assert (
+        "--token-credential zincati-py-fleetlock-token "
+        "--token-file /etc/zincati-py/fleetlock-node.token j -- /bin/sh -c true"
+    ) in service
+    assert "LoadCredential" not in render(jobs["k"])  # not exclusive: no token

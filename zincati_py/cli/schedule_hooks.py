@@ -71,6 +71,10 @@ def _register_exclusive(sub: _Subparsers) -> None:
     parser.add_argument("--group", required=True)
     parser.add_argument("--id", required=True)
     parser.add_argument("--wait", type=int, default=0)
+    parser.add_argument("--token-credential", default=None, help="the bearer token's credential")
+    parser.add_argument(
+        "--token-file", default=None, help="the token file, if the credential is not there"
+    )
     parser.add_argument("argv", nargs=argparse.REMAINDER)
 
 
@@ -80,7 +84,24 @@ def _cmd_exclusive(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise CliError("schedule _exclusive: no command after --", os.EX_USAGE)
-    return exclusive.main(args.url, args.group, args.id, args.wait, argv)
+    token = None
+    if args.token_credential or args.token_file:
+        from pathlib import Path
+
+        from zincati_py.fleetlock.secrets import SecretError, credential_path, read_token
+
+        try:
+            # The credential systemd loaded for the run (LoadCredential=, whatever the job's
+            # user); where the manager could not load it, the file itself (a root job).
+            credential = credential_path(args.token_credential) if args.token_credential else None
+            if credential is not None and (credential.exists() or not args.token_file):
+                token = read_token(credential, "credential").value
+            else:
+                token = read_token(Path(args.token_file), "file").value
+        except SecretError as exc:
+            print(f"zincati-py: not run: the lock server token: {exc}", file=sys.stderr)
+            return exclusive.UNAVAILABLE
+    return exclusive.main(args.url, args.group, args.id, args.wait, argv, token=token)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:

@@ -67,6 +67,8 @@ class ScheduleSettings:
     exclusive_group: str | None = None
     exclusive_wait_secs: int = 0
     fleet_lock_url: str | None = None  # copied from updates.fleet_lock.base_url when exclusive
+    # and its token: (token_file, token_credential) of [updates.fleet_lock], when exclusive
+    fleet_lock_token: tuple[str | None, str | None] = (None, None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ def validate_jobs(
     tz_problem: Callable[[str], str | None],
     *,
     fleet_lock_url: str | None = None,
+    fleet_lock_token: tuple[str | None, str | None] = (None, None),
 ) -> tuple[ScheduleSettings, ...]:
     """The valid jobs, sorted by name; each invalid one reported once and left out.
     ``fleet_lock_url``: the configured FleetLock server, which ``exclusive_group`` needs."""
@@ -205,6 +208,7 @@ def validate_jobs(
                 exclusive_group=group,
                 exclusive_wait_secs=wait,
                 fleet_lock_url=fleet_lock_url if group else None,
+                fleet_lock_token=fleet_lock_token if group else (None, None),
             )
         )
     return tuple(sorted(out, key=lambda s: s.name))

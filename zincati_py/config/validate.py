@@ -353,6 +353,10 @@ class _Validator:
             self.report,
             self._tz_problem,
             fleet_lock_url=self.raw.get("updates.fleet_lock.base_url"),
+            fleet_lock_token=(
+                self.raw.get("updates.fleet_lock.token_file"),
+                self.raw.get("updates.fleet_lock.token_credential"),
+            ),
         )
 
     def window(

@@ -43,11 +43,11 @@ def _say(message: str) -> None:
     print(f"zincati-py: {message}", file=sys.stderr, flush=True)
 
 
-async def _holders(url: str, group: str) -> str:
+async def _holders(url: str, group: str, token: str | None) -> str:
     """Who holds group's slots, if the server's admin API says (best effort)."""
     from zincati_py.fleetlock.client import FleetLockAdminClient, FleetLockError
 
-    admin = FleetLockAdminClient(url)
+    admin = FleetLockAdminClient(url, token=token)
     try:
         doc = await admin.group(group)
     except (FleetLockError, ValueError, TypeError):
@@ -58,12 +58,21 @@ async def _holders(url: str, group: str) -> str:
     return f" (held by {', '.join(ids)})" if ids else ""
 
 
-async def run(url: str, group: str, ident: str, wait_secs: int, argv: Sequence[str]) -> int:
-    """Take a slot, run ``argv`` renewing it, release it; the exit status of the run."""
+async def run(
+    url: str,
+    group: str,
+    ident: str,
+    wait_secs: int,
+    argv: Sequence[str],
+    *,
+    token: str | None = None,
+) -> int:
+    """Take a slot, run ``argv`` renewing it, release it; the exit status of the run.
+    ``token``: the lock server's bearer token, if it wants one."""
     from zincati_py.fleetlock.client import FleetLockClient, FleetLockError
     from zincati_py.fleetlock.protocol import Kind
 
-    client = FleetLockClient(url, ident, group)
+    client = FleetLockClient(url, ident, group, token=token)
     try:
         deadline = time.monotonic() + wait_secs
         while True:
@@ -76,7 +85,7 @@ async def run(url: str, group: str, ident: str, wait_secs: int, argv: Sequence[s
                     await asyncio.sleep(min(RETRY_EVERY, left))
                     continue
                 if exc.kind == Kind.GROUP_FULL:
-                    held = await _holders(url, group)
+                    held = await _holders(url, group, token)
                     _say(
                         f"skipped: every slot of group {group!r} is taken{held}"
                         + (f" after waiting {wait_secs}s" if wait_secs else "")
@@ -143,6 +152,15 @@ async def _release(client: object) -> None:
                 await asyncio.sleep(1)
 
 
-def main(url: str, group: str, ident: str, wait_secs: int, argv: Sequence[str]) -> int:
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return asyncio.run(run(url, group, ident, wait_secs, argv))
+def main(
+    url: str,
+    group: str,
+    ident: str,
+    wait_secs: int,
+    argv: Sequence[str],
+    *,
+    token: str | None = None,
+) -> int:
+    # The command does not need the lock server's token: keep it out of its environment.
+    os.environ.pop("CREDENTIALS_DIRECTORY", None)
+    return asyncio.run(run(url, group, ident, wait_secs, argv, token=token))

@@ -55,6 +55,7 @@ __all__ = [
 
 SCHEDULE_UNIT = "zincati-py-schedule-{name}"
 FAILURE_UNIT = "zincati-py-on-failure-{name}"
+TOKEN_CREDENTIAL = "zincati-py-fleetlock-token"  # the lock server token of exclusive runs
 SHELL = "/bin/sh"
 _EXEC_PREFIXES = "-@:+!|"  # what systemd reads as flags at the start of an Exec line
 
@@ -189,6 +190,10 @@ def render_job(
         from zincati_py.schedule.exclusive import SKIPPED
 
         exclusive = f"SuccessExitStatus={SKIPPED}\n"  # skipped (group full): no retry, no hook
+        try:
+            exclusive += _token_credential(job)
+        except unitfile.UnsafeValue as exc:
+            raise JobSkipped(f"{where}.exclusive_group: {exc}; job skipped") from None
         hook += " --exclusive"
     # "-": recording history must never turn a run into a failure; "+": as root, whoever
     # the job runs as (the history is root's).
@@ -218,14 +223,30 @@ def _exclusive(job: ScheduleSettings, exe: str, hash_id: str | None) -> str:
         argv = [SHELL, "-c", *dashes, job.command]
     else:
         argv = list(job.command)
+    token_file, token_credential = job.fleet_lock_token
+    credential = TOKEN_CREDENTIAL if token_file else token_credential
     words = [  # the options before NAME: everything after NAME is the command
         "schedule", "_exclusive", "--url", job.fleet_lock_url,
         "--group", job.exclusive_group or "", "--id", lock_id(hash_id, job.name),
-        "--wait", str(job.exclusive_wait_secs), job.name, "--", *argv,
+        "--wait", str(job.exclusive_wait_secs),
+        *(["--token-credential", credential] if credential else []),
+        *(["--token-file", token_file] if token_file else []),
+        job.name, "--", *argv,
     ]  # fmt: skip
     if any("\0" in word for word in words):
         raise unitfile.UnsafeValue("command contains a NUL character")
     return " ".join([exe, *(unitfile.exec_word(word) for word in words)])
+
+
+def _token_credential(job: ScheduleSettings) -> str:
+    """``LoadCredential=`` for the lock server's token: systemd hands it to the run (whatever
+    its user) in ``$CREDENTIALS_DIRECTORY``, the token file stays root's."""
+    token_file, token_credential = job.fleet_lock_token
+    if token_file:
+        return f"LoadCredential={TOKEN_CREDENTIAL}:{unitfile.setting(token_file, 'token file')}\n"
+    if token_credential:  # from the system credential store (/etc/credstore, ...)
+        return f"LoadCredential={unitfile.setting(token_credential, 'token credential')}\n"
+    return ""
 
 
 def _failure_hook(job: ScheduleSettings, header: str, run_as: str, extra: dict[str, str]) -> str:
