@@ -22,27 +22,24 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import signal
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zincati_py import envhooks
 from zincati_py.agent import machine, persist
-from zincati_py.agent.api import BUS_NAME, AgentInterface, RefusedError, export
+from zincati_py.agent.api import AgentInterface, RefusedError, export
 from zincati_py.agent.core import Outcome, Retries, release_free_memory
 from zincati_py.agent.deployments import DeploymentTracker
 from zincati_py.agent.graph import UpdateGraph
 from zincati_py.agent.machine import Action, Facts, State, Step
 from zincati_py.agent.notify import Notifier
+from zincati_py.agent.options import Options, StartupError
 from zincati_py.agent.publish import Publisher
 from zincati_py.agent.reboot import RebootCoordinator
 from zincati_py.agent.reload import ConfigReloader
 from zincati_py.health.keeper import HealthKeeper
 from zincati_py.metrics import AgentMetrics, Exporter
-from zincati_py.paths import Paths
 
 if TYPE_CHECKING:
     from dbus_fast.aio import MessageBus
@@ -51,41 +48,6 @@ if TYPE_CHECKING:
     from zincati_py.dbus.rpmostree import RpmOstree
 
 log = logging.getLogger("zincati_py.agent")
-
-
-class StartupError(Exception):
-    """The agent cannot start; ``code`` is the exit status."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class Options:
-    paths: Paths
-    bus_address: str | None = None
-    bus_name: str = BUS_NAME
-    ostree_command: tuple[str, ...] = ("ostree",)
-    systemd_bus: str | None = None  # None: systemd on the system bus
-
-    @classmethod
-    def from_env(
-        cls,
-        root: str | None,
-        bus_address: str | None,
-        bus_name: str | None,
-        ostree_command: str | None,
-        systemd_bus: str | None = None,
-    ) -> Options:
-        cmd = ostree_command or envhooks.get(envhooks.OSTREE_COMMAND) or "ostree"
-        return cls(
-            paths=Paths.from_root(root),
-            bus_address=bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or None,
-            bus_name=bus_name or envhooks.get(envhooks.BUS_NAME) or BUS_NAME,
-            ostree_command=tuple(shlex.split(cmd)),
-            systemd_bus=systemd_bus or envhooks.get(envhooks.SYSTEMD_BUS),
-        )
 
 
 class Agent:

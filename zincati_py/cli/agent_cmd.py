@@ -100,7 +100,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from zincati_py import lazytls
 
     lazytls.defer()  # before asyncio: OpenSSL only once TLS is needed (zincati_py/lazytls.py)
-    from zincati_py.agent.service import Options, main
+    from zincati_py.agent.options import Options
+    from zincati_py.agent.service import main
 
     return main(
         Options.from_env(
