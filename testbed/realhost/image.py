@@ -28,6 +28,9 @@ CACHE_ENV = "ZINCATI_PY_REALHOST_CACHE"
 CACHE_DIR = Path(os.environ.get(CACHE_ENV) or "/var/cache/zincati-py-testbed")
 
 SUITE = "bookworm"
+#: The Python of SUITE (bookworm's python3 is 3.11); checked against the rootfs when wheels are
+#: built (container_python).
+CONTAINER_PYTHON = "3.11"
 VARIANT = "minbase"
 # What the tier needs beyond minbase (which already has util-linux: setpriv, nsenter; bsdutils:
 # script). systemd-sysv makes systemd PID 1; libpam-systemd registers PAM logins with logind
@@ -126,11 +129,13 @@ def rootfs_tarball(cache_dir: Path = CACHE_DIR, timeout: float = 900.0) -> Path:
 
 
 def container_python(root: Path) -> str:
-    """``3.11`` for a rootfs whose ``python3`` is Python 3.11."""
+    """``3.11`` for a rootfs whose ``python3`` is Python 3.11 (must be CONTAINER_PYTHON)."""
     target = os.readlink(root / "usr/bin/python3")
     m = re.fullmatch(r"python(\d+\.\d+)", os.path.basename(target))
     if not m:
         raise RuntimeError(f"{root}/usr/bin/python3 -> {target}: no version in the name")
+    if m.group(1) != CONTAINER_PYTHON:
+        raise RuntimeError(f"{SUITE} rootfs has Python {m.group(1)}: update CONTAINER_PYTHON")
     return m.group(1)
 
 

@@ -8,7 +8,9 @@ only this tier with ``pytest -m realhost``, leave it out with ``-m 'not realhost
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from testbed.realhost import Container, Image, make_host, missing_host_tools, prepare_image
+from testbed.realhost.image import CONTAINER_PYTHON
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 ACTIVE: list[Container] = []
@@ -32,10 +35,34 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+DESELECTED: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the container tests; run them once per CI run, not once per host interpreter.
+
+    The containers run Debian's Python (``CONTAINER_PYTHON``) whatever drives them, so a second
+    host interpreter would boot the same containers again (minutes) to prove nothing new: under
+    another interpreter they are deselected (said in the summary; not a skip), unless
+    ``ZINCATI_PY_REALHOST=1``.
+    """
+    keep, drop = [], []
     for item in items:
         if "realhost_image" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.realhost)
+            if HOST_PYTHON != CONTAINER_PYTHON and os.environ.get("ZINCATI_PY_REALHOST") != "1":
+                drop.append(item)
+                continue
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        DESELECTED.append(
+            f"{len(drop)} container tests deselected: host Python {HOST_PYTHON}, the containers run"
+            f" {CONTAINER_PYTHON} (they run under a {CONTAINER_PYTHON} host interpreter;"
+            " ZINCATI_PY_REALHOST=1 forces them)"
+        )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -54,6 +81,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in DESELECTED:
+        terminalreporter.write_line(f"real-host tier: {line}")
     if TIMINGS:
         terminalreporter.write_sep("-", "real-host tier timings (s)")
         for line in TIMINGS:

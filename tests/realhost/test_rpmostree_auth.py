@@ -32,6 +32,10 @@ s.sendall(b"BEGIN\r\n")
 s.recv(1)  # until the server is done with the socket
 """
 
+# The client runs as another uid: the system Python (a venv's interpreter may live where that
+# uid cannot read, or need a library path only root's environment has). Stdlib only.
+CLIENT_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(
@@ -60,7 +64,7 @@ def handshake(uid: int, claim: str) -> tuple[bool, str]:
             f"--reuid={uid}",
             f"--regid={uid}",
             "--clear-groups",
-            sys.executable,
+            CLIENT_PYTHON,
             "-I",
             "-c",
             CLIENT,
