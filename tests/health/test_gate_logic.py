@@ -81,3 +81,27 @@ def test_hook_environment_has_no_control_characters() -> None:
         "ZINCATI_PY_REASON=a b c",
         "ZINCATI_PY_WHEN=",
     ]
+
+
+def test_a_deny_listed_staged_release_does_not_block_checks() -> None:
+    from zincati_py.agent.machine import Action, Deployment, Facts, next_step
+
+    def dep(checksum: str, **kw: bool) -> Deployment:
+        return Deployment(checksum=checksum, version=checksum, **kw)
+
+    facts = Facts(
+        enabled=True,
+        config_valid=True,
+        booted=dep("old", booted=True),
+        staged=dep("bad", staged=True),
+        steady_reported=True,
+        check_requested=False,
+        reboot_requested=None,
+        failed=("bad",),
+        checked=True,
+        boot_id="b",
+        now=0.0,
+    )
+    assert next_step(facts).action is Action.NONE  # never finalized
+    step = next_step(Facts(**{**facts.__dict__, "check_requested": True}))
+    assert step.action is Action.CHECK and "deny-listed" in step.reason

@@ -18,7 +18,7 @@ import pytest
 from testbed.realhost import Container
 from testbed.realhost.probe import boots, double_state, publish, status, wait_state
 
-SCRIPT = {"booted": {"version": "40.1"}, "releases": [{"version": "40.2"}]}
+SCRIPT = {"booted": {"version": "40.1"}, "releases": [{"version": "40.2"}, {"version": "40.3"}]}
 BAD = hashlib.sha256(b"40.2").hexdigest()
 FRAGMENT = (
     "[agent.timing]\nsteady_interval_secs = 86400\n"
@@ -86,3 +86,31 @@ def test_failed_required_unit_rolls_back_once_and_reports(host: Container) -> No
     time.sleep(5)
     assert host.running() and boots(host) == 3
     assert status(host)["booted"]["version"] == "40.1"
+
+
+def test_healthy_update_reports_steady_after_the_checks(host: Container) -> None:
+    # A health.d check the agent (user zincati-py, sandboxed) runs after the update boot.
+    check = "/etc/zincati-py/health.d/required.d/10-app"
+    host.run(["mkdir", "-p", "/etc/zincati-py/health.d/required.d"])
+    host.run(
+        ["sh", "-c", f"cat > {check} && chmod 755 {check}"],
+        input="#!/bin/sh\nsystemctl is-active app.service && "
+        'echo "app ok on $ZINCATI_PY_VERSION"\n',
+    )
+    publish(host, "40.3")
+    host.run(["zincati-py", "check"])
+    host.expect_reboot(timeout=120)
+    doc = wait_state(host, "reported steady", timeout=90)
+    assert doc["booted"]["version"] == "40.3", doc
+    health = doc["health"]
+    assert (health["phase"], health["verdict"], health["release"]) == (
+        "reported",
+        "healthy",
+        "40.3",
+    )
+    checks = {c["name"]: c for c in health["checks"]}
+    assert checks["boot-complete.target"]["ok"] and checks["app.service"]["ok"], checks
+    assert checks["10-app"]["output"] == "active\napp ok on 40.3", checks["10-app"]
+    time.sleep(5)
+    assert host.running() and boots(host) == 4
+    assert double_state(host)["reboots"] == 3

@@ -132,6 +132,15 @@ def next_step(f: Facts) -> Step:
     idle = State.NO_NEW_UPDATE if f.checked else State.REPORTED_STEADY
     if f.staged is not None:
         if f.staged.checksum in f.failed:
+            if f.check_requested:
+                # Deny-listed (did not come up, or failed its health gate and was rolled back):
+                # it does not block updates; a newer release replaces it when staged.
+                return Step(
+                    State.UPDATE_STAGED,
+                    Action.CHECK,
+                    f"{f.staged.label} is deny-listed: checking for a newer update",
+                    "stage a newer update if any",
+                )
             return Step(
                 State.UPDATE_STAGED,
                 Action.NONE,
