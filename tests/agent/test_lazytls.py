@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent.agent_harness import Node
+
 IDLE = """
 import sys
 from zincati_py import lazytls
@@ -126,3 +128,26 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 def test_tls_works_once_ssl_is_imported(certificate: tuple[Path, Path]) -> None:
     cert, key = certificate
     run(TLS, str(cert), str(key))
+
+
+def test_building_the_cli_loads_no_asyncio() -> None:
+    """Every command's module is imported to build the parser: none may import asyncio (and
+    with it OpenSSL) at module level, or ``zincati-py agent`` could not defer it."""
+    run(
+        "import sys\n"
+        "from zincati_py.cli import build_parser\n"
+        "build_parser()\n"
+        "loaded = [m for m in ('asyncio', 'ssl', '_hashlib') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "print('ok')\n"
+    )
+
+
+def test_the_running_agent_has_no_openssl_mapped(node: Node) -> None:
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    maps = Path(f"/proc/{agent.pid}/maps").read_text()
+    mapped = sorted({line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/" in line})
+    assert not [m for m in mapped if m.startswith(("libssl", "libcrypto", "_ssl", "_hashlib"))], (
+        mapped
+    )
