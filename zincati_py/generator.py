@@ -199,6 +199,16 @@ def render(
             _problem(f"schedule {job.name!r}: not a valid unit name part; job skipped")
             continue
         _render_schedule(out, job, header, exe, hash_id, hook_args)
+    if config.agent.hooks.commands:
+        from zincati_py.health import units as health_units
+
+        try:
+            hook = health_units.render(config, header, str(root), user)
+        except unitfile.UnsafeValue as exc:
+            _problem(f"agent.hooks.commands: {exc}; no hook unit")
+            hook = None
+        if hook is not None:
+            out.units[health_units.TEMPLATE] = hook
     return out
 
 

@@ -105,3 +105,29 @@ def test_a_deny_listed_staged_release_does_not_block_checks() -> None:
     assert next_step(facts).action is Action.NONE  # never finalized
     step = next_step(Facts(**{**facts.__dict__, "check_requested": True}))
     assert step.action is Action.CHECK and "deny-listed" in step.reason
+
+
+def test_generator_renders_the_hook_template(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from zincati_py.config import load
+    from zincati_py.generator import render
+
+    root = Path(str(tmp_path))
+    frag = root / "etc/zincati/config.d/50-hooks.toml"
+    frag.parent.mkdir(parents=True)
+    frag.write_text(
+        "[agent.hooks]\n"
+        "commands = [\"/usr/bin/notify --text '50% of $HOME'\", '/bin/false']\n"
+        "timeout_secs = 7\n"
+    )
+    units = render(load(root).config, root=root).units
+    text = units["zincati-py-hook@.service"]
+    assert "User=zincati-py\n" in text and "TimeoutStartSec=7s\n" in text
+    loader = '/bin/sh -c "set -a; . \\"$$0\\" || exit 1; set +a; exec \\"$$@\\""'
+    env = f"{root}/run/zincati-py/hooks/%i.env"
+    assert f'ExecStart=-{loader} {env} /usr/bin/notify --text "50%% of $$HOME"\n' in text
+    assert f"ExecStart=-{loader} {env} /bin/false\n" in text
+    # No hooks, no unit: every existing configuration renders as before.
+    frag.unlink()
+    assert "zincati-py-hook@.service" not in render(load(root).config, root=root).units

@@ -125,6 +125,11 @@ def test_rules_let_the_agent_start_only_the_finalize_unit_and_manage_our_timers(
         ({"unit": "other-zincati-py-x.timer", "verb": "start"}, None),
         ({"unit": "zincati-py-x.timer.d/evil.timer", "verb": "start"}, None),
         ({"unit": "sshd.service", "verb": "start"}, None),
+        # [agent.hooks]: instances of the generated template, start only (issue 16).
+        ({"unit": "zincati-py-hook@rolled-back-1-2-3.service", "verb": "start"}, "yes"),
+        ({"unit": "zincati-py-hook@rolled-back-1.service", "verb": "stop"}, None),
+        ({"unit": "zincati-py-hook@.service", "verb": "start"}, None),
+        ({"unit": "zincati-py-hook@x/../sshd.service", "verb": "start"}, None),
         ({}, None),
     ]
     cases = [{"action": manage, "user": "zincati-py", "details": d} for d, _ in details]

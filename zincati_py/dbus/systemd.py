@@ -281,45 +281,6 @@ async def start_unit(bus: MessageBus, name: str, mode: str = "replace") -> str:
     return str(body[0])
 
 
-async def start_transient_service(
-    bus: MessageBus,
-    name: str,
-    argv: list[str],
-    *,
-    description: str,
-    environment: list[str],
-    timeout_secs: int,
-    user: str | None = None,
-    path: str | None = None,
-) -> str:
-    """``StartTransientUnit`` of a oneshot service running ``argv`` (program ``path``, default
-    ``argv[0]``) (``systemd-run`` without
-    the tool): values travel as D-Bus arguments, so nothing is parsed as unit-file syntax.
-    Collected once inactive or failed (its result stays in the journal). Returns the job path.
-    """
-    from dbus_fast import Variant
-
-    props = [
-        ["Description", Variant("s", description)],
-        ["Type", Variant("s", "oneshot")],
-        ["ExecStart", Variant("a(sasb)", [[path or argv[0], argv, False]])],
-        ["Environment", Variant("as", environment)],
-        ["TimeoutStartUSec", Variant("t", timeout_secs * 1_000_000)],
-        ["CollectMode", Variant("s", "inactive-or-failed")],
-    ]
-    if user is not None:
-        props.append(["User", Variant("s", user)])
-    body = await _call(
-        bus,
-        MANAGER_PATH,
-        MANAGER_IFACE,
-        "StartTransientUnit",
-        "ssa(sv)a(sa(sv))",
-        [name, "fail", props, []],
-    )
-    return str(body[0])
-
-
 async def get_properties(bus: MessageBus, name: str, interface: str) -> dict[str, Any]:
     """All properties of ``interface`` on unit ``name``, unwrapped from their variants."""
     body = await _call(bus, unit_object_path(name), PROPS_IFACE, "GetAll", "s", [interface])

@@ -1,32 +1,30 @@
-"""``[agent.hooks]``: admin commands run on update events, as transient systemd services.
+"""``[agent.hooks]``: admin commands run on update events, in a generated systemd unit.
 
 Events (``spec.EVENTS``): ``staged`` (an update staged), ``reboot`` (a reboot is imminent:
 ``ZINCATI_PY_WHEN`` is when, ``ZINCATI_PY_REASON`` why), ``booted`` (booted into a new
 release), ``rolled-back`` (its health gate failed and the previous deployment is booted again),
-``dead-end`` (the booted release is a dead-end). Each configured command (``commands``, for
-the ``events`` listed, every event when empty) runs as a oneshot service started with systemd's
-``StartTransientUnit`` on the agent's systemd adapter: no unit file, no shell; argv and
-environment travel as D-Bus values (``$`` in an argument is doubled, as systemd still expands
-variables in a transient ``ExecStart=``; control characters in a value become spaces). Named
-``zincati-py-hook-EVENT-....service``, run as the agent's own user, bounded by
-``timeout_secs``, with ``ZINCATI_PY_EVENT``, ``ZINCATI_PY_VERSION``, ``ZINCATI_PY_FROM_VERSION``,
-``ZINCATI_PY_REASON`` and ``ZINCATI_PY_WHEN`` in its environment. Firing never waits and never
-fails the update: a hook systemd refuses (or no systemd at all) is logged, and the hook's own
-failure is systemd's to record (``journalctl -u``).
+``dead-end`` (the booted release is a dead-end). For an event in ``events`` (every event when
+empty) the agent writes ``/run/zincati-py/hooks/INSTANCE.env`` (``ZINCATI_PY_EVENT``,
+``ZINCATI_PY_VERSION``, ``ZINCATI_PY_FROM_VERSION``, ``ZINCATI_PY_REASON``,
+``ZINCATI_PY_WHEN``; control characters in a value become spaces) and starts
+``zincati-py-hook@INSTANCE.service``, the template the generator renders from ``commands``
+(:mod:`zincati_py.health.units`): a static unit from root's configuration, so polkit can let
+the unprivileged agent start exactly it (a transient unit's properties would be the agent's to
+choose, root included). Firing never waits and never fails the update: a start systemd refuses
+is logged, and a failing command is systemd's to record (``journalctl -u``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import pwd
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zincati_py.health import spec
 from zincati_py.unitfile import control_characters
 
 if TYPE_CHECKING:
@@ -53,10 +51,19 @@ def environment(event: str, fields: dict[str, str]) -> list[str]:
     return env
 
 
+def shell_assignment(assignment: str) -> str:
+    """``NAME=value`` as a line ``sh`` reads back exactly (the hook unit's loader)."""
+    import shlex
+
+    name, _, value = assignment.partition("=")
+    return f"{name}={shlex.quote(value)}"
+
+
 class Hooks:
-    def __init__(self, settings: Any, systemd: SystemdBus) -> None:
+    def __init__(self, settings: Any, systemd: SystemdBus, directory: Path) -> None:
         self.settings = settings  # .config: the Settings in force
         self.systemd = systemd
+        self.directory = directory  # where the instances' environment files go
         self.fired = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -70,39 +77,38 @@ class Hooks:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def _sweep(self, now: float) -> None:
+        """Environment files of earlier instances (their units are long done)."""
+        try:
+            old = [p for p in self.directory.glob("*.env") if p.lstat().st_mtime < now - 3600]
+        except OSError:
+            return
+        for path in old:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     async def _run(self, event: str, fields: dict[str, str]) -> None:
         from zincati_py.dbus import systemd
+        from zincati_py.fsutil import atomic_write
+        from zincati_py.health.units import unit_name
 
-        hooks = self.settings.config.agent.hooks
-        user = None if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-        env = environment(event, fields)
+        self.fired += 1
+        now = time.time()
+        instance = f"{event}-{int(now)}-{os.getpid()}-{self.fired}"
+        unit = unit_name(instance)
         bus, owned = None, False
         try:
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            self._sweep(now)
+            text = "".join(f"{shell_assignment(a)}\n" for a in environment(event, fields))
+            atomic_write(self.directory / f"{instance}.env", text, mode=0o600, durable=False)
             bus, owned = await self.systemd()
-            for text in hooks.commands:
-                self.fired += 1
-                name = f"zincati-py-hook-{event}-{os.getpid()}-{int(time.time())}-{self.fired}"
-                # systemd substitutes $VAR in ExecStart= even over D-Bus: "$$" is a literal "$".
-                words = spec.parse(text).argv
-                argv = [w.replace("$", "$$") for w in words]
-                try:
-                    if bus is None:
-                        raise RuntimeError("no bus")
-                    await systemd.start_transient_service(
-                        bus,
-                        f"{name}.service",
-                        argv,
-                        description=f"zincati-py hook for event {event}",
-                        environment=env,
-                        timeout_secs=hooks.timeout_secs,
-                        user=user,
-                        path=words[0],
-                    )
-                    log.info("hook %s started for event %s: %s", name, event, text)
-                except Exception as exc:
-                    log.warning("hook for event %s not run (%s): %s", event, text, exc)
+            if bus is None:
+                raise RuntimeError("no bus")
+            await systemd.start_unit(bus, unit)
+            log.info("hooks for event %s started: %s", event, unit)
         except Exception as exc:
-            log.warning("hooks for event %s not run: %s", event, exc)
+            log.warning("hooks for event %s not run (%s): %s", event, unit, exc)
         finally:
             if owned and bus is not None:
                 bus.disconnect()

@@ -104,9 +104,10 @@ class HealthKeeper:
         from zincati_py.health.hooks import Events, Hooks
 
         self.bus, self.rpm, self.logind = bus, rpm, logind
-        self.events = Events(
-            self.root, self.store, self.deployments, Hooks(self.settings, self._systemd)
-        )
+        from zincati_py.health.units import HOOKS_DIR_REL
+
+        hooks = Hooks(self.settings, self._systemd, self.root / HOOKS_DIR_REL)
+        self.events = Events(self.root, self.store, self.deployments, hooks)
 
     def reboot_imminent(self, version: str, reason: str, when: float | None = None) -> None:
         """The agent is about to ask logind to reboot into ``version`` (the reboot hook)."""
