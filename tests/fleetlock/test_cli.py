@@ -270,3 +270,34 @@ def test_etcd_backend_without_aetcd_is_one_line_exit_69(tmp_path: Path) -> None:
         "(aetcd cannot be imported): install python3-aetcd (or pip install aetcd)\n"
     )
     assert not _port_open(port)
+
+
+@sqlite_only
+def test_group_control_history_and_rollouts(
+    zpy: Run, subprocess_server: Callable[[str], Any]
+) -> None:
+    """Issue 15 from the command line: pause/resume/cooldown/hold, history, rollouts."""
+    srv = subprocess_server("[groups]\nworkers = 2\n")
+    base = ["--url", srv.url, "--group", "workers"]
+    r = zpy("fleetlock", "pause", *base, "--reason", "change freeze")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("workers: paused, cooldown 0")
+    r = zpy("fleetlock", "lock", *base, "--id", "n1")
+    assert r.returncode == 75 and "group_paused (HTTP 409)" in r.stderr
+    assert zpy("fleetlock", "resume", *base).stdout.startswith("workers: open")
+    r = zpy("fleetlock", "cooldown", *base, "--seconds", "30", "--json")
+    assert json.loads(r.stdout)["cooldown_secs"] == 30
+    r = zpy("fleetlock", "hold", *base, "--version", "40.1")
+    assert "hold 40.1" in r.stdout
+    assert zpy("fleetlock", "lock", *base, "--id", "n1").returncode == 0
+    assert zpy("fleetlock", "unlock", *base, "--id", "n1").returncode == 0
+    r = zpy("fleetlock", "history", "--url", srv.url, "--group", "workers", "--json")
+    kinds = [e["kind"] for e in json.loads(r.stdout)["events"]]
+    assert kinds == ["pause", "resume", "cooldown", "hold", "grant", "release"]
+    r = zpy("fleetlock", "history", "--url", srv.url, "--id", "n1", "--since", "1h")
+    assert r.returncode == 0
+    assert [line.split()[3] for line in r.stdout.splitlines()] == ["grant", "release"]
+    r = zpy("fleetlock", "rollouts", "--url", srv.url)
+    assert r.returncode == 0 and r.stdout.split()[0] == "GROUP"
+    r = zpy("fleetlock", "history", "--url", srv.url, "--since", "soon")
+    assert r.returncode == 65 and "--since" in r.stderr

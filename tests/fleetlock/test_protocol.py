@@ -197,8 +197,8 @@ def test_prefix(serve: Callable[..., Any]) -> None:
 def test_no_write_for_noop_requests(
     serve: Callable[..., Any], backend: Any, tmp_path: Path
 ) -> None:
-    """Re-lock early in the lease, unlock of a slot not held and lock of a full group write
-    nothing to the store (checked with the store's own change counters)."""
+    """Re-lock early in the lease, unlock of a slot not held and a queued node asking again
+    write nothing to the store (checked with the store's own change counters)."""
 
     async def scenario() -> None:
         async with serve("[groups]\ndefault = 1\n") as srv, aiohttp.ClientSession() as s:
@@ -217,11 +217,17 @@ def test_no_write_for_noop_requests(
                     # data_version changes when another connection commits.
                     return int(db.execute("PRAGMA data_version").fetchone()[0])
 
+            # A refusal writes once: b joins the group's queue.
+            assert (await lock(s, srv.url, "b"))[0] == 409
             before = await version()
             assert (await lock(s, srv.url, "a"))[0] == 200
             assert (await lock(s, srv.url, "b"))[0] == 409
-            assert (await unlock(s, srv.url, "b"))[0] == 200
             assert (await unlock(s, srv.url, "zz", "other"))[0] == 200
+            assert await version() == before
+            assert (await unlock(s, srv.url, "b"))[0] == 200  # leaves the queue
+            assert await version() != before
+            before = await version()
+            assert (await unlock(s, srv.url, "b"))[0] == 200
             assert await version() == before
             assert (await unlock(s, srv.url, "a"))[0] == 200
             assert await version() != before

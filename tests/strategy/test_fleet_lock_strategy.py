@@ -15,10 +15,12 @@ OTHER = "fedcba9876543210fedcba9876543210"
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
-def fleet_lock(node: Any, url: str, **kwargs: Any) -> FleetLock:
+def fleet_lock(node: Any, url: str, *, wait: float = 0, **kwargs: Any) -> FleetLock:
+    """The strategy; ``wait``: its long-poll time (0 here: most tests want answers at once)."""
     node.fleet_lock(url, **kwargs)
     strategy = node.build()
     assert isinstance(strategy, FleetLock)
+    strategy.lock_wait_secs = wait  # type: ignore[misc]
     return strategy
 
 
@@ -380,3 +382,33 @@ def test_token_settings_are_validated(node: Any) -> None:
         problems = [(p.severity, p.key) for p in result.problems]
         assert ("error", key) in problems or key == "updates.fleet_lock.token", problems
         assert any(k == key for _, k in problems), problems
+
+
+def test_waits_in_the_queue_and_is_granted_when_freed(
+    node: Any, lock_server: Callable[[str], Any]
+) -> None:
+    """Issue 15: the strategy says it can wait; the server answers when the slot frees,
+    within the same request (one pre-reboot, no backoff)."""
+    server = lock_server("[groups]\ndefault = 1\n")
+
+    async def scenario() -> None:
+        other = FleetLockClient(server.url, OTHER, "default")
+        s = fleet_lock(node, server.url, wait=20)
+        try:
+            await other.pre_reboot()
+            asked = server.requests("pre-reboot")
+            waiting = asyncio.create_task(s.can_finalize(NOW))
+            await asyncio.sleep(1.0)
+            assert not waiting.done()
+            released_at = time.monotonic()
+            await other.steady_state()
+            verdict = await asyncio.wait_for(waiting, 10)
+            assert verdict.allowed, verdict.reason
+            assert time.monotonic() - released_at < 2
+            assert server.requests("pre-reboot") == asked + 1
+            assert await holders(server) == [node.node_id]
+        finally:
+            await other.close()
+            await s.stop()
+
+    asyncio.run(scenario())

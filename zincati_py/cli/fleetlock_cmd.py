@@ -66,6 +66,34 @@ def register(sub: Any) -> None:
     client_parser("release", "force-release a node's slot (admin)", node=True)
     fsub.choices["release"].set_defaults(func=run_release)
 
+    for name, help, extra in [
+        ("pause", "refuse new slots in a group while holders finish (admin)", "reason"),
+        ("resume", "grant slots in a paused group again (admin)", None),
+        ("cooldown", "set a group's cooldown between reboots at runtime (admin)", "seconds"),
+        ("hold", "let only one target version be granted in a group (admin)", "version"),
+        ("unhold", "lift a group's version hold (admin)", None),
+        ("resume-version", "lift the circuit breaker's halt of a version (admin)", "version"),
+    ]:
+        p = client_parser(name, help, node=False)
+        if extra == "reason":
+            p.add_argument("--reason", default=None, help="why (audit log, web view)")
+        elif extra == "seconds":
+            p.add_argument(
+                "--seconds", type=float, default=None, help="seconds; omit: the configured value"
+            )
+        elif extra == "version":
+            p.add_argument("--version", required=True, dest="target", help="target version")
+        p.set_defaults(func=run_control, action=name.replace("-", "_"))
+    p = client_parser("history", "the server's ledger of grants, releases, failures", node=False,
+                      group_required=False)  # fmt: skip
+    p.add_argument("--version", dest="target", default=None, help="only this version")
+    p.add_argument("--since", default=None, help="Unix time, or a duration ago: 90s, 15m, 2h, 1d")
+    p.add_argument("--limit", type=int, default=100, help="newest N events (default 100)")
+    p.set_defaults(func=run_history)
+    p = client_parser("rollouts", "per-version rollout progress (admin)", node=False,
+                      group_required=False)  # fmt: skip
+    p.set_defaults(func=run_rollouts)
+
 
 def run_serve(args: argparse.Namespace) -> int:
     from zincati_py.fleetlock.config import ConfigError, load
@@ -270,5 +298,96 @@ def run_status(args: argparse.Namespace) -> int:
                 f"  {h.get('id')}  held {_duration(h.get('age_seconds'))}"
                 f"  expires in {_duration(h.get('expires_in_seconds'))}"
             )
+    print("\n".join(lines))
+    return os.EX_OK
+
+
+def run_control(args: argparse.Namespace) -> int:
+    extra: dict[str, Any] = {}
+    if args.action == "pause" and args.reason is not None:
+        extra["reason"] = args.reason
+    if args.action == "cooldown":
+        extra["seconds"] = args.seconds
+    if args.action in ("hold", "resume_version"):
+        extra["version"] = args.target
+
+    async def go(session: httpx.AsyncClient) -> dict[str, Any]:
+        return await _admin(args, session).control(args.group, args.action, **extra)
+
+    doc = _call(args, go)
+    state = "paused" if doc.get("paused") else "open"
+    halted = ", ".join(sorted(doc.get("halted") or {})) or "none"
+    _emit(
+        args,
+        doc,
+        f"{args.group}: {state}, cooldown {doc.get('cooldown_secs')}s, hold "
+        f"{doc.get('hold') or 'none'}, halted {halted}",
+    )
+    return os.EX_OK
+
+
+def _since(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if raw[-1:] in units:
+            return time.time() - float(raw[:-1]) * units[raw[-1]]
+        return float(raw)
+    except ValueError:
+        raise CliError(f"--since: {raw!r}: expected a Unix time or 90s/15m/2h/1d") from None
+
+
+def run_history(args: argparse.Namespace) -> int:
+    since = _since(args.since)
+
+    async def go(session: httpx.AsyncClient) -> list[dict[str, Any]]:
+        return await _admin(args, session).history(
+            group=args.group, node=args.node_id, version=args.target, since=since, limit=args.limit
+        )
+
+    events = _call(args, go)
+    if args.json:
+        print_json({"events": events})
+        return os.EX_OK
+    lines = []
+    for e in events:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("at", 0)))
+        versions = ""
+        if e.get("from_version") or e.get("to_version"):
+            versions = f" {e.get('from_version') or '?'} -> {e.get('to_version') or '?'}"
+        detail = " ".join(
+            f"{k}={v}"
+            for k, v in e.items()
+            if k not in ("at", "group", "kind", "node", "from_version", "to_version")
+        )
+        lines.append(
+            f"{at} {e.get('group')} {e.get('kind')} {e.get('node') or '-'}{versions} {detail}"
+        )
+    print("\n".join(lines) or "no events")
+    return os.EX_OK
+
+
+def run_rollouts(args: argparse.Namespace) -> int:
+    async def go(session: httpx.AsyncClient) -> list[dict[str, Any]]:
+        return await _admin(args, session).rollouts(args.group)
+
+    rows = _call(args, go)
+    if args.json:
+        print_json({"rollouts": rows})
+        return os.EX_OK
+    lines = [
+        f"{'GROUP':<16} {'VERSION':<20} {'DONE':>5} {'HOLDING':>7} {'FAILED':>6} "
+        f"{'REMAINING':>9} {'RATE/H':>7} {'ETA':>9} STATE"
+    ]
+    for r in rows:
+        state = "halted" if r.get("halted") else "held" if r.get("held") else "rolling"
+        rate = "-" if r.get("rate_per_hour") is None else f"{r['rate_per_hour']:g}"
+        lines.append(
+            f"{r.get('group', '?'):<16} {r.get('version', '?'):<20} {r.get('done', 0):>5} "
+            f"{r.get('holding', 0):>7} {r.get('failed', 0):>6} {r.get('remaining', 0):>9} "
+            f"{rate:>7} {_duration(r.get('eta_seconds')) if r.get('eta_seconds') else '-':>9} "
+            f"{state}"
+        )
     print("\n".join(lines))
     return os.EX_OK

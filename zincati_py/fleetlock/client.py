@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import ssl
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,22 +98,32 @@ class _Http:
         return (await self.request_full(method, path, body)).content
 
     async def request_full(
-        self, method: str, path: str, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        wait: float | None = None,
     ) -> httpx.Response:
-        """One request; the response if it is a success, else FleetLockError."""
+        """One request; the response if it is a success, else FleetLockError. ``wait``: the
+        server may hold the request that long (long poll); the timeout grows by as much."""
         headers = {protocol.HEADER: "true"}
+        timeout = self._timeout
+        if wait:
+            headers[protocol.WAIT_HEADER] = f"{wait:g}"
+            timeout += wait
         if body is not None:
             headers["Content-Type"] = "application/json"
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(timeout):
                 resp = await self._get_session().request(
                     method,
                     self.base_url + path,
                     content=body,
                     headers=headers,
-                    timeout=self._timeout,
+                    timeout=timeout,
                     follow_redirects=True,
                 )
         except (TimeoutError, httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
@@ -157,10 +168,19 @@ class FleetLockClient:
     def base_url(self) -> str:
         return self._http.base_url
 
-    async def pre_reboot(self) -> LockGrant:
-        """Take (or renew) a reboot slot."""
-        raw = await self._http.request("POST", protocol.PRE_REBOOT, self._body)
-        return LockGrant(lease_seconds=protocol.parse_lease_seconds(raw))
+    async def pre_reboot(
+        self, report: dict[str, str] | None = None, *, wait: float | None = None
+    ) -> LockGrant:
+        """Take (or renew) a reboot slot. ``report``: optional ``client_params`` keys
+        (``from_version``, ``to_version``); ``wait``: seconds our server may hold the request
+        while the group is full (a fair queue; other servers answer at once)."""
+        body = self._body
+        if report:
+            doc = json.loads(body)
+            doc["client_params"].update(report)
+            body = json.dumps(doc).encode()
+        resp = await self._http.request_full("POST", protocol.PRE_REBOOT, body, wait=wait)
+        return LockGrant(lease_seconds=protocol.parse_lease_seconds(resp.content))
 
     async def steady_state(self, report: dict[str, str] | None = None) -> bool | None:
         """Release the slot; succeeds when the node holds none. Returns whether a slot was
@@ -212,6 +232,33 @@ class FleetLockAdminClient:
         body = ClientParams(id=node_id, group=group).to_body()
         doc = await self._http.request_json("POST", protocol.ADMIN_RELEASE, body)
         return bool(doc.get("released")) if isinstance(doc, dict) else False
+
+    async def control(self, group: str, action: str, **args: Any) -> dict[str, Any]:
+        """A group action (pause, resume, cooldown, hold, unhold, resume_version); returns
+        the group's view after it."""
+        body = json.dumps({"group": group, "action": action, **args}).encode()
+        doc = await self._http.request_json("POST", protocol.ADMIN_GROUP, body)
+        if not isinstance(doc, dict):
+            raise FleetLockError(Kind.INVALID_BODY, "expected a JSON object", 200)
+        return doc
+
+    async def history(self, **query: str | float | None) -> list[dict[str, Any]]:
+        params = "&".join(
+            f"{k}={urllib.parse.quote(str(v))}" for k, v in query.items() if v is not None
+        )
+        doc = await self._http.request_json("GET", f"{protocol.HISTORY}?{params}")
+        events = doc.get("events") if isinstance(doc, dict) else None
+        if not isinstance(events, list):
+            raise FleetLockError(Kind.INVALID_BODY, "expected {'events': [...]}", 200)
+        return events
+
+    async def rollouts(self, group: str | None = None) -> list[dict[str, Any]]:
+        path = protocol.ROLLOUTS + ("" if group is None else f"?group={group}")
+        doc = await self._http.request_json("GET", path)
+        rows = doc.get("rollouts") if isinstance(doc, dict) else None
+        if not isinstance(rows, list):
+            raise FleetLockError(Kind.INVALID_BODY, "expected {'rollouts': [...]}", 200)
+        return rows
 
     async def close(self) -> None:
         await self._http.close()

@@ -9,9 +9,18 @@ Example::
     lease_seconds = 1800             # 0: leases never expire
     unknown_groups = "create"        # or "reject"
 
+    cooldown_secs = 0                # a freed slot is granted again only after this
+    max_failures = 0                 # halt a target version after this many failures (0: off)
+
     [groups]
     default = 2
-    workers = { slots = 10, lease_seconds = 900 }
+    workers = { slots = 10, lease_seconds = 900, cooldown_secs = 60, paused = false,
+                max_failures = 3 }
+
+    [queue]                          # the fair queue of a full group
+    grace_secs = 30                  # a freed slot is held this long for the queue's head
+    expiry_secs = 900                # a queued node that stops asking leaves the queue
+    max_wait_secs = 60               # longest long-poll (request header fleet-lock-wait)
 
     [tls]                            # serve HTTPS
     cert_file = "server.crt"
@@ -72,6 +81,16 @@ class ConfigError(Exception):
 class GroupSettings:
     slots: int
     lease_seconds: int
+    cooldown_secs: float = 0.0
+    paused: bool = False
+    max_failures: int = 0
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    grace_secs: float = 30.0
+    expiry_secs: float = 900.0
+    max_wait_secs: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,9 @@ class ServerSettings:
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     groups: dict[str, GroupSettings] = field(default_factory=dict)
     unknown_groups: str = "create"
+    cooldown_secs: float = 0.0
+    max_failures: int = 0
+    queue: QueueSettings = field(default_factory=QueueSettings)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     etcd_ca_file: Path | None = None
@@ -138,7 +160,9 @@ class ServerSettings:
         if found is not None:
             return found
         if self.unknown_groups == "create":
-            return GroupSettings(self.default_slots, self.lease_seconds)
+            return GroupSettings(
+                self.default_slots, self.lease_seconds, self.cooldown_secs, False, self.max_failures
+            )
         return None
 
     @property
@@ -196,14 +220,28 @@ class _Reader:
             raise self.fail(name, f"no such file: {path}")
         return path
 
-    def seconds(self, doc: dict[str, Any], key: str) -> float:
-        name = f"limits.{key}"
-        value = doc.get(key, 10)
+    def seconds(
+        self,
+        doc: dict[str, Any],
+        key: str,
+        table: str = "limits",
+        default: float = 10,
+        low: float = 0.1,
+        high: float = 3600,
+    ) -> float:
+        name = f"{table}.{key}" if table else key
+        value = doc.get(key, default)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise self.fail(name, f"must be a number of seconds, got {value!r}")
-        if not 0.1 <= value <= 3600:
-            raise self.fail(name, f"must be between 0.1 and 3600 seconds, got {value}")
+        if not low <= value <= high:
+            raise self.fail(name, f"must be between {low:g} and {high:g} seconds, got {value}")
         return float(value)
+
+    def bool_(self, doc: dict[str, Any], key: str, name: str) -> bool:
+        value = doc.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(name, f"must be true or false, got {value!r}")
+        return value
 
     def listen(self, value: object) -> tuple[Listen, ...]:
         items = [value] if isinstance(value, str) else value
@@ -241,6 +279,9 @@ _TOP = {
     "etcd",
     "auth",
     "limits",
+    "cooldown_secs",
+    "max_failures",
+    "queue",
 }
 
 
@@ -279,6 +320,14 @@ def load(path: Path) -> ServerSettings:
 
     default_slots = r.int_(doc, "default_slots", "default_slots", 1, 1)
     lease = r.int_(doc, "lease_seconds", "lease_seconds", DEFAULT_LEASE_SECONDS, 0)
+    cooldown = r.seconds(doc, "cooldown_secs", "", 0, 0, 86400)
+    max_failures = r.int_(doc, "max_failures", "max_failures", 0, 0)
+    queue_doc = r.table(doc, "queue", {"grace_secs", "expiry_secs", "max_wait_secs"})
+    queue = QueueSettings(
+        grace_secs=r.seconds(queue_doc, "grace_secs", "queue", 30, 0, 86400),
+        expiry_secs=r.seconds(queue_doc, "expiry_secs", "queue", 900, 1, 7 * 86400),
+        max_wait_secs=r.seconds(queue_doc, "max_wait_secs", "queue", 60, 0, 600),
+    )
 
     unknown = doc.get("unknown_groups", "create")
     if unknown not in ("reject", "create"):
@@ -294,14 +343,18 @@ def load(path: Path) -> ServerSettings:
             raise r.fail(key, f"group names must match {GROUP_PATTERN}")
         if isinstance(value, dict):
             for k in value:
-                if k not in ("slots", "lease_seconds"):
+                if k not in ("slots", "lease_seconds", "cooldown_secs", "paused", "max_failures"):
                     raise r.fail(f"{key}.{k}", "unknown key")
-            slots = r.int_(value, "slots", f"{key}.slots", default_slots, 1)
-            group_lease = r.int_(value, "lease_seconds", f"{key}.lease_seconds", lease, 0)
+            groups[name] = GroupSettings(
+                r.int_(value, "slots", f"{key}.slots", default_slots, 1),
+                r.int_(value, "lease_seconds", f"{key}.lease_seconds", lease, 0),
+                r.seconds(value, "cooldown_secs", key, cooldown, 0, 86400),
+                r.bool_(value, "paused", f"{key}.paused"),
+                r.int_(value, "max_failures", f"{key}.max_failures", max_failures, 0),
+            )
         else:
             slots = r.int_(raw_groups, name, key, default_slots, 1)
-            group_lease = lease
-        groups[name] = GroupSettings(slots, group_lease)
+            groups[name] = GroupSettings(slots, lease, cooldown, False, max_failures)
 
     tls = r.table(doc, "tls", {"cert_file", "key_file"})
     cert = r.file(tls, "cert_file", "tls.cert_file")
@@ -379,4 +432,7 @@ def load(path: Path) -> ServerSettings:
         node_tokens={node: secret.value for node, secret in nodes.items()},
         limits=limits,
         warnings=tuple(warnings),
+        cooldown_secs=cooldown,
+        max_failures=max_failures,
+        queue=queue,
     )

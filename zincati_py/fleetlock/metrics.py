@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from zincati_py.fleetlock.backends import Holder
+from zincati_py.fleetlock.decide import GroupState
 
 
 class ServerMetrics:
@@ -46,24 +46,68 @@ class ServerMetrics:
             ["group"],
             registry=r,
         )
+        self.grants = Counter("fleetlock_grants", "Reboot slots granted.", ["group"], registry=r)
+        self.queue_wait = Histogram(
+            "fleetlock_queue_wait_seconds",
+            "Time from joining the queue to the grant.",
+            ["group"],
+            buckets=(0, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+            registry=r,
+        )
+        self.failures = Counter(
+            "fleetlock_update_failures",
+            "Failed updates reported at steady-state, by target version.",
+            ["group", "version"],
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "fleetlock_queue_length", "Nodes waiting in the group's queue.", ["group"], registry=r
+        )
+        self.queue_oldest = Gauge(
+            "fleetlock_queue_oldest_wait_seconds",
+            "How long the queue's head has waited (0 when empty).",
+            ["group"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "fleetlock_group_paused", "1 if the group is paused.", ["group"], registry=r
+        )
+        self.halted = Gauge(
+            "fleetlock_version_halted",
+            "1 for a target version whose rollout the circuit breaker halted.",
+            ["group", "version"],
+            registry=r,
+        )
         self.backend_up = Gauge(
             "fleetlock_backend_up", "1 if the last backend read for /metrics succeeded.", registry=r
         )
 
     def set_groups(
-        self, slots: dict[str, int | None], holders: dict[str, list[Holder]], now: float
+        self,
+        slots: dict[str, int | None],
+        states: dict[str, GroupState],
+        paused: set[str],
+        now: float,
     ) -> None:
         """Replace the per-group gauges with a fresh snapshot (groups come and go)."""
-        for gauge in (self.slots, self.holders, self.oldest_age):
+        gauges = (self.slots, self.holders, self.oldest_age, self.queue_length)
+        for gauge in (*gauges, self.queue_oldest, self.paused, self.halted):
             gauge.clear()
-        for group in sorted(slots.keys() | holders.keys()):
-            live = [h for h in holders.get(group, []) if not h.expired(now)]
+        for group in sorted(slots.keys() | states.keys()):
+            state = states.get(group, GroupState())
+            live = [h for h in state.holders.values() if not h.expired(now)]
             count = slots.get(group)
             if count is not None:
                 self.slots.labels(group).set(count)
             self.holders.labels(group).set(len(live))
             oldest = min((h.acquired_at for h in live), default=now)
             self.oldest_age.labels(group).set(max(0.0, now - oldest))
+            self.queue_length.labels(group).set(len(state.queue))
+            head = min((w.since for w in state.queue), default=now)
+            self.queue_oldest.labels(group).set(max(0.0, now - head))
+            self.paused.labels(group).set(int(state.paused is not None or group in paused))
+            for version in state.halted:
+                self.halted.labels(group, version).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,9 +5,18 @@ takes a reboot slot, ``POST v1/steady-state`` releases it, both with the header
 ``fleet-lock-protocol: true`` and the body ``{"client_params": {"id": ..., "group": ...}}``.
 Any 2xx is success; errors carry ``{"kind": ..., "value": ...}``.
 
-Our extension: a ``pre-reboot`` success body carries ``{"lease_seconds": N}``, the seconds
-from now until the slot is taken back unless the holder renews (re-sends ``pre-reboot``) or
-releases it. Clients that ignore the body are unaffected.
+Our extensions, all optional, ignored by other implementations, absent from Zincati's requests
+(which are answered exactly as before):
+
+- a ``pre-reboot`` success body carries ``{"lease_seconds": N}``, the seconds from now until
+  the slot is taken back unless the holder renews (re-sends ``pre-reboot``) or releases it;
+- request header ``fleet-lock-wait: SECONDS``: the client can wait; a full group answers when
+  the client reaches the head of the queue and a slot is free, or refuses at the deadline
+  (``group_full`` with ``position`` and ``queue_length``);
+- ``client_params`` may carry ``from_version``/``to_version`` (``pre-reboot``) and
+  ``booted_version``/``health`` ("healthy" or "failed", ``steady-state``): the rollout
+  circuit breaker's inputs;
+- ``steady-state`` answers the header ``fleet-lock-released: true|false``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,11 @@ HEADER: Final = "fleet-lock-protocol"
 # Our server's answer to steady-state says whether a slot was released ("true"/"false"), in a
 # header so that the body stays exactly what Zincati and airlock expect.
 RELEASED_HEADER: Final = "fleet-lock-released"
+WAIT_HEADER: Final = "fleet-lock-wait"
+HISTORY: Final = "v1/history"
+ROLLOUTS: Final = "v1/rollouts"
+ADMIN_GROUP: Final = "v1/admin/group"
+HEALTH_VALUES: Final = ("healthy", "failed")
 PRE_REBOOT: Final = "v1/pre-reboot"
 STEADY_STATE: Final = "v1/steady-state"
 GROUPS: Final = "v1/groups"
@@ -47,6 +61,9 @@ class Kind:
     INTERNAL: Final = "internal_error"
     BACKEND_UNAVAILABLE: Final = "backend_unavailable"
     REQUEST_TIMEOUT: Final = "request_timeout"
+    GROUP_PAUSED: Final = "group_paused"
+    ROLLOUT_HALTED: Final = "rollout_halted"
+    VERSION_HELD: Final = "version_held"
     # Client side only: no HTTP answer at all (connection refused, timeout, TLS failure).
     TRANSPORT: Final = "transport"
 
@@ -64,16 +81,21 @@ STATUS: Final[dict[str, int]] = {
     Kind.INTERNAL: 500,
     Kind.BACKEND_UNAVAILABLE: 503,
     Kind.REQUEST_TIMEOUT: 408,
+    Kind.GROUP_PAUSED: 409,
+    Kind.ROLLOUT_HALTED: 409,
+    Kind.VERSION_HELD: 409,
 }
 
 
 class ProtocolError(Exception):
     """A request the server refuses: ``kind`` and ``value`` go into the error body."""
 
-    def __init__(self, kind: str, value: str) -> None:
+    def __init__(self, kind: str, value: str, extra: dict[str, Any] | None = None) -> None:
         super().__init__(f"{kind}: {value}")
         self.kind = kind
         self.value = value
+        # More keys for the error body (only for clients that use our extensions).
+        self.extra = extra or {}
 
     @property
     def status(self) -> int:
@@ -92,13 +114,22 @@ def loads(raw: bytes | str) -> Any:
         return _INVALID
 
 
+_OPTIONAL = ("from_version", "to_version", "booted_version", "health")
+
+
 @dataclass(frozen=True)
 class ClientParams:
     id: str
     group: str
+    from_version: str | None = None
+    to_version: str | None = None
+    booted_version: str | None = None
+    health: str | None = None
 
     def to_body(self) -> bytes:
-        return json.dumps({"client_params": {"id": self.id, "group": self.group}}).encode()
+        params = {"id": self.id, "group": self.group}
+        params.update({k: v for k in _OPTIONAL if (v := getattr(self, k)) is not None})
+        return json.dumps({"client_params": params}).encode()
 
     @classmethod
     def from_body(cls, raw: bytes) -> ClientParams:
@@ -122,11 +153,27 @@ class ClientParams:
             raise ProtocolError(
                 Kind.INVALID_BODY, f"'client_params.group' must match {GROUP_PATTERN}"
             )
-        return cls(id=node_id, group=group)
+        extra: dict[str, str] = {}
+        for key in _OPTIONAL:
+            value = params.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+                raise ProtocolError(
+                    Kind.INVALID_BODY, f"'client_params.{key}' must be a non-empty string"
+                )
+            if not value.isprintable():
+                raise ProtocolError(Kind.INVALID_BODY, f"'client_params.{key}' is not printable")
+            extra[key] = value
+        if extra.get("health") not in (None, *HEALTH_VALUES):
+            raise ProtocolError(
+                Kind.INVALID_BODY, "'client_params.health' must be 'healthy' or 'failed'"
+            )
+        return cls(id=node_id, group=group, **extra)
 
 
-def error_body(kind: str, value: str) -> bytes:
-    return json.dumps({"kind": kind, "value": value}).encode()
+def error_body(kind: str, value: str, extra: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"kind": kind, "value": value, **(extra or {})}).encode()
 
 
 _FALLBACK_KINDS: Final[dict[int, str]] = {

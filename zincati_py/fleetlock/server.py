@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -24,10 +26,18 @@ from typing import Any
 
 from aiohttp import web
 
-from zincati_py.fleetlock import protocol
+from zincati_py.fleetlock import admin, protocol
 from zincati_py.fleetlock.backends import Backend, BackendUnavailable, Holder, open_backend
 from zincati_py.fleetlock.config import ConfigError, GroupSettings, ServerSettings
 from zincati_py.fleetlock.config import load as load_config
+from zincati_py.fleetlock.decide import (
+    LockOutcome,
+    LockRequest,
+    Policy,
+    decide_lock,
+    decide_tick,
+    decide_unlock,
+)
 from zincati_py.fleetlock.guard import (
     GuardedRunner,
     GuardedServer,
@@ -37,6 +47,7 @@ from zincati_py.fleetlock.guard import (
 )
 from zincati_py.fleetlock.metrics import ServerMetrics
 from zincati_py.fleetlock.protocol import ClientParams, Kind, ProtocolError
+from zincati_py.fleetlock.waiters import RECHECK_SECS, Waiters
 
 log = logging.getLogger("zincati_py.fleetlock.server")
 audit = logging.getLogger("zincati_py.fleetlock.audit")
@@ -55,9 +66,11 @@ def _json(doc: Any, status: int = 200) -> web.Response:
     )
 
 
-def _error(kind: str, value: str, status: int | None = None) -> web.Response:
+def _error(
+    kind: str, value: str, status: int | None = None, extra: dict[str, Any] | None = None
+) -> web.Response:
     resp = web.Response(
-        body=protocol.error_body(kind, value),
+        body=protocol.error_body(kind, value, extra),
         status=status or protocol.STATUS.get(kind, 500),
         content_type="application/json",
     )
@@ -66,14 +79,9 @@ def _error(kind: str, value: str, status: int | None = None) -> web.Response:
     return resp
 
 
-def _holder_view(h: Holder, now: float) -> dict[str, Any]:
-    return {
-        "id": h.id,
-        "acquired_at": h.acquired_at,
-        "expires_at": h.expires_at,
-        "age_seconds": round(now - h.acquired_at, 3),
-        "expires_in_seconds": None if h.expires_at is None else round(h.expires_at - now, 3),
-    }
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 class FleetLockServer:
@@ -83,6 +91,7 @@ class FleetLockServer:
         self.config = config
         self.backend = backend or open_backend(config.backend, **config.backend_options())
         self.metrics = ServerMetrics()
+        self.waiters = Waiters(self.tick)
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -97,9 +106,7 @@ class FleetLockServer:
         r = app.router
         r.add_post(f"{p}/{protocol.PRE_REBOOT}", self._pre_reboot, name="pre-reboot")
         r.add_post(f"{p}/{protocol.STEADY_STATE}", self._steady_state, name="steady-state")
-        r.add_get(f"{p}/{protocol.GROUPS}", self._groups, name="groups")
-        r.add_get(f"{p}/{protocol.GROUPS}/{{group}}", self._group, name="group")
-        r.add_post(f"{p}/{protocol.ADMIN_RELEASE}", self._admin_release, name="admin-release")
+        admin.add_routes(self, r, p)
         r.add_get(f"{p}/healthz", self._healthz, name="healthz")
         r.add_get(f"{p}/readyz", self._readyz, name="readyz")
         r.add_get(f"{p}/metrics", self._metrics, name="metrics")
@@ -129,7 +136,7 @@ class FleetLockServer:
             kind = "ok"
         except ProtocolError as exc:
             kind = exc.kind
-            resp = _error(exc.kind, exc.value)
+            resp = _error(exc.kind, exc.value, extra=exc.extra)
         except BackendUnavailable as exc:
             kind = Kind.BACKEND_UNAVAILABLE
             log.warning("backend unavailable: %s", exc)
@@ -194,6 +201,15 @@ class FleetLockServer:
             raise ProtocolError(Kind.UNAUTHORIZED, "the admin bearer token is required")
         raise ProtocolError(Kind.FORBIDDEN, "this token is not the admin token")
 
+    def authorize_admin(self, request: web.Request) -> None:
+        self._authorize_admin(request)
+
+    async def params(self, request: web.Request) -> ClientParams:
+        return await self._params(request, need_header=False)
+
+    async def backend_call(self, op: Awaitable[Any], *, change: bool = False) -> Any:
+        return await self._backend(op, change=change)
+
     def _group_config(self, group: str) -> GroupSettings:
         found = self.config.group(group)
         if found is None:
@@ -224,86 +240,168 @@ class FleetLockServer:
 
     # -- FleetLock protocol --------------------------------------------------------------------
 
+    def policy(self, group: str) -> Policy:
+        """The group's configured behaviour; ProtocolError for an unknown group."""
+        gc = self._group_config(group)
+        q = self.config.queue
+        return Policy(
+            slots=gc.slots,
+            lease_seconds=gc.lease_seconds,
+            cooldown_secs=gc.cooldown_secs,
+            grace_secs=q.grace_secs,
+            queue_ttl_secs=q.expiry_secs,
+            paused=gc.paused,
+            max_failures=gc.max_failures,
+        )
+
+    def _wait_secs(self, request: web.Request) -> float:
+        raw = request.headers.get(protocol.WAIT_HEADER)
+        if raw is None:
+            return 0.0
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not math.isfinite(value) or value < 0:
+            raise ProtocolError(
+                Kind.INVALID_HEADER, f"header '{protocol.WAIT_HEADER}' must be seconds >= 0"
+            )
+        return min(value, self.config.queue.max_wait_secs)
+
+    def after(self, group: str, outcome: Any) -> None:
+        """Bookkeeping after any decision: expiries, ledger-worthy events in the log and
+        metrics, waking the waiters offered a slot, the group's next timer."""
+        self._note_expired(group, outcome.expired)
+        for event in outcome.events:
+            if event.kind == "grant":
+                self.metrics.grants.labels(group).inc()
+                self.metrics.queue_wait.labels(group).observe(event.detail.get("waited_secs", 0))
+                log.info("slot in group %s granted to %s", group, event.node)
+            elif event.kind == "release":
+                log.info("slot in group %s released by %s", group, event.node)
+            elif event.kind == "failure":
+                self.metrics.failures.labels(group, event.to_version or "").inc()
+                log.warning("%s reported a failed update to %s", event.node, event.to_version)
+            elif event.kind == "halt":
+                audit.warning(
+                    "rollout of %s halted in group %s after %s failures",
+                    event.to_version,
+                    group,
+                    event.detail.get("failures"),
+                )
+        for holder in outcome.handed:
+            if not self.waiters.hand_over(group, holder):
+                # Its request went away meanwhile: the lease (or its next ask) settles it.
+                log.info("slot handed to %s in group %s, whose request had ended", holder.id, group)
+        self.waiters.wake(group, outcome.offered)
+        self.waiters.schedule(group, outcome.next_change)
+
+    async def tick(self, group: str) -> None:
+        """Re-evaluate a group now (timers, the sweeper, admin changes)."""
+        try:
+            policy = self.policy(group)
+        except ProtocolError:
+            return
+        now = time.time()
+        try:
+            outcome = await self._backend(
+                self.backend.apply(
+                    group,
+                    functools.partial(
+                        decide_tick, policy=policy, now=now, present=self.waiters.present(group)
+                    ),
+                )
+            )
+        except BackendUnavailable as exc:
+            log.warning("re-evaluating group %s failed: %s", group, exc)
+            return
+        self.after(group, outcome)
+
+    # -- FleetLock protocol --------------------------------------------------------------------
+
     async def _pre_reboot(self, request: web.Request) -> web.Response:
         params = await self._params(request)
         self._authorize_node(request, params.id)
-        gc = self._group_config(params.group)
-        now = time.time()
-        outcome = await self._backend(
-            self.backend.lock(params.group, params.id, gc.slots, gc.lease_seconds, now),
-            change=True,
-        )
-        self._note_expired(params.group, outcome.expired)
-        if not outcome.granted:
-            raise ProtocolError(
-                Kind.GROUP_FULL,
-                f"all {gc.slots} reboot slot(s) of group {params.group!r} are taken",
+        policy = self.policy(params.group)
+        wait = self._wait_secs(request)
+        deadline = time.monotonic() + wait
+        lock = LockRequest(params.id, params.from_version, params.to_version)
+        while True:
+            now = time.time()
+            decide = functools.partial(
+                decide_lock,
+                request=lock,
+                policy=policy,
+                lease_seconds=policy.lease_seconds,
+                now=now,
+                present=self.waiters.present(params.group),
             )
-        if outcome.written:
-            log.info("slot in group %s granted to %s", params.group, params.id)
+            outcome = await self._backend(self.backend.apply(params.group, decide), change=True)
+            self.after(params.group, outcome)
+            if outcome.granted:
+                break
+            left = deadline - time.monotonic()
+            waitable = outcome.refusal in (Kind.GROUP_FULL, Kind.GROUP_PAUSED)
+            if not waitable or left <= 0 or _client_gone(request):
+                raise self._refusal(params.group, policy, outcome, extended=wait > 0)
+            handed = await self.waiters.wait(
+                params.group,
+                params.id,
+                min(left, RECHECK_SECS),
+                outcome.next_change,
+                alive=lambda: not _client_gone(request),
+            )
+            if isinstance(handed, Holder):
+                # Granted in the write that freed the slot.
+                now = time.time()
+                outcome = LockOutcome(True, handed)
+                if _client_gone(request):
+                    # Nobody to tell: give the slot back rather than idle it for a lease.
+                    give_back = functools.partial(
+                        decide_unlock, node=params.id, policy=policy, now=now
+                    )
+                    self.after(params.group, await self._backend(
+                        self.backend.apply(params.group, give_back), change=True
+                    ))  # fmt: skip
+                break
         lease = outcome.lease_seconds(now)
         return _json({} if lease is None else {"lease_seconds": lease})
+
+    def _refusal(
+        self, group: str, policy: Policy, outcome: LockOutcome, *, extended: bool
+    ) -> ProtocolError:
+        kind = outcome.refusal or Kind.GROUP_FULL
+        value = {
+            Kind.GROUP_FULL: f"all {policy.slots} reboot slot(s) of group {group!r} are taken",
+            Kind.GROUP_PAUSED: f"group {group!r} is paused: no new reboot slots",
+            Kind.ROLLOUT_HALTED: f"the rollout of this version is halted in group {group!r}",
+            Kind.VERSION_HELD: f"group {group!r} is held at another version",
+        }.get(kind, kind)
+        extra = (
+            {"position": outcome.position, "queue_length": outcome.queue_length}
+            if extended and outcome.position is not None
+            else None
+        )
+        return ProtocolError(kind, value, extra)
 
     async def _steady_state(self, request: web.Request) -> web.Response:
         params = await self._params(request)
         self._authorize_node(request, params.id)
-        self._group_config(params.group)
-        outcome = await self._backend(
-            self.backend.unlock(params.group, params.id, time.time()), change=True
+        policy = self.policy(params.group)
+        decide = functools.partial(
+            decide_unlock,
+            node=params.id,
+            policy=policy,
+            now=time.time(),
+            booted_version=params.booted_version,
+            health=params.health,
+            present=self.waiters.present(params.group),
         )
-        self._note_expired(params.group, outcome.expired)
-        if outcome.released:
-            log.info("slot in group %s released by %s", params.group, params.id)
+        outcome = await self._backend(self.backend.apply(params.group, decide), change=True)
+        self.after(params.group, outcome)
         resp = _json({})
         resp.headers[protocol.RELEASED_HEADER] = "true" if outcome.released else "false"
         return resp
-
-    # -- admin ---------------------------------------------------------------------------------
-
-    def _group_view(self, name: str, holders: list[Holder], now: float) -> dict[str, Any]:
-        gc = self.config.group(name)
-        live = [h for h in holders if not h.expired(now)]
-        return {
-            "group": name,
-            "configured": name in self.config.groups,
-            "slots": gc.slots if gc else None,
-            "lease_seconds": gc.lease_seconds if gc else None,
-            "holders": [_holder_view(h, now) for h in live],
-        }
-
-    async def _groups(self, request: web.Request) -> web.Response:
-        self._authorize_admin(request)
-        stored = await self._backend(self.backend.all_holders())
-        now = time.time()
-        names = sorted(self.config.groups.keys() | stored.keys())
-        return _json({"groups": [self._group_view(n, stored.get(n, []), now) for n in names]})
-
-    async def _group(self, request: web.Request) -> web.Response:
-        self._authorize_admin(request)
-        name = request.match_info["group"]
-        if not protocol.GROUP_RE.fullmatch(name):
-            raise ProtocolError(Kind.INVALID_BODY, f"group names match {protocol.GROUP_PATTERN}")
-        holders = await self._backend(self.backend.holders(name))
-        if self.config.group(name) is None and not holders:
-            raise ProtocolError(Kind.UNKNOWN_GROUP, f"unknown group {name!r}")
-        return _json(self._group_view(name, holders, time.time()))
-
-    async def _admin_release(self, request: web.Request) -> web.Response:
-        self._authorize_admin(request)
-        params = await self._params(request, need_header=False)
-        # No group check: an admin must be able to clear a group removed from the config.
-        outcome = await self._backend(self.backend.unlock(params.group, params.id, time.time()))
-        self._note_expired(params.group, outcome.expired)
-        if outcome.released:
-            self.metrics.admin_releases.labels(params.group).inc()
-        audit.warning(
-            "admin release: group=%s id=%s released=%s from=%s",
-            params.group,
-            params.id,
-            outcome.released,
-            request.remote or "unix-socket",
-        )
-        return _json({"released": outcome.released})
 
     # -- probes and metrics --------------------------------------------------------------------
 
@@ -317,15 +415,16 @@ class FleetLockServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         slots: dict[str, int | None] = {n: g.slots for n, g in self.config.groups.items()}
         try:
-            stored = await self._backend(self.backend.all_holders())
+            states = await self._backend(self.backend.all_states())
             self.metrics.backend_up.set(1)
         except BackendUnavailable:
-            stored = {}
+            states = {}
             self.metrics.backend_up.set(0)
-        for name in stored:
+        for name in states:
             gc = self.config.group(name)
             slots.setdefault(name, gc.slots if gc else None)
-        self.metrics.set_groups(slots, stored, time.time())
+        paused = {n for n, g in self.config.groups.items() if g.paused}
+        self.metrics.set_groups(slots, states, paused, time.time())
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
@@ -339,12 +438,17 @@ class FleetLockServer:
         return min(30.0, max(0.5, min(positive) / 4)) if positive else 30.0
 
     async def sweep_once(self) -> None:
-        """Free the slots of holders whose lease ran out (lock requests do it too, lazily)."""
+        """Free the slots of holders whose lease ran out, drop queue entries of nodes that
+        stopped asking (requests do it too, lazily)."""
         now = time.time()
-        stored = await self._backend(self.backend.all_holders())
-        for group, holders in stored.items():
-            if any(h.expired(now) for h in holders):
-                self._note_expired(group, await self._backend(self.backend.expire(group, now)))
+        ttl = self.config.queue.expiry_secs
+        for group, state in (await self._backend(self.backend.all_states())).items():
+            if (
+                any(h.expired(now) for h in state.holders.values())
+                or any(now - w.seen >= ttl for w in state.queue)
+                or state.released
+            ):
+                await self.tick(group)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -432,6 +536,7 @@ class FleetLockServer:
         return self.addresses
 
     async def stop(self) -> None:
+        await self.waiters.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

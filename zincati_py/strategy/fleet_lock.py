@@ -2,7 +2,10 @@
 
 Lifecycle (Zincati's, plus leases):
 
-- ``can_finalize``: ``pre-reboot`` until granted. A full group (409, or 423 from some servers)
+- ``can_finalize``: ``pre-reboot`` until granted, saying it can wait ``lock_wait_secs``
+  (header ``fleet-lock-wait``): our server then answers when this node reaches the head of
+  the group's fair queue and a slot frees, so a fleet rolls without polling. A full group
+  (409, or 423 from some servers)
   and any failure (no answer, 5xx, other 4xx) deny with ``recheck_at`` = now + capped
   exponential backoff with jitter; the strategy never sleeps in the caller. A grant resets the
   backoff. Re-asking while holding re-sends ``pre-reboot`` (idempotent), confirming the slot.
@@ -63,6 +66,9 @@ class FleetLock(Strategy):
     initial_backoff_secs: ClassVar[float] = 5.0
     # Renew a lease when this fraction of it has passed.
     renew_fraction: ClassVar[float] = 2 / 3
+    # How long our lock server may hold a pre-reboot while the group is full (its fair
+    # queue answers as soon as this node's turn comes); other servers answer at once.
+    lock_wait_secs: ClassVar[float] = 30.0
 
     def __init__(self, ctx: StrategyContext) -> None:
         super().__init__(ctx)
@@ -167,7 +173,7 @@ class FleetLock(Strategy):
         task, self._release = self._release, None
         await self._cancel(task)
         try:
-            grant = await self._get_client().pre_reboot()
+            grant = await self._get_client().pre_reboot(wait=self.lock_wait_secs)
         except FleetLockError as exc:
             await self._auth_failed(exc)
             delay = self._lock_backoff.next_delay()

@@ -1,16 +1,42 @@
-"""Storage for reboot slots: the decision logic shared by every backend, and the interface.
+"""Storage for groups' states: the interface every backend implements.
 
-A group's state is the set of its holders. Backends only load and store that set atomically
-(SQLite: one transaction; etcd: one compare-and-swap); what a request does to it is decided
-here, once, by the ``decide_*`` functions (``(new holders or None for "write nothing",
-outcome)``), so backends cannot disagree.
+A backend loads and stores one group's :class:`~zincati_py.fleetlock.decide.GroupState`
+atomically (SQLite: one transaction; etcd: one compare-and-swap), together with the ledger
+events of that change; what a request does to the state is decided in
+:mod:`zincati_py.fleetlock.decide`, once, so backends cannot disagree.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from zincati_py.fleetlock.decide import (
+    Event,
+    GroupState,
+    Holder,
+    LockOutcome,
+    UnlockOutcome,
+)
+
+__all__ = [
+    "Backend",
+    "BackendMissing",
+    "BackendUnavailable",
+    "Decide",
+    "Event",
+    "GroupState",
+    "Holder",
+    "LockOutcome",
+    "UnlockOutcome",
+    "events_of",
+    "open_backend",
+]
+
+T = TypeVar("T")
+# state -> (new state, or None for "write nothing"; the caller's result, with .events)
+Decide = Callable[[GroupState], tuple[GroupState | None, T]]
 
 
 class BackendUnavailable(Exception):
@@ -21,134 +47,52 @@ class BackendMissing(Exception):
     """The configured backend's client library is not installed."""
 
 
-@dataclass(frozen=True)
-class Holder:
-    id: str
-    acquired_at: float
-    # None: the holder's lease never expires (lease_seconds = 0).
-    expires_at: float | None
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
-
-    def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "acquired_at": self.acquired_at, "expires_at": self.expires_at}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, object]) -> Holder:
-        acquired = doc["acquired_at"]
-        expires = doc.get("expires_at")
-        if not isinstance(doc["id"], str) or not isinstance(acquired, int | float):
-            raise ValueError(f"bad holder record: {doc!r}")
-        if expires is not None and not isinstance(expires, int | float):
-            raise ValueError(f"bad holder record: {doc!r}")
-        return cls(id=doc["id"], acquired_at=float(acquired), expires_at=expires)
+def events_of(result: Any) -> tuple[Event, ...]:
+    events = getattr(result, "events", ())
+    return tuple(events) if isinstance(events, tuple) else ()
 
 
-@dataclass(frozen=True)
-class LockOutcome:
-    granted: bool
-    # The caller's holder record after the operation (None when not granted).
-    holder: Holder | None
-    # Holders whose lease had run out and that this operation removed.
-    expired: tuple[Holder, ...] = ()
-    # Live holders after the operation.
-    holders: int = 0
-    # Whether the store was written; a holder re-locking well inside its lease is not.
-    written: bool = False
-
-    def lease_seconds(self, now: float) -> int | None:
-        if self.holder is None or self.holder.expires_at is None:
-            return None
-        return max(0, math.ceil(self.holder.expires_at - now - 1e-6))
-
-
-@dataclass(frozen=True)
-class UnlockOutcome:
-    released: bool
-    expired: tuple[Holder, ...] = ()
-    written: bool = False
-
-
-def _split_expired(
-    holders: dict[str, Holder], now: float
-) -> tuple[dict[str, Holder], tuple[Holder, ...]]:
-    live = {k: h for k, h in holders.items() if not h.expired(now)}
-    gone = tuple(h for h in holders.values() if h.expired(now))
-    return live, gone
-
-
-def decide_lock(
-    holders: dict[str, Holder], node_id: str, slots: int, lease_seconds: int, now: float
-) -> tuple[dict[str, Holder] | None, LockOutcome]:
-    """RecursiveLock with leases.
-
-    A holder re-locking renews its lease, but only once less than half of it is left: a
-    re-lock early in the lease writes nothing (and reports the time left), while a client
-    renewing "well before expiry" always gets a fresh full lease. Expired holders are dropped
-    first so they never count against the slots. Slots only gate new holders: lowering them
-    never evicts anyone.
-    """
-    live, gone = _split_expired(holders, now)
-    expires = now + lease_seconds if lease_seconds > 0 else None
-    mine = live.get(node_id)
-    if mine is not None:
-        stale = (mine.expires_at is None) != (expires is None) or (
-            mine.expires_at is not None and mine.expires_at - now < lease_seconds / 2
-        )
-        if stale:
-            mine = Holder(node_id, mine.acquired_at, expires)
-            live[node_id] = mine
-        write = stale or bool(gone)
-        outcome = LockOutcome(True, mine, gone, len(live), write)
-        return (live if write else None), outcome
-    if len(live) >= slots:
-        outcome = LockOutcome(False, None, gone, len(live), bool(gone))
-        return (live if gone else None), outcome
-    mine = Holder(node_id, now, expires)
-    live[node_id] = mine
-    return live, LockOutcome(True, mine, gone, len(live), True)
-
-
-def decide_unlock(
-    holders: dict[str, Holder], node_id: str, now: float
-) -> tuple[dict[str, Holder] | None, UnlockOutcome]:
-    """UnlockIfHeld: releasing a slot one does not hold succeeds and writes nothing."""
-    live, gone = _split_expired(holders, now)
-    released = live.pop(node_id, None) is not None
-    write = released or bool(gone)
-    return (live if write else None), UnlockOutcome(released, gone, write)
-
-
-def decide_expire(
-    holders: dict[str, Holder], now: float
-) -> tuple[dict[str, Holder] | None, tuple[Holder, ...]]:
-    live, gone = _split_expired(holders, now)
-    return (live if gone else None), gone
+def history_filter(
+    doc: dict[str, Any],
+    group: str | None,
+    node: str | None,
+    version: str | None,
+    since: float | None,
+) -> bool:
+    return (
+        (group is None or doc.get("group") == group)
+        and (node is None or doc.get("node") == node)
+        and (version is None or version in (doc.get("to_version"), doc.get("from_version")))
+        and (since is None or doc.get("at", 0) >= since)
+    )
 
 
 class Backend(ABC):
-    """Atomic per-group operations. Every method may raise :class:`BackendUnavailable`."""
+    """Atomic per-group changes. Every method may raise :class:`BackendUnavailable`."""
 
     @abstractmethod
-    async def lock(
-        self, group: str, node_id: str, slots: int, lease_seconds: int, now: float
-    ) -> LockOutcome: ...
+    async def apply(self, group: str, decide: Decide[T]) -> T:
+        """Apply ``decide`` to the group's state atomically; store its events with it."""
 
     @abstractmethod
-    async def unlock(self, group: str, node_id: str, now: float) -> UnlockOutcome: ...
+    async def state(self, group: str) -> GroupState:
+        """The group's stored state (expired holders included: callers filter by time)."""
 
     @abstractmethod
-    async def expire(self, group: str, now: float) -> tuple[Holder, ...]:
-        """Drop the group's expired holders; returns them."""
+    async def all_states(self) -> dict[str, GroupState]:
+        """Every group that has a stored state."""
 
     @abstractmethod
-    async def holders(self, group: str) -> list[Holder]:
-        """Stored holders (expired ones included: callers filter by time)."""
-
-    @abstractmethod
-    async def all_holders(self) -> dict[str, list[Holder]]:
-        """Every group that has stored holders."""
+    async def history(
+        self,
+        *,
+        group: str | None = None,
+        node: str | None = None,
+        version: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Ledger events, oldest first (the newest ``limit`` of those matching)."""
 
     @abstractmethod
     async def ping(self) -> None:
@@ -156,6 +100,17 @@ class Backend(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    async def holders(self, group: str) -> list[Holder]:
+        found = (await self.state(group)).holders
+        return sorted(found.values(), key=lambda h: (h.acquired_at, h.id))
+
+    async def all_holders(self) -> dict[str, list[Holder]]:
+        return {
+            g: sorted(s.holders.values(), key=lambda h: (h.acquired_at, h.id))
+            for g, s in (await self.all_states()).items()
+            if s.holders
+        }
 
 
 def open_backend(spec: str, **options: str | None) -> Backend:

@@ -1,9 +1,11 @@
 """etcd v3 backend (for HA: several servers can share one etcd cluster).
 
-One key per group, ``{key_prefix}groups/{group}``, holding ``{"holders": [...]}``. A change is
-one transaction comparing the key's ``mod_revision`` with the one seen (compare-and-swap); a
-request that changes nothing (re-lock early in the lease, unlock of a slot not held, lock of a
-full group) writes nothing. The etcd client (aetcd, gRPC) is created once and reused.
+One key per group, ``{key_prefix}groups/{group}``, holding the group's state
+(``{"holders": [...], "queue": [...], ...}``). A change is one transaction comparing the key's
+``mod_revision`` with the one seen (compare-and-swap), which also puts the change's ledger
+events (``{key_prefix}ledger/{microseconds}-{random}-{index}``); a request that changes nothing
+(re-lock early in the lease, unlock of a slot not held, a queued node asking again) writes
+nothing. The etcd client (aetcd, gRPC) is created once and reused.
 
 Writes of this process for one group are group-committed: while one transaction is in flight,
 further changes queue and then go into the next transaction together (decided in order on the
@@ -18,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,17 +33,13 @@ import grpc  # type: ignore[import-untyped]
 from zincati_py.fleetlock.backends import (
     Backend,
     BackendUnavailable,
-    Holder,
-    LockOutcome,
-    UnlockOutcome,
-    decide_expire,
-    decide_lock,
-    decide_unlock,
+    Decide,
+    GroupState,
+    events_of,
+    history_filter,
 )
 
 T = TypeVar("T")
-# holders -> (new holders, or None for "write nothing"; the caller's result)
-Decide = Callable[[dict[str, Holder]], tuple[dict[str, Holder] | None, T]]
 
 CAS_ATTEMPTS = 32
 RPC_TIMEOUT = 5
@@ -112,9 +110,9 @@ class EtcdBackend(Backend):
             defaultdict(list)
         )
         self._flushers: dict[str, asyncio.Task[None]] = {}
-        # group -> (holders, mod_revision) as this process last saw them; a hint only: every
+        # group -> (state, mod_revision) as this process last saw them; a hint only: every
         # write is a compare-and-swap against the revision, so a stale entry costs a retry.
-        self._cache: dict[str, tuple[dict[str, Holder], int]] = {}
+        self._cache: dict[str, tuple[GroupState, int]] = {}
         # Compare-and-swaps lost (and retried), for tests and diagnostics.
         self.conflicts = 0
 
@@ -150,15 +148,16 @@ class EtcdBackend(Backend):
         raise BackendUnavailable(f"etcd unreachable: {last}")
 
     @staticmethod
-    def _decode(value: bytes) -> dict[str, Holder]:
-        doc = json.loads(value)
-        return {h["id"]: Holder.from_json(h) for h in doc["holders"]}
+    def _decode(value: bytes) -> GroupState:
+        return GroupState.from_json(json.loads(value))
 
-    async def _read(self, group: str) -> tuple[dict[str, Holder], int]:
+    async def _read(self, group: str) -> tuple[GroupState, int]:
         got = await self._call("get", self._key(group))
-        state = ({}, 0) if got is None else (self._decode(got.value), int(got.mod_revision))
-        self._cache[group] = state
-        return state
+        found = (
+            (GroupState(), 0) if got is None else (self._decode(got.value), int(got.mod_revision))
+        )
+        self._cache[group] = found
+        return found
 
     async def _swap(self, group: str, decide: Decide[T]) -> T:
         """Apply ``decide`` (holders -> (new holders or None, result)) to the group atomically.
@@ -220,7 +219,7 @@ class EtcdBackend(Backend):
         else:
             (holders, revision), confirmed = cached, False
         for attempt in range(CAS_ATTEMPTS):
-            state: dict[str, Holder] | None = None
+            state: GroupState | None = None
             results = []
             for decide in decides:
                 new, result = decide(holders if state is None else state)
@@ -232,20 +231,31 @@ class EtcdBackend(Backend):
                 (holders, revision), confirmed = await self._read(group), True
                 continue
             tx = self._client(self._current).transactions
-            if state:
-                doc = {"holders": [h.to_json() for h in state.values()]}
+            keep = not state.empty()
+            if keep:
+                doc = state.to_json()
                 write = tx.put(key, json.dumps(doc, separators=(",", ":")).encode())
             else:
                 write = tx.delete(key)
+            # Keys sort by time, then by order within this change.
+            events = [e for result in results for e in events_of(result)]
+            tag = os.urandom(4).hex()
+            ledger = [
+                tx.put(
+                    self.prefix + f"ledger/{int(e.at * 1e6):020d}-{tag}-{i:05d}".encode(),
+                    json.dumps(e.to_json(group), separators=(",", ":")).encode(),
+                )
+                for i, e in enumerate(events)
+            ]
             ok, responses = await self._call(
                 "transaction",
                 compare=[tx.mod(key) == revision],
-                success=[write],
+                success=[write, *ledger],
                 failure=[tx.get(key)],
             )
             if ok:
                 # A deleted key compares as mod_revision 0.
-                rev = int(responses[0].response_put.header.revision) if state else 0
+                rev = int(responses[0].response_put.header.revision) if keep else 0
                 self._cache[group] = (state, rev)
                 return results
             # Lost to a stale view: the failure branch carries the current value.
@@ -255,7 +265,7 @@ class EtcdBackend(Backend):
                 value, meta = current[0]
                 holders, revision = self._decode(value), int(meta.mod_revision)
             else:
-                holders, revision = {}, 0
+                holders, revision = GroupState(), 0
             self._cache[group], confirmed = (holders, revision), True
             # A first loss is usually a stale cache; more mean another server instance keeps
             # writing: back off with jitter.
@@ -265,31 +275,32 @@ class EtcdBackend(Backend):
             f"etcd: group {group!r} still contended after {CAS_ATTEMPTS} tries"
         )
 
-    async def lock(
-        self, group: str, node_id: str, slots: int, lease_seconds: int, now: float
-    ) -> LockOutcome:
-        return await self._swap(group, lambda h: decide_lock(h, node_id, slots, lease_seconds, now))
+    async def apply(self, group: str, decide: Decide[T]) -> T:
+        return await self._swap(group, decide)
 
-    async def unlock(self, group: str, node_id: str, now: float) -> UnlockOutcome:
-        return await self._swap(group, lambda h: decide_unlock(h, node_id, now))
-
-    async def expire(self, group: str, now: float) -> tuple[Holder, ...]:
-        return await self._swap(group, lambda h: decide_expire(h, now))
-
-    async def holders(self, group: str) -> list[Holder]:
+    async def state(self, group: str) -> GroupState:
         found, _ = await self._read(group)
-        return sorted(found.values(), key=lambda h: (h.acquired_at, h.id))
+        return found
 
-    async def all_holders(self) -> dict[str, list[Holder]]:
+    async def all_states(self) -> dict[str, GroupState]:
         base = self.prefix + b"groups/"
         found = await self._call("get_prefix", base)
-        out: dict[str, list[Holder]] = {}
-        for kv in found:
-            group = kv.key[len(base) :].decode()
-            out[group] = sorted(
-                self._decode(kv.value).values(), key=lambda h: (h.acquired_at, h.id)
-            )
-        return out
+        return {kv.key[len(base) :].decode(): self._decode(kv.value) for kv in found}
+
+    async def history(
+        self,
+        *,
+        group: str | None = None,
+        node: str | None = None,
+        version: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        found = await self._call("get_prefix", self.prefix + b"ledger/")
+        # Keys sort by time, then by the order of events within one change.
+        events = [json.loads(kv.value) for kv in sorted(found, key=lambda kv: kv.key)]
+        matching = [e for e in events if history_filter(e, group, node, version, since)]
+        return matching[-limit:]
 
     async def ping(self) -> None:
         await self._call("get", self.prefix + b"ping")

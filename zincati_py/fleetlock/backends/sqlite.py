@@ -1,42 +1,67 @@
-"""Embedded SQLite backend: one file, WAL, one transaction per operation.
+"""Embedded SQLite backend: one file, WAL, one transaction per change.
 
-Every commit is fsynced (``synchronous=FULL``) before the client hears "granted", so neither
-a SIGKILL nor a power cut can lose a grant and hand the slot out twice. SQLite calls block, so
-they run on one dedicated thread, which also serialises this process's writers; other
-processes sharing the file are serialised by ``BEGIN IMMEDIATE``.
+Holders are rows of ``holders``; the rest of a group's state (queue, cooldowns, pause,
+rollout counters) is one JSON document in ``groups``; ledger events are rows of ``ledger``,
+written in the same transaction as the change they record. Every commit is fsynced
+(``synchronous=FULL``) before the client hears the answer, so neither a SIGKILL nor a power
+cut can lose a grant and hand the slot out twice. SQLite calls block, so they run on one
+dedicated thread, which also serialises this process's writers; other processes sharing the
+file are serialised by ``BEGIN IMMEDIATE``.
+
+Group commit: changes that arrive while the thread is busy are applied together, in arrival
+order, in the next transaction (one fsync for all of them); each caller hears its answer only
+once that transaction committed, so "answered" still means "durable".
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from zincati_py.fleetlock.backends import (
     Backend,
     BackendUnavailable,
+    Decide,
+    GroupState,
     Holder,
-    LockOutcome,
-    UnlockOutcome,
-    decide_expire,
-    decide_lock,
-    decide_unlock,
+    events_of,
+    history_filter,
 )
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS holders (
-    grp TEXT NOT NULL,
-    id TEXT NOT NULL,
-    acquired_at REAL NOT NULL,
-    expires_at REAL,
-    PRIMARY KEY (grp, id)
-) WITHOUT ROWID
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS holders (
+        grp TEXT NOT NULL,
+        id TEXT NOT NULL,
+        acquired_at REAL NOT NULL,
+        expires_at REAL,
+        PRIMARY KEY (grp, id)
+    ) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS groups (grp TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS ledger (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        grp TEXT NOT NULL,
+        doc TEXT NOT NULL
+    )""",
+)
+_HOLDER_COLUMNS = ("from_version", "to_version")
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return  # the caller gave up (timeout): the change is committed all the same
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class SqliteBackend(Backend):
@@ -46,6 +71,16 @@ class SqliteBackend(Backend):
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetlock-sqlite")
         self._conn: sqlite3.Connection | None = None
+        # Changes waiting for the next transaction: (group, decide, future, loop).
+        self._pending: list[tuple[str, Decide[Any], asyncio.Future[Any]]] = []
+        self._pending_lock = threading.Lock()
+        # Transactions committed and changes they carried (group commit, for diagnostics).
+        self.commits = 0
+        self.changes = 0
+        # Parsed states as of this connection's last commit, valid while no other connection
+        # has committed since (PRAGMA data_version, which our own commits don't change).
+        self._cache: dict[str, GroupState] = {}
+        self._data_version: int | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -55,7 +90,13 @@ class SqliteBackend(Backend):
             conn.execute("PRAGMA busy_timeout = 5000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            conn.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            # Databases from before rollout tracking: add the holders' version columns.
+            have = {row[1] for row in conn.execute("PRAGMA table_info(holders)")}
+            for column in _HOLDER_COLUMNS:
+                if column not in have:
+                    conn.execute(f"ALTER TABLE holders ADD COLUMN {column} TEXT")
             self._conn = conn
         return self._conn
 
@@ -76,73 +117,143 @@ class SqliteBackend(Backend):
             raise BackendUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     @staticmethod
-    def _load(conn: sqlite3.Connection, group: str) -> dict[str, Holder]:
+    def _holder(row: tuple[Any, ...]) -> Holder:
+        return Holder(row[0], row[1], row[2], row[3], row[4])
+
+    def _load(self, conn: sqlite3.Connection, group: str) -> GroupState:
         rows = conn.execute(
-            "SELECT id, acquired_at, expires_at FROM holders WHERE grp = ?", (group,)
+            "SELECT id, acquired_at, expires_at, from_version, to_version FROM holders "
+            "WHERE grp = ?",
+            (group,),
         ).fetchall()
-        return {r[0]: Holder(r[0], r[1], r[2]) for r in rows}
+        holders = {r[0]: self._holder(r) for r in rows}
+        row = conn.execute("SELECT doc FROM groups WHERE grp = ?", (group,)).fetchone()
+        return GroupState.from_json(json.loads(row[0]) if row else {}, holders)
 
     @staticmethod
-    def _store(
-        conn: sqlite3.Connection, group: str, old: dict[str, Holder], new: dict[str, Holder]
-    ) -> None:
-        gone = [(group, k) for k in old.keys() - new.keys()]
+    def _store(conn: sqlite3.Connection, group: str, old: GroupState, new: GroupState) -> None:
+        gone = [(group, k) for k in old.holders.keys() - new.holders.keys()]
         conn.executemany("DELETE FROM holders WHERE grp = ? AND id = ?", gone)
         changed = [
-            (group, h.id, h.acquired_at, h.expires_at) for h in new.values() if old.get(h.id) != h
+            (group, h.id, h.acquired_at, h.expires_at, h.from_version, h.to_version)
+            for h in new.holders.values()
+            if old.holders.get(h.id) != h
         ]
-        conn.executemany("INSERT OR REPLACE INTO holders VALUES (?, ?, ?, ?)", changed)
+        conn.executemany(
+            "INSERT OR REPLACE INTO holders "
+            "(grp, id, acquired_at, expires_at, from_version, to_version) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            changed,
+        )
+        extras = new.extras_json()
+        if extras != old.extras_json():
+            if extras:
+                conn.execute(
+                    "INSERT OR REPLACE INTO groups VALUES (?, ?)",
+                    (group, json.dumps(extras, separators=(",", ":"))),
+                )
+            else:
+                conn.execute("DELETE FROM groups WHERE grp = ?", (group,))
 
-    async def lock(
-        self, group: str, node_id: str, slots: int, lease_seconds: int, now: float
-    ) -> LockOutcome:
-        def op(conn: sqlite3.Connection) -> LockOutcome:
+    async def apply(self, group: str, decide: Decide[T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((group, decide, future))
+        try:
+            await loop.run_in_executor(self._executor, self._drain, loop)
+        except (sqlite3.Error, OSError) as exc:
+            raise BackendUnavailable(f"sqlite {self.path}: {exc}") from exc
+        return await future
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the SQLite thread: every change queued so far, in one transaction."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return  # an earlier drain took this call's change
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
-            old = self._load(conn, group)
-            new, outcome = decide_lock(old, node_id, slots, lease_seconds, now)
-            if new is not None:
-                self._store(conn, group, old, new)
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._cache.clear()  # another process wrote: read everything afresh
+                self._data_version = version
+            loaded: dict[str, GroupState] = {}
+            states: dict[str, GroupState] = {}
+            ledger: list[tuple[float, str, str]] = []
+            for group, decide, future in batch:
+                if group not in states:
+                    cached = self._cache.get(group)
+                    loaded[group] = cached if cached is not None else self._load(conn, group)
+                    states[group] = loaded[group]
+                old = states[group]
+                try:
+                    new, result = decide(old)
+                except Exception as exc:  # a bug in one decision fails only its caller
+                    results.append((future, None, exc))
+                    continue
+                if new is not None:
+                    states[group] = new
+                    ledger += [
+                        (e.at, group, json.dumps(e.to_json(group), separators=(",", ":")))
+                        for e in events_of(result)
+                    ]
+                results.append((future, result, None))
+            # One write per group however many changes it took (each is decided on the
+            # state the previous one left).
+            for group, state in states.items():
+                if state is not loaded[group]:
+                    self._store(conn, group, loaded[group], state)
+            conn.executemany("INSERT INTO ledger (at, grp, doc) VALUES (?, ?, ?)", ledger)
             conn.execute("COMMIT")
-            return outcome
+            self._cache.update(states)
+            self.commits += 1
+            self.changes += len(batch)
+        except (sqlite3.Error, OSError) as exc:
+            self._cache.clear()
+            if self._conn is not None and self._conn.in_transaction:
+                self._conn.rollback()
+            failure = BackendUnavailable(f"sqlite {self.path}: {exc}")
+            results = [(future, None, failure) for _, _, future in batch]
+        for future, result, error in results:
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+    async def state(self, group: str) -> GroupState:
+        return await self._run(lambda conn: self._load(conn, group))
+
+    async def all_states(self) -> dict[str, GroupState]:
+        def op(conn: sqlite3.Connection) -> dict[str, GroupState]:
+            names = {r[0] for r in conn.execute("SELECT DISTINCT grp FROM holders")}
+            names |= {r[0] for r in conn.execute("SELECT grp FROM groups")}
+            return {name: self._load(conn, name) for name in sorted(names)}
 
         return await self._run(op)
 
-    async def unlock(self, group: str, node_id: str, now: float) -> UnlockOutcome:
-        def op(conn: sqlite3.Connection) -> UnlockOutcome:
-            conn.execute("BEGIN IMMEDIATE")
-            old = self._load(conn, group)
-            new, outcome = decide_unlock(old, node_id, now)
-            if new is not None:
-                self._store(conn, group, old, new)
-            conn.execute("COMMIT")
-            return outcome
-
-        return await self._run(op)
-
-    async def expire(self, group: str, now: float) -> tuple[Holder, ...]:
-        def op(conn: sqlite3.Connection) -> tuple[Holder, ...]:
-            conn.execute("BEGIN IMMEDIATE")
-            old = self._load(conn, group)
-            new, gone = decide_expire(old, now)
-            if new is not None:
-                self._store(conn, group, old, new)
-            conn.execute("COMMIT")
-            return gone
-
-        return await self._run(op)
-
-    async def holders(self, group: str) -> list[Holder]:
-        found = await self._run(lambda conn: self._load(conn, group))
-        return sorted(found.values(), key=lambda h: (h.acquired_at, h.id))
-
-    async def all_holders(self) -> dict[str, list[Holder]]:
-        def op(conn: sqlite3.Connection) -> dict[str, list[Holder]]:
-            out: dict[str, list[Holder]] = {}
-            for grp, hid, acquired, expires in conn.execute(
-                "SELECT grp, id, acquired_at, expires_at FROM holders ORDER BY grp, acquired_at, id"
-            ):
-                out.setdefault(grp, []).append(Holder(hid, acquired, expires))
-            return out
+    async def history(
+        self,
+        *,
+        group: str | None = None,
+        node: str | None = None,
+        version: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            sql = "SELECT doc FROM ledger WHERE at >= ?"
+            args: list[object] = [since or 0.0]
+            if group is not None:
+                sql += " AND grp = ?"
+                args.append(group)
+            out: list[dict[str, Any]] = []
+            for (doc,) in conn.execute(sql + " ORDER BY seq DESC", args):
+                event = json.loads(doc)
+                if history_filter(event, group, node, version, since):
+                    out.append(event)
+                    if len(out) >= limit:
+                        break
+            return out[::-1]
 
         return await self._run(op)
 
