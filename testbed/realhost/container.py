@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -75,7 +76,12 @@ class Container:
         self.process: subprocess.Popen[bytes] | None = None
         self.leader: int | None = None
         self.boots = 0
-        self.cgroups = [r / "zincati-py-testbed" / name for r in _cgroup_roots()]
+        # Unique per container object: two sessions may boot containers of the same name at
+        # once (CI and a developer), and close() kills whatever is in these cgroups.
+        unique = f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        #: nspawn's machine name (its hostname, its /run/systemd/nspawn/propagate/ directory).
+        self.machine = f"{name[:50]}-{uuid.uuid4().hex[:6]}"
+        self.cgroups = [r / "zincati-py-testbed" / unique for r in _cgroup_roots()]
         self._spawned: list[subprocess.Popen[str]] = []
         #: Seconds each step took: "make" (install), "boot" (one per boot), "poweroff".
         self.timings: dict[str, list[float]] = {}
@@ -97,7 +103,7 @@ class Container:
             f"echo $$ > {shlex.quote(str(cg / 'cgroup.procs'))}" for cg in self.cgroups
         )
         nspawn = [
-            "systemd-nspawn", "-b", "-D", str(self.root), f"--machine={self.name}",
+            "systemd-nspawn", "-b", "-D", str(self.root), f"--machine={self.machine}",
             "--register=no", "--keep-unit", "--console=pipe", "--link-journal=no",
             "--private-network" if self.netns is None else f"--network-namespace-path={self.netns}",
         ]  # fmt: skip
