@@ -537,12 +537,16 @@ class Fleet:
             return {"unit": unit}
         props = {k: v.value for k, v in reply.body[0].items()}
 
+        never = 2**64 - 1  # USEC_INFINITY: no next elapse (systemd's "n/a")
+
         def iso(usec: int) -> str | None:
-            return datetime.fromtimestamp(usec / 1e6, UTC).isoformat() if usec else None
+            if not usec or usec == never:
+                return None
+            return datetime.fromtimestamp(usec / 1e6, UTC).isoformat()
 
         nxt = int(props.get("NextElapseUSecRealtime", 0))
         mono = int(props.get("NextElapseUSecMonotonic", 0))
-        if not nxt and mono:  # OnBootSec=/OnUnitActiveSec=: on CLOCK_MONOTONIC, as ours
+        if not nxt and mono and mono != never:  # OnBootSec=/OnUnitActiveSec=: CLOCK_MONOTONIC
             nxt = int((time.time() + mono / 1e6 - time.monotonic()) * 1e6)
         return {
             "unit": unit,

@@ -64,6 +64,11 @@ Description=zincati-py sandbox session bus socket
 [Socket]
 ListenStream=%t/bus
 """
+# A host that booted has reached boot-complete.target (the agent's post-update health gate waits
+# for it on the manager it is given); this manager reaches it at start, as a booted host did.
+_BOOT_COMPLETE = """[Unit]
+Description=zincati-py test bed: boot complete (this manager started, as a host that booted)
+"""
 _DBUS_SERVICE = """[Unit]
 Description=zincati-py sandbox session bus
 Requires=dbus.socket
@@ -169,6 +174,11 @@ class UserManager(Harness):
         wants.mkdir(exist_ok=True)
         if not (wants / "dbus.socket").is_symlink():
             (wants / "dbus.socket").symlink_to("../dbus.socket")
+        (self.unit_dir / "boot-complete.target").write_text(_BOOT_COMPLETE)
+        default_wants = self.unit_dir / "default.target.wants"
+        default_wants.mkdir(exist_ok=True)
+        if not (default_wants / "boot-complete.target").is_symlink():
+            (default_wants / "boot-complete.target").symlink_to("../boot-complete.target")
         # Unit output lands in our log file (there is no journald here); bounded teardown.
         # (--default-standard-output= on the command line is not applied to user managers.)
         (self.config_home / "systemd" / "user.conf").write_text(
