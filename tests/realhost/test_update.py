@@ -19,7 +19,7 @@ from testbed.realhost.probe import boots, double_state, publish, status, wait_st
 
 SCRIPT = {
     "booted": {"version": "40.1"},
-    "releases": [{"version": "40.2"}, {"version": "40.3"}],
+    "releases": [{"version": "40.2"}, {"version": "40.3"}, {"version": "40.4"}],
 }
 QUIET = "[agent.timing]\nsteady_interval_secs = 86400\n"  # no timer-driven checks meanwhile
 
@@ -67,3 +67,38 @@ def test_sigkill_of_the_agent_mid_cycle_never_reboots_twice(host: Container) -> 
     previous = host.run(["journalctl", "-b", "-1", "-u", "zincati-py.service", "-q"]).stdout
     assert "code=killed, status=9/KILL" in previous, previous[-2000:]
     assert status(host)["staged"] is None
+
+
+def test_sigkill_while_waiting_on_an_inhibitor_still_reboots_once(host: Container) -> None:
+    """A deterministic mid-cycle point: staged and decided, held back by root's block
+    inhibitor; the agent is SIGKILLed there, restarted by systemd, waits again, and the release
+    of the inhibitor gives exactly one reboot."""
+    before = boots(host)
+    host.spawn(
+        ["systemd-inhibit", "--what=shutdown", "--mode=block", "--who=test", "--why=hold",
+         "sleep", "600"],
+    )  # fmt: skip
+    host.wait_for("inhibitor", lambda: "hold" in host.run(["systemd-inhibit", "--list"]).stdout, 20)
+    publish(host, "40.4")
+    host.run(["zincati-py", "check"])
+    host.wait_for("waiting on the inhibitor", lambda: "inhibitor" in str(status(host)), 60)
+    pid = host.run(["systemctl", "show", "-P", "MainPID", "zincati-py.service"]).stdout.strip()
+    host.run(["kill", "-9", pid])
+    # systemd restarts it (RestartSec=10s); it finds its staged update and waits again.
+    host.wait_for(
+        "restarted agent waiting again",
+        lambda: (
+            host.run(["systemctl", "show", "-P", "MainPID", "zincati-py.service"]).stdout.strip()
+            not in ("0", pid)
+            and "inhibitor" in str(status(host))
+        ),
+        60,
+    )
+    assert host.running() and boots(host) == before
+    host.run(["pkill", "-x", "systemd-inhibit"])
+    host.expect_reboot(timeout=60)
+    doc = wait_state(host, "reported steady", timeout=60)
+    assert doc["booted"]["version"] == "40.4", doc
+    time.sleep(5)
+    assert host.running() and boots(host) == before + 1
+    assert double_state(host)["reboots"] == 3
