@@ -97,7 +97,7 @@ def register(sub: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from zincati_py.fleetlock.config import ConfigError, load
-    from zincati_py.fleetlock.server import serve
+    from zincati_py.fleetlock.service import serve
 
     try:
         config = load(args.config)

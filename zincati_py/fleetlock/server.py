@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import math
-import os
-import signal
 import socket
 import ssl
 import time
@@ -26,10 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from zincati_py.fleetlock import admin, protocol
+from zincati_py.fleetlock import admin, auth, probes, protocol
 from zincati_py.fleetlock.backends import Backend, BackendUnavailable, Holder, open_backend
-from zincati_py.fleetlock.config import ConfigError, GroupSettings, ServerSettings
-from zincati_py.fleetlock.config import load as load_config
+from zincati_py.fleetlock.config import GroupSettings, ServerSettings
 from zincati_py.fleetlock.decide import (
     LockOutcome,
     LockRequest,
@@ -107,9 +103,7 @@ class FleetLockServer:
         r.add_post(f"{p}/{protocol.PRE_REBOOT}", self._pre_reboot, name="pre-reboot")
         r.add_post(f"{p}/{protocol.STEADY_STATE}", self._steady_state, name="steady-state")
         admin.add_routes(self, r, p)
-        r.add_get(f"{p}/healthz", self._healthz, name="healthz")
-        r.add_get(f"{p}/readyz", self._readyz, name="readyz")
-        r.add_get(f"{p}/metrics", self._metrics, name="metrics")
+        probes.add_routes(self, r, p)
         return app
 
     @web.middleware
@@ -170,36 +164,11 @@ class FleetLockServer:
             ) from None
         return ClientParams.from_body(raw)
 
-    def _token(self, request: web.Request) -> str | None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-    @staticmethod
-    def _same(a: str | None, b: str | None) -> bool:
-        return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
-
     def _authorize_node(self, request: web.Request, node_id: str) -> None:
-        cfg = self.config
-        if not cfg.node_auth:
-            return
-        token = self._token(request)
-        if self._same(token, cfg.admin_token) or self._same(token, cfg.shared_token):
-            return
-        if self._same(token, cfg.node_tokens.get(node_id)):
-            return
-        if token is not None and any(self._same(token, t) for t in cfg.node_tokens.values()):
-            raise ProtocolError(Kind.FORBIDDEN, f"this token may not act for node {node_id!r}")
-        raise ProtocolError(Kind.UNAUTHORIZED, "a valid bearer token is required")
+        auth.authorize_node(self.config, request, node_id)
 
     def _authorize_admin(self, request: web.Request) -> None:
-        if not self.config.auth:
-            return  # no [auth] at all: open, as the start-up warning says
-        token = self._token(request)
-        if self._same(token, self.config.admin_token):
-            return
-        if token is None:
-            raise ProtocolError(Kind.UNAUTHORIZED, "the admin bearer token is required")
-        raise ProtocolError(Kind.FORBIDDEN, "this token is not the admin token")
+        auth.authorize_admin(self.config, request)
 
     def authorize_admin(self, request: web.Request) -> None:
         self._authorize_admin(request)
@@ -403,32 +372,6 @@ class FleetLockServer:
         resp.headers[protocol.RELEASED_HEADER] = "true" if outcome.released else "false"
         return resp
 
-    # -- probes and metrics --------------------------------------------------------------------
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        await self._backend(self.backend.ping())
-        return _json({"status": "ok"})
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        slots: dict[str, int | None] = {n: g.slots for n, g in self.config.groups.items()}
-        try:
-            states = await self._backend(self.backend.all_states())
-            self.metrics.backend_up.set(1)
-        except BackendUnavailable:
-            states = {}
-            self.metrics.backend_up.set(0)
-        for name in states:
-            gc = self.config.group(name)
-            slots.setdefault(name, gc.slots if gc else None)
-        paused = {n for n, g in self.config.groups.items() if g.paused}
-        self.metrics.set_groups(slots, states, paused, time.time())
-        return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
-        )
-
     # -- lease sweeper -------------------------------------------------------------------------
 
     def _sweep_interval(self) -> float:
@@ -515,7 +458,7 @@ class FleetLockServer:
                 listener = Listener(str(listen), limit)
                 self.listeners.append(listener)
                 if listen.path is not None:
-                    _remove_stale_socket(listen.path)
+                    remove_stale_socket(listen.path)
                     listen.path.parent.mkdir(parents=True, exist_ok=True)
                 site = GuardedSite(
                     runner,
@@ -530,7 +473,7 @@ class FleetLockServer:
         except BaseException:
             await self.stop()
             raise
-        self.addresses = [_format_address(a) for a in runner.addresses]
+        self.addresses = [format_address(a) for a in runner.addresses]
         self._log_start_warnings()
         self._sweeper = asyncio.create_task(self._sweep_forever())
         return self.addresses
@@ -552,14 +495,14 @@ class FleetLockServer:
         await self.backend.close()
 
 
-def _format_address(addr: Any) -> str:
+def format_address(addr: Any) -> str:
     if isinstance(addr, str):
         return f"unix:{addr}"
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _remove_stale_socket(path: Path) -> None:
+def remove_stale_socket(path: Path) -> None:
     """A SIGKILLed server leaves its socket file behind; remove it unless someone listens."""
     if not path.is_socket():
         return
@@ -570,42 +513,3 @@ def _remove_stale_socket(path: Path) -> None:
             path.unlink()
             return
     raise OSError(f"{path}: another server is listening there")
-
-
-def _sd_notify(message: str) -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
-        sock.sendto(message.encode(), address)
-
-
-async def serve(config: ServerSettings) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP re-reads the config file."""
-    server = FleetLockServer(config)
-    addresses = await server.start()
-    log.info("FleetLock server listening on %s (backend %s)", ", ".join(addresses), config.backend)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def reload() -> None:
-        try:
-            server.reload(load_config(config.path))
-            log.info("reloaded %s", config.path)
-        except ConfigError as exc:
-            log.error("reload failed, keeping the previous config: %s", exc)
-
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    _sd_notify("READY=1")
-    try:
-        await stop.wait()
-    finally:
-        _sd_notify("STOPPING=1")
-        log.info("shutting down")
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await server.stop()
