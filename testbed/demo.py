@@ -436,17 +436,20 @@ class Fleet:
             timing=t.name,
         )
         self.lock_port = free_port()
-        # Holds the admin token: readable by its owner only.
-        fd = os.open(self.lock_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "w") as config:
-            config.write(
-                f'listen = "127.0.0.1:{self.lock_port}"\n'
-                f'backend = "sqlite:{self.lock_db}"\n'
-                'unknown_groups = "reject"\n\n'
-                f"[groups]\n{GROUP} = {{ slots = 1, lease_seconds = {t.lease_seconds} }}\n\n"
-                "# Any auth configured => the admin API needs this token (nodes lock without).\n"
-                f'[auth]\nadmin_token = "{self.admin_token}"\n'
-            )
+        # The admin token in a file of its own, readable by its owner only (a secret never
+        # sits in the config); the config names it relative to itself.
+        token_file = self.dir / "fleetlock-admin.token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as token:
+            token.write(self.admin_token + "\n")
+        self.lock_config.write_text(
+            f'listen = "127.0.0.1:{self.lock_port}"\n'
+            f'backend = "sqlite:{self.lock_db}"\n'
+            'unknown_groups = "reject"\n\n'
+            f"[groups]\n{GROUP} = {{ slots = 1, lease_seconds = {t.lease_seconds} }}\n\n"
+            "# Any auth configured => the admin API needs this token (nodes lock without).\n"
+            f'[auth]\nadmin_token_file = "{token_file.name}"\n'
+        )
         await self.start_lock_server()
         import aiohttp
 
