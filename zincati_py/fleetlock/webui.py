@@ -1,6 +1,6 @@
 """The lock server's web view (``GET /ui``): one static page, no framework, no build step.
 
-It reads the admin API with ``fetch`` every second (groups, slots, holders with age, lease
+It reads the admin API with ``fetch`` twice a second (groups, slots, holders with age, lease
 left and target version, the queue, pause and halts, per-version rollout progress, recent
 events) and offers pause/resume buttons. When auth is on, the admin token is asked for once
 and kept in the tab's ``sessionStorage``; it is sent as a bearer token, never in a URL. The
@@ -48,7 +48,7 @@ async function api(path, body){
 }
 async function act(group, action){
   const body = {group, action};
-  if (action === "pause") body.reason = prompt("Reason for pausing " + group) || "web view";
+  if (action === "pause") body.reason = "paused from the web view";
   await api("v1/admin/group", body); refresh();
 }
 function table(rows, cols){
@@ -95,6 +95,12 @@ async function refresh(){
     document.getElementById("err").textContent = "";
   } catch (e) { document.getElementById("err").textContent = String(e); }
 }
-refresh(); setInterval(refresh, 1000);
+let busy = false;
+async function tick(){
+  if (busy) return;
+  busy = true;
+  try { await refresh(); } finally { busy = false; }
+}
+tick(); setInterval(tick, 500);
 </script></body></html>
 """
