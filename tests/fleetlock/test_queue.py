@@ -323,3 +323,24 @@ def test_queue_metrics_and_admin_auth(serve: Callable[..., Any]) -> None:
             assert "fleetlock_queue_oldest_wait_seconds" in text
 
     run(scenario())
+
+
+def test_breaker_counts_our_agents_steady_state_report(serve: Callable[..., Any]) -> None:
+    """Our agent announces no target at pre-reboot; its steady-state report names the
+    version that failed (health gate) or the healthy one it booted."""
+
+    async def scenario() -> None:
+        cfg = "max_failures = 1\n[groups]\ndefault = 3\n"
+        async with serve(cfg) as srv, aiohttp.ClientSession() as s:
+            for node in ("ok", "bad"):
+                assert (await lock(s, srv.url, node))[0] == 200
+            assert (await unlock(s, srv.url, "ok", booted_version="41", health="healthy"))[0] == 200
+            report = {"booted_version": "40", "health": "failed", "failed_version": "41"}
+            assert (await unlock(s, srv.url, "bad", **report))[0] == 200
+            doc = await view(s, srv.url)
+            assert doc["versions"]["41"] == {"healthy": 1, "failed": 1}
+            assert list(doc["halted"]) == ["41"]
+            status, err = await lock(s, srv.url, "next", to_version="41")
+            assert (status, err["kind"]) == (409, Kind.ROLLOUT_HALTED)
+
+    run(scenario())

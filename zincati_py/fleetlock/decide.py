@@ -279,6 +279,7 @@ def decide_unlock(
     forced: bool = False,
     booted_version: str | None = None,
     health: str | None = None,
+    failed_version: str | None = None,
     present: frozenset[str] = frozenset(),
 ) -> tuple[GroupState | None, UnlockOutcome]:
     """UnlockIfHeld: releasing a slot one does not hold succeeds (and leaves the queue)."""
@@ -289,7 +290,11 @@ def decide_unlock(
     holder = new.holders.get(node)
     if holder is not None:
         _release(new, policy, holder, now, "forced_release" if forced else "release", events)
-        version = holder.to_version
+        # The target: as announced at pre-reboot, else what the report says (our agent
+        # reports the version that failed, or the healthy one it booted).
+        version = holder.to_version or (
+            failed_version if health == "failed" else booted_version if health else None
+        )
         if not forced and version is not None and health is not None:
             failed = health != "healthy" or (
                 booted_version is not None and booted_version != version

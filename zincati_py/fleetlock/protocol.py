@@ -114,7 +114,7 @@ def loads(raw: bytes | str) -> Any:
         return _INVALID
 
 
-_OPTIONAL = ("from_version", "to_version", "booted_version", "health")
+_OPTIONAL = ("from_version", "to_version", "booted_version", "health", "failed_version")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ class ClientParams:
     to_version: str | None = None
     booted_version: str | None = None
     health: str | None = None
+    failed_version: str | None = None
 
     def to_body(self) -> bytes:
         params = {"id": self.id, "group": self.group}

@@ -364,6 +364,7 @@ class FleetLockServer:
             now=time.time(),
             booted_version=params.booted_version,
             health=params.health,
+            failed_version=params.failed_version,
             present=self.waiters.present(params.group),
         )
         outcome = await self._backend(self.backend.apply(params.group, decide), change=True)
