@@ -23,6 +23,9 @@ BAD = hashlib.sha256(b"40.2").hexdigest()
 FRAGMENT = (
     "[agent.timing]\nsteady_interval_secs = 86400\n"
     '[agent.health]\nrequired_units = ["app.service"]\ntimeout_secs = 120\n'
+    # Event hooks: the generated zincati-py-hook@.service, started by the agent through polkit.
+    "[agent.hooks]\ncommands = ['/bin/sh -c \"echo $ZINCATI_PY_EVENT $ZINCATI_PY_VERSION"
+    " $(id -un) >> /var/tmp/hooks.log\"']\n"
 )
 # The application fails on 40.2 only (it reads what the double says is booted).
 APP = f"""[Unit]
@@ -78,6 +81,10 @@ def test_failed_required_unit_rolls_back_once_and_reports(host: Container) -> No
     assert "rolled back to 40.1: rebooting" in previous
     this_boot = host.run(["journalctl", "-b", "-u", "zincati-py.service", "-q", "-p", "crit"])
     assert "failed its health check and was rolled back" in this_boot.stdout
+    # The hooks ran as the agent's user: staged and reboot before, rolled-back after.
+    hooks = host.run(["cat", "/var/tmp/hooks.log"]).stdout.splitlines()
+    assert "staged 40.2 zincati-py" in hooks and "rolled-back 40.2 zincati-py" in hooks, hooks
+    assert "booted 40.2 zincati-py" in hooks and "reboot 40.1 zincati-py" in hooks, hooks
     # Exactly one rollback: the node stays up, the release is never taken again.
     time.sleep(8)
     assert host.running()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -60,8 +60,9 @@ class RebootCoordinator:
         # Monotonic time of the event the running evaluation answers (decision latency).
         self.decision_since: float | None = None
         self._inhibitor_wait: asyncio.Task[Any] | None = None
-        # Told (version, reason) right before logind is asked: the "reboot" event hook.
-        self.on_reboot: Callable[[str, str], None] | None = None
+        # Awaited (version, reason) right before logind is asked: the "reboot" event hooks
+        # (bounded by the callee, never raising).
+        self.on_reboot: Callable[[str, str], Awaitable[None]] | None = None
 
     async def connect(self, logind: Logind) -> None:
         self.logind = logind
@@ -232,7 +233,7 @@ class RebootCoordinator:
         # host may go down (or the booted deployment change) before another evaluation runs.
         self.host.announce()
         if self.on_reboot is not None:
-            self.on_reboot(dep.version or dep.checksum, self.last_reason)
+            await self.on_reboot(dep.version or dep.checksum, self.last_reason)
         try:
             await self.deployments.unlock_finalization(staged)
             log.info("finalization lock released for %s; asking logind to reboot", dep.label)

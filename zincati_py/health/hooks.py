@@ -67,15 +67,20 @@ class Hooks:
         self.fired = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def fire(self, event: str, fields: dict[str, str]) -> None:
-        """Run the hooks for ``event`` in the background (returns at once)."""
+    def fire(
+        self, event: str, fields: dict[str, str], *, wait: bool = False
+    ) -> asyncio.Task[None] | None:
+        """Run the hooks for ``event`` in the background (returns at once); with ``wait`` the
+        task ends once systemd finished the hook unit (or gave up), for the caller to await
+        a bounded time."""
         config: Settings = self.settings.config
         hooks = config.agent.hooks
         if not hooks.commands or (hooks.events and event not in hooks.events):
-            return
-        task = asyncio.get_running_loop().create_task(self._run(event, fields))
+            return None
+        task = asyncio.get_running_loop().create_task(self._run(event, fields, wait))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def _sweep(self, now: float) -> None:
         """Environment files of earlier instances (their units are long done)."""
@@ -87,7 +92,7 @@ class Hooks:
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    async def _run(self, event: str, fields: dict[str, str]) -> None:
+    async def _run(self, event: str, fields: dict[str, str], wait: bool = False) -> None:
         from zincati_py.dbus import systemd
         from zincati_py.fsutil import atomic_write
         from zincati_py.health.units import unit_name
@@ -105,8 +110,11 @@ class Hooks:
             bus, owned = await self.systemd()
             if bus is None:
                 raise RuntimeError("no bus")
-            await systemd.start_unit(bus, unit)
+            job = await systemd.start_unit(bus, unit)
             log.info("hooks for event %s started: %s", event, unit)
+            if wait:
+                limit = float(self.settings.config.agent.hooks.timeout_secs)
+                await systemd.wait_job(bus, job, limit)
         except Exception as exc:
             log.warning("hooks for event %s not run (%s): %s", event, unit, exc)
         finally:
@@ -116,6 +124,8 @@ class Hooks:
 
 DEADEND_MOTD_REL = "run/motd.d/85-zincati-deadend.motd"  # zincati_py.cincinnati.motd's
 FIRED_KEY = "health_hooks_fired"
+# How long a reboot waits for the "reboot" hooks to finish.
+REBOOT_HOOK_WAIT_SECS = 30
 
 
 def _iso(ts: float) -> str:
@@ -143,9 +153,29 @@ class Events:
     def fire(self, event: str, **fields: str) -> None:
         self.hooks.fire(event, fields)
 
-    def reboot_imminent(self, version: str, reason: str, when: float | None = None) -> None:
+    async def reboot_imminent(
+        self,
+        version: str,
+        reason: str,
+        when: float | None = None,
+        from_version: str | None = None,
+    ) -> None:
+        """The "reboot" hooks, waited for (at most :data:`REBOOT_HOOK_WAIT_SECS`): a reboot
+        right after starting them would stop them with the rest of the system."""
         at = _iso(when if when is not None else time.time())
-        self.fire("reboot", version=version, from_version=self._booted(), reason=reason, when=at)
+        fields = {
+            "version": version,
+            "from_version": self._booted() if from_version is None else from_version,
+            "reason": reason,
+            "when": at,
+        }
+        task = self.hooks.fire("reboot", fields, wait=True)
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), REBOOT_HOOK_WAIT_SECS)
+        except TimeoutError:
+            log.warning("reboot hooks still running after %d s: rebooting", REBOOT_HOOK_WAIT_SECS)
 
     async def watch(self) -> None:
         if not self.hooks.settings.config.agent.hooks.commands:

@@ -69,12 +69,6 @@ _NO_MANAGER = (
 Outcome = tuple[str, float | None] | None
 
 
-def _iso(ts: float | None) -> str:
-    from datetime import UTC, datetime
-
-    return "" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 class HealthKeeper:
     def __init__(
         self,
@@ -109,10 +103,14 @@ class HealthKeeper:
         hooks = Hooks(self.settings, self._systemd, self.root / HOOKS_DIR_REL)
         self.events = Events(self.root, self.store, self.deployments, hooks)
 
-    def reboot_imminent(self, version: str, reason: str, when: float | None = None) -> None:
-        """The agent is about to ask logind to reboot into ``version`` (the reboot hook)."""
+    async def reboot_imminent(self, version: str, reason: str) -> None:
+        """The agent is about to ask logind to reboot into ``version``: the "reboot" hooks run
+        first (bounded; a failure is only logged)."""
         if self.events is not None:
-            self.events.reboot_imminent(version, reason, when)
+            try:
+                await self.events.reboot_imminent(version, reason)
+            except Exception as exc:
+                log.warning("reboot hooks: %s", exc)
 
     @property
     def config(self) -> Settings:
@@ -369,13 +367,16 @@ class HealthKeeper:
             )
         rec = replace(rec, reboot_called=True, reboot_called_boot=self.boot_id, decided_at=now)
         await self._save(rec)  # durable before the call: a restart does not ask again at once
-        self._fire(
-            "reboot",
-            version=rec.from_version or rec.from_checksum or "",
-            from_version=rec.version or rec.checksum,
-            reason=f"rolling back to {rec.from_label}: {rec.reason}",
-            when=_iso(now),
-        )
+        if self.events is not None:
+            try:
+                await self.events.reboot_imminent(
+                    rec.from_version or rec.from_checksum or "",
+                    f"rolling back to {rec.from_label}: {rec.reason}",
+                    now,
+                    from_version=rec.version or rec.checksum,
+                )
+            except Exception as exc:
+                log.warning("reboot hooks: %s", exc)
         try:
             await self.logind.reboot()
         except Exception as exc:
