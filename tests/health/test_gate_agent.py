@@ -287,6 +287,9 @@ def test_rollback_is_reported_to_the_lock_server_and_the_slot_released(
         assert "kubelet" not in report["reason"] and "10-app" in report["reason"]
         pre = [b["client_params"] for p, b in recorder.bodies if p.endswith("/v1/pre-reboot")]
         assert pre and all("health" not in p for p in pre)
+        # pre-reboot names the update (our server's circuit breaker counts it per version).
+        assert (pre[0]["from_version"], pre[0]["to_version"]) == (OLD, NEW)
+        assert all("staged_version" not in r for r in recorder.steady())
         wait_for(lambda: gate(node).get("phase") == "reported", 10, "report recorded")
         assert (node.status() or {})["lock_state"] == "not held"
     finally:

@@ -424,6 +424,9 @@ class HealthKeeper:
         booted = self.deployments.booted
         if booted is not None:
             out["booted_version"] = booted.version or booted.checksum
+        staged = self.deployments.staged
+        if staged is not None:  # pre-reboot's to_version, never sent with steady-state
+            out["staged_version"] = staged.version or staged.checksum
         rec = self.record()
         if rec is not None and rec.phase in REPORT:
             out["health"] = REPORT[rec.phase]

@@ -173,7 +173,9 @@ class FleetLock(Strategy):
         task, self._release = self._release, None
         await self._cancel(task)
         try:
-            grant = await self._get_client().pre_reboot(wait=self.lock_wait_secs)
+            grant = await self._get_client().pre_reboot(
+                self._lock_report(), wait=self.lock_wait_secs
+            )
         except FleetLockError as exc:
             await self._auth_failed(exc)
             delay = self._lock_backoff.next_delay()
@@ -202,6 +204,16 @@ class FleetLock(Strategy):
             details=self._details(),
         )
 
+    def _lock_report(self) -> dict[str, str]:
+        """``from_version``/``to_version`` for ``pre-reboot`` (our server's circuit breaker
+        refuses a halted target; other servers ignore the keys)."""
+        facts = self.ctx.report()
+        out = {
+            "from_version": facts.get("booted_version"),
+            "to_version": facts.get("staged_version"),
+        }
+        return {k: v for k, v in out.items() if v}
+
     def _granted(self, lease_seconds: int | None) -> None:
         """Record a grant or renewal and arm the next renewal if the server sent a lease."""
         if not lease_seconds:  # None, or 0 ("never expires")
@@ -219,7 +231,7 @@ class FleetLock(Strategy):
         while True:
             await asyncio.sleep(delay)
             try:
-                grant = await self._get_client().pre_reboot()
+                grant = await self._get_client().pre_reboot(self._lock_report())
             except FleetLockError as exc:
                 self.last_error = f"lease renewal: {exc}"
                 if _is_full(exc):
@@ -282,7 +294,8 @@ class FleetLock(Strategy):
         await self._cancel_renewal()
         # booted_version, and after an update's health gate its verdict (the lock server's
         # rollout circuit breaker counts it against the version this node's slot was for).
-        if await self._try_release("steady state", self.ctx.report()):
+        report = {k: v for k, v in self.ctx.report().items() if k != "staged_version"}
+        if await self._try_release("steady state", report):
             self._lock_backoff.reset()
             self.steady = Verdict(True, "steady state reported, no reboot slot held")
         else:
