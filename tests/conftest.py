@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,6 +121,9 @@ def _needs(item: pytest.Item) -> set[str]:
     return needs
 
 
+_FULL_TIER_SKIPPED: list[str] = []
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_full = REQUIRE_ALL or bool(config.getoption("--real"))
     for item in items:
@@ -133,6 +137,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             what = "; ".join(FULL_TIER[n] for n in FULL_TIER if n in needs)
             reason = f"full tier: {what}; runs in tests/run.sh, or pytest --real"
             item.add_marker(pytest.mark.skip(reason=reason))
+            _FULL_TIER_SKIPPED.append(item.nodeid)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    # Said last, where it is seen: a green fast tier is not a green suite.
+    if _FULL_TIER_SKIPPED:
+        terminalreporter.write_line(
+            f"fast tier only: {len(_FULL_TIER_SKIPPED)} full-tier tests not run "
+            "(pytest --real here, or bash tests/run.sh for all with skips failing)",
+            yellow=True,
+            bold=True,
+        )
 
 
 @pytest.hookimpl(hookwrapper=True)
