@@ -113,3 +113,13 @@ def test_query_uuid_with_dashes_is_normalised_and_bad_refused() -> None:
     )
     with pytest.raises(CincinnatiError):
         query(ident(node_uuid="xyz"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["e0f3745b108f471cbd4883c6fbed8cdd\n", "e0f3745b108f471cbd4883c6fbed8cdd0", " e0f3745b"],
+)
+def test_query_uuid_whole_string_only(bad: str) -> None:
+    # A trailing newline passed re.match with '$' (review finding 13).
+    with pytest.raises(CincinnatiError):
+        query(ident(node_uuid=bad))

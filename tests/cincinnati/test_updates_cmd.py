@@ -41,10 +41,14 @@ def make_root(root: Path, base_url: str | None, extra: str = "") -> Path:
 
 
 def zpy(
-    root: Path, *args: str, env: dict[str, str] | None = None
+    root: Path, *args: str, env: dict[str, str] | None = None, stream: bool = True
 ) -> subprocess.CompletedProcess[str]:
+    """``zincati-py updates``; a what-if run (``--booted-*``) gets ``--stream stable`` unless it
+    names one or ``stream`` is False."""
+    what_if = any(a.startswith("--booted-") for a in args)
+    extra = ["--stream", "stable"] if stream and what_if and "--stream" not in args else []
     return subprocess.run(
-        [*ZPY, "updates", "--root", str(root), "--timeout", "5", *args],
+        [*ZPY, "updates", "--root", str(root), "--timeout", "5", *args, *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -102,7 +106,10 @@ def test_exit_codes(server: GraphServer, tmp_path: Path) -> None:
     root = make_root(tmp_path, server.base_url)
     server.fail(200, "{]")
     r = zpy(root, "--json", "--booted-version", "A")
-    assert r.returncode == 65 and r.stdout == "" and "failed_json_parsing" in r.stderr
+    assert r.returncode == 65 and "failed_json_parsing" in r.stderr
+    # --json: the error is the one document on stdout too.
+    err = json.loads(r.stdout)
+    assert err["exit_status"] == 65 and "failed_json_parsing" in err["error"], err
     server.fail(503, "busy")
     r = zpy(root, "--booted-version", "A")
     assert r.returncode == 69 and "generic_http" in r.stderr
@@ -147,3 +154,19 @@ def test_downgrade_shown_and_allowed(tmp_path: Path) -> None:
         make_root(tmp_path, s.base_url, "[updates]\nallow_downgrade = true\n")
         doc = plan_json(root, "--booted-version", "B")
         assert doc["chosen"]["version"] == "A" and doc["allow_downgrade"] is True
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "0", "soon"])
+def test_timeout_must_be_positive_and_finite(tmp_path: Path, value: str) -> None:
+    root = make_root(tmp_path, "http://127.0.0.1:9/")
+    r = zpy(root, "--booted-version", "A", "--timeout", value)
+    assert r.returncode == 64 and "--timeout" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_what_if_needs_a_stream(server: GraphServer, tmp_path: Path) -> None:
+    root = make_root(tmp_path, server.base_url)
+    r = zpy(root, "--json", "--booted-version", "A", stream=False)
+    assert r.returncode == 64 and "--stream" in r.stderr, r.stderr
+    assert json.loads(r.stdout)["exit_status"] == 64
+    assert server.requests == []  # nothing was asked with stream=""

@@ -24,7 +24,7 @@ from zincati_py.cincinnati.errors import CLIENT_BUILDER, CincinnatiError
 GRAPH_PATH = "v1/graph"
 HEADERS = {"accept": "application/json"}
 URL_VARIABLES = ("basearch", "group", "platform", "stream")
-_UUID_RE = re.compile(r"^[0-9a-f]{32}$")
+_UUID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def graph_url(base_url: str, variables: dict[str, str]) -> str:
 def query(identity: NodeIdentity) -> dict[str, str]:
     """The query parameters, in Zincati's formats."""
     uuid = identity.node_uuid.replace("-", "").lower()
-    if not _UUID_RE.match(uuid):
+    if not _UUID_RE.fullmatch(uuid):
         raise CincinnatiError(
             CLIENT_BUILDER, f"node_uuid {identity.node_uuid!r}: not 32 hex digits"
         )

@@ -7,17 +7,21 @@ no MOTD is written.
 
 The booted release comes from rpm-ostree (D-Bus) unless ``--booted-version`` or
 ``--booted-checksum`` is given: then "what would a node on X do?" is answered without it
-(a missing checksum or version is looked up in the graph). ``--stream``, ``--basearch``,
-``--group``, ``--platform`` and ``--url`` override the node's own values.
+(a missing checksum or version is looked up in the graph; ``--stream`` is required then, as
+the stream is the booted deployment's). ``--stream``, ``--basearch``, ``--group``,
+``--platform`` and ``--url`` override the node's own values.
 
-Exit status: 0 with a target, 0 with "none" when there is no update, 65 on a malformed graph
-or an invalid ``base_url``, 69 when the graph (or rpm-ostree) cannot be reached.
+Exit status: 0 with a target, 0 with "none" when there is no update, 64 on bad usage, 65 on a
+malformed graph or an invalid ``base_url``, 69 when the graph (or rpm-ostree) cannot be
+reached. With ``--json`` an error is also a JSON document on stdout:
+``{"error": MESSAGE, "exit_status": N}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -45,8 +49,19 @@ def register(sub: Any) -> None:
         default=None,
         help="system bus address for rpm-ostree (default: $DBUS_SYSTEM_BUS_ADDRESS)",
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds")
+    p.add_argument("--timeout", type=_seconds, default=30.0, help="HTTP timeout in seconds (> 0)")
     p.set_defaults(func=cmd_updates)
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (``nan``, ``inf``, 0 and negatives refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
 
 
 def cmd_updates(args: argparse.Namespace) -> int:
@@ -56,7 +71,12 @@ def cmd_updates(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request
 
-    return asyncio.run(_plan(args))
+    try:
+        return asyncio.run(_plan(args))
+    except CliError as exc:
+        if args.json:  # the one document on stdout; the message goes to stderr as always
+            print_json({"error": str(exc), "exit_status": exc.code})
+        raise
 
 
 async def _booted_from_rpmostree(args: argparse.Namespace, root: Any) -> Any:
@@ -125,6 +145,12 @@ async def _plan(args: argparse.Namespace) -> int:
             os.EX_DATAERR,
         )
     what_if = args.booted_version is not None or args.booted_checksum is not None
+    if what_if and args.stream is None:
+        raise CliError(
+            "--booted-version/--booted-checksum need --stream (the stream is the booted "
+            "deployment's, which a what-if node does not have)",
+            os.EX_USAGE,
+        )
     if what_if:
         facts = BootedFacts(args.booted_version or "", args.booted_checksum or "", "")
     else:
