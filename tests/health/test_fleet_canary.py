@@ -54,17 +54,26 @@ def test_canary_rolls_back_server_halts_then_a_good_release_rolls_through(
         for n, a in zip(nodes, agents, strict=True):
             n.wait_state("reported steady", agent=a, timeout=30)
         canary, rest = nodes[0], nodes[1:]
-        canary.control("Stage", "sb", BAD, True)
+
+        def check(n: Node) -> None:
+            assert n.cli("check", "--system-bus", n.bus.address).returncode == 0
+
+        for n in nodes:
+            n.control("PublishRelease", "s", BAD)
+        check(canary)
         wait_for(lambda: reboots(canary) == 2, 30, "canary: update reboot and rollback reboot")
         canary.wait_state("reported steady", booted=OLD, timeout=30)
         wait_for(lambda: gate(canary).get("phase") == "reported", 15, "canary's report")
         assert gate(canary)["verdict"] == "failed"
         # The version is halted: the others stage it but are refused the slot.
         for n in rest:
-            n.control("Stage", "sb", BAD, True)
+            check(n)
 
         def refused(n: Node) -> bool:
-            return "rollout of this version is halted" in str((n.status() or {}).get("reason"))
+            doc = n.status() or {}
+            return (doc.get("strategy") or {}).get(
+                "halted_version"
+            ) == BAD and "deny-listed" in str(doc.get("reason"))
 
         for n in rest:
             try:
@@ -77,9 +86,12 @@ def test_canary_rolls_back_server_halts_then_a_good_release_rolls_through(
         time.sleep(2.0)
         assert [reboots(n) for n in rest] == [0, 0, 0, 0]
         assert all(n.booted_version() == OLD for n in rest)
-        # A good release: staged on every node (replacing the halted one), rolls through all.
+        assert all((n.status() or {})["staged"]["version"] == BAD for n in rest)
+        # A good release: the next check stages it (replacing the halted one on the four:
+        # a halted staged release does not block checks), and it rolls through all five.
         for n in nodes:
-            n.control("Stage", "sb", GOOD, True)
+            n.control("PublishRelease", "s", GOOD)
+            check(n)
         for n in nodes:
             doc = n.wait_state("reported steady", booted=GOOD, timeout=60)
             assert doc["health"]["verdict"] == "healthy", doc["health"]

@@ -133,7 +133,8 @@ def next_step(f: Facts) -> Step:
     if f.staged is not None:
         if f.staged.checksum in f.failed:
             if f.check_requested:
-                # Deny-listed (did not come up, or failed its health gate and was rolled back):
+                # Deny-listed (did not come up, failed its health gate and was rolled back, or
+                # its rollout is halted by the lock server):
                 # it does not block updates; a newer release replaces it when staged.
                 return Step(
                     State.UPDATE_STAGED,
@@ -144,7 +145,8 @@ def next_step(f: Facts) -> Step:
             return Step(
                 State.UPDATE_STAGED,
                 Action.NONE,
-                f"not finalizing {f.staged.label}: an earlier reboot into it did not come up",
+                f"not finalizing {f.staged.label}: deny-listed (an earlier reboot into it did "
+                "not come up or failed its health gate, or the lock server halted its rollout)",
                 "an administrator decides (rpm-ostree cleanup -p, or zincati-py reboot-now)",
             )
         if not f.config_valid:

@@ -214,7 +214,7 @@ class Agent:
             steady_reported=self.steady_reported,
             check_requested=self.deployments.check_requested,
             reboot_requested=st.reboot_requested,
-            failed=st.failed,
+            failed=(*st.failed, *self.health.halted()),
             checked=self.deployments.checked,
             boot_id=self.boot_id,
             now=now,

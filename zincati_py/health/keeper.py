@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zincati_py.backoff import Backoff
-from zincati_py.health import discover
+from zincati_py.health import discover, report
 from zincati_py.health.gate import (
     FINAL,
     REPORT,
@@ -262,7 +262,7 @@ class HealthKeeper:
         if verdict is Verdict.PASSED:
             await self._save(replace(rec, phase=Phase.PASSED, reason=why, verdict="healthy"))
             log.info("health gate of %s passed: %s", rec.label, why)
-            self._remove_motd()
+            report.write_motd(self.root / MOTD_REL, None)
             return None
         return await self._failed(rec, why)
 
@@ -394,22 +394,8 @@ class HealthKeeper:
             "(see zincati-py status).\n"
         )
         log.critical(text.strip())
-        from zincati_py.fsutil import atomic_write
-
-        try:
-            atomic_write(self.root / MOTD_REL, text, mode=0o644, durable=False)
-        except OSError as exc:
-            log.error("%s: %s", self.root / MOTD_REL, exc)
+        report.write_motd(self.root / MOTD_REL, text)
         self._event("rolled-back", rec, rec.reason)
-
-    def _remove_motd(self) -> None:
-        try:
-            (self.root / MOTD_REL).unlink()
-            log.info("removed %s: an update passed its health gate", self.root / MOTD_REL)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.error("%s: %s", self.root / MOTD_REL, exc)
 
     async def steady_reported(self) -> None:
         """The strategy took the steady-state report: the verdict owed is delivered."""
@@ -418,22 +404,13 @@ class HealthKeeper:
             await self._save(replace(rec, phase=Phase.REPORTED))
             log.info("reported %s to the strategy (%s)", REPORT[rec.phase], rec.label)
 
+    def halted(self) -> tuple[str, ...]:
+        """The staged release while the lock server halted its rollout (see ``report``)."""
+        return report.halted(self.deployments.staged, self.settings.strategy)
+
     def facts(self) -> dict[str, str]:
-        """What the steady-state report says (the fleet_lock strategy's optional keys)."""
-        out: dict[str, str] = {}
-        booted = self.deployments.booted
-        if booted is not None:
-            out["booted_version"] = booted.version or booted.checksum
-        staged = self.deployments.staged
-        if staged is not None:  # pre-reboot's to_version, never sent with steady-state
-            out["staged_version"] = staged.version or staged.checksum
-        rec = self.record()
-        if rec is not None and rec.phase in REPORT:
-            out["health"] = REPORT[rec.phase]
-            if rec.phase is not Phase.PASSED:
-                out["failed_version"] = rec.version or rec.checksum
-                out["reason"] = rec.reason[:200]
-        return out
+        """What the strategy tells the lock server (see ``report``)."""
+        return report.facts(self.deployments.booted, self.deployments.staged, self.record())
 
     # -- pre-reboot checks ----------------------------------------------------------------
     async def pre_reboot(self) -> Outcome:

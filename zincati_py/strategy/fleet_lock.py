@@ -90,6 +90,7 @@ class FleetLock(Strategy):
         self.renewals = 0
         self.last_error: str | None = None
         self.steady: Verdict | None = None
+        self.halted_version: str | None = None  # the target our server refused as halted
         self._renewal: asyncio.Task[None] | None = None
         self._release: asyncio.Task[None] | None = None
 
@@ -181,7 +182,15 @@ class FleetLock(Strategy):
             delay = self._lock_backoff.next_delay()
             retry = now + timedelta(seconds=delay)
             self.last_error = str(exc)
-            if _is_full(exc):
+            if exc.kind == "rollout_halted":
+                # Our server's circuit breaker stopped this target after failures elsewhere:
+                # the agent treats the staged release as deny-listed for now (status()
+                # "halted_version"), so a newer one can replace it.
+                self.halted_version = self._lock_report().get("to_version")
+                await self._cancel_renewal()
+                self._lost_slot()
+                reason = f"the lock server halted the rollout of {self.halted_version}: {exc.value}"
+            elif _is_full(exc):
                 await self._cancel_renewal()
                 self._lost_slot()
                 reason = f"reboot slot not granted, group {self.group!r} is full: {exc.value}"
@@ -190,6 +199,7 @@ class FleetLock(Strategy):
             return Verdict(False, f"{reason}; asking again in {delay:.0f}s", retry, self._details())
         self._lock_backoff.reset()
         self.last_error = None
+        self.halted_version = None
         if not self.holds_slot:
             log.info(
                 "reboot slot granted by %s (group %s)", self._get_client().base_url, self.group
@@ -333,6 +343,7 @@ class FleetLock(Strategy):
                 "release_pending": self._release is not None and not self._release.done(),
                 "last_error": self.last_error,
                 "steady_state": None if self.steady is None else self.steady.reason,
+                "halted_version": self.halted_version,
             }
         )
         return out
