@@ -40,7 +40,8 @@ anyone else; the file is opened with ``O_NOFOLLOW`` relative to it and must be o
 running user too, since replayed texts go into unit files unchecked. The file is written
 atomically (temp file + rename); a failure to read or write it only costs the time saved.
 
-Imported on every boot: only builtin modules (``marshal``, ``os``, ``stat``, ``sys``).
+Imported on every boot: only builtin modules (``marshal``, ``os``, ``stat``, ``sys``) and
+:mod:`zincati_py.envhooks` (``os`` only), where ``ZINCATI_PY_ROOT`` is read.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ import marshal
 import os
 import stat
 import sys
+
+from zincati_py import envhooks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,7 +65,6 @@ DIR_NAME = "zincati-py-generator"
 FILE_NAME = "cache"
 # As zincati_py.paths (not imported: its dataclass costs more than this whole module).
 CONFIG_DIRS = ("usr/lib/zincati/config.d", "run/zincati/config.d", "etc/zincati/config.d")
-ROOT_ENV = "ZINCATI_PY_ROOT"
 # As zincati_py.config.fragments.MAX_FRAGMENT_BYTES: larger files are not cached.
 MAX_FRAGMENT_BYTES = 256 * 1024
 # Cron translations kept across runs.
@@ -75,7 +77,7 @@ class Uncacheable(Exception):
 
 def resolve_root() -> str:
     """As zincati_py.paths.resolve_root() with no argument: ``$ZINCATI_PY_ROOT`` or ``/``."""
-    return os.environ.get(ROOT_ENV) or "/"
+    return envhooks.get(envhooks.ROOT) or "/"
 
 
 def _under(root: str, rel: str) -> str:

@@ -81,7 +81,16 @@ def test_the_constants_match_what_they_mirror() -> None:
 
     assert generator_cache.CONFIG_DIRS == paths.CONFIG_DIRS
     assert generator_cache.MAX_FRAGMENT_BYTES == fragments.MAX_FRAGMENT_BYTES
-    assert generator_cache.ROOT_ENV == paths.ROOT_ENV
+
+
+def test_root_comes_from_envhooks_as_paths_resolves_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ZINCATI_PY_ROOT is read in zincati_py.envhooks only (review finding 18).
+    import inspect
+
+    assert "environ" not in inspect.getsource(generator_cache.resolve_root)
+    for value in ("/srv/image", ""):
+        monkeypatch.setenv("ZINCATI_PY_ROOT", value)
+        assert generator_cache.resolve_root() == str(paths.resolve_root()) == (value or "/")
 
 
 @pytest.mark.parametrize(
