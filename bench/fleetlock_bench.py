@@ -322,25 +322,23 @@ def main() -> int:
                         conc.row(backend, f"concurrent, {args.clients} clients, one group")
                     )
                 if "rollout" in scenarios:
-                    fair = asyncio.run(
-                        rollout(
-                            url,
-                            "fleet",
-                            args.nodes,
-                            args.slots,
-                            args.reboot,
-                            args.poll,
-                            wait=args.wait,
-                        )
-                    )
-                    met = met and fair.meets_targets()
-                    rollout_rows.append(fair.row(backend))
-                    naive = asyncio.run(
-                        rollout(
-                            url, "naive", args.nodes, args.slots, args.reboot, args.poll, wait=None
-                        )
-                    )
-                    rollout_rows.append(naive.row(backend))
+                    for group, wait in (("fleet", args.wait), ("naive", None)):
+                        try:
+                            result = asyncio.run(
+                                rollout(url, group, args.nodes, args.slots, args.reboot,
+                                        args.poll, wait=wait)
+                            )  # fmt: skip
+                        except TimeoutError:
+                            mode = "long-poll" if wait else f"polling every {args.poll:g}s"
+                            row = f"| {backend} | {mode} | {args.nodes} | did not finish in "
+                            rollout_rows.append(row + f"{BUDGET:g} s |")
+                            met = met and wait is None
+                            print(rollout_rows[-1], file=sys.stderr)
+                            continue
+                        if wait is not None:
+                            met = met and result.meets_targets()
+                        rollout_rows.append(result.row(backend))
+                        print(rollout_rows[-1], file=sys.stderr)
                 print(f"done: {backend}", file=sys.stderr)
     finally:
         if etcd is not None:

@@ -261,7 +261,9 @@ class FleetLockServer:
         for holder in outcome.handed:
             if not self.waiters.hand_over(group, holder):
                 # Its request went away meanwhile: the lease (or its next ask) settles it.
-                log.info("slot handed to %s in group %s, whose request had ended", holder.id, group)
+                log.debug(
+                    "slot handed to %s in group %s, whose request had ended", holder.id, group
+                )
         self.waiters.wake(group, outcome.offered)
         self.waiters.schedule(group, outcome.next_change)
 
