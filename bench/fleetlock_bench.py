@@ -249,7 +249,7 @@ async def rollout(
         while not stop.is_set():
             doc = await admin.group(group)
             stats["max_server"] = max(stats["max_server"], len(doc["holders"]))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.25)
 
     async with new_session() as session:
         stop = asyncio.Event()

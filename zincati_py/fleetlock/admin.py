@@ -132,7 +132,7 @@ def add_routes(server: FleetLockServer, r: web.UrlDispatcher, p: str) -> None:
             policy=policy,
             now=time.time(),
             forced=True,
-            present=server.waiters.present(params.group),
+            present=functools.partial(server.waiters.present, params.group),
         )
         outcome = await server.backend_call(server.backend.apply(params.group, decide))
         server.after(params.group, outcome)
@@ -164,7 +164,7 @@ def add_routes(server: FleetLockServer, r: web.UrlDispatcher, p: str) -> None:
             policy=policy,
             now=time.time(),
             change=change,
-            present=server.waiters.present(name),
+            present=functools.partial(server.waiters.present, name),
         )
         outcome = await server.backend_call(server.backend.apply(name, decide), change=True)
         server.after(name, outcome)

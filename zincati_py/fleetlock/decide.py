@@ -139,16 +139,29 @@ def _offer(state: GroupState, policy: Policy, now: float) -> tuple[tuple[str, ..
     return tuple(offered), free - len(offered), changed
 
 
+# Nodes whose request waits on this server: a set, or a function asked at decision time (a
+# decision may run a little after the request that made it, batched with others).
+Present = frozenset[str] | Callable[[], frozenset[str]]
+
+
 def _handoff(
-    state: GroupState, policy: Policy, now: float, present: frozenset[str], events: list[Event]
+    state: GroupState,
+    policy: Policy,
+    now: float,
+    present: Present,
+    events: list[Event],
+    exclude: str | None = None,
 ) -> tuple[tuple[str, ...], tuple[Holder, ...], bool]:
     """Offer free slots to the queue (:func:`_offer`), and grant them at once to offered
     nodes whose request is waiting on this server right now (``present``): the slot passes
     to the head in the same write that freed it. Returns ``(offered, granted, changed)``."""
     offered, _, changed = _offer(state, policy, now)
     granted: list[Holder] = []
+    here: frozenset[str] = frozenset()
+    if offered:
+        here = (present() if callable(present) else present) - {exclude}
     for node in offered:
-        if node not in present:
+        if node not in here:
             continue
         w = next(w for w in state.queue if w.id == node)
         state.queue = [q for q in state.queue if q.id != node]
@@ -162,7 +175,7 @@ def _handoff(
         granted.append(holder)
     if granted:
         changed = True
-        offered = tuple(n for n in offered if n not in present)
+        offered = tuple(n for n in offered if n not in here)
     return offered, tuple(granted), changed
 
 
@@ -181,7 +194,7 @@ def decide_lock(
     policy: Policy,
     lease_seconds: int,
     now: float,
-    present: frozenset[str] = frozenset(),
+    present: Present = frozenset(),
 ) -> tuple[GroupState | None, LockOutcome]:
     new = state.copy()
     events: list[Event] = []
@@ -192,7 +205,7 @@ def decide_lock(
     mine = new.holders.get(node)
 
     def done(outcome: LockOutcome) -> tuple[GroupState | None, LockOutcome]:
-        offered, handed, offer_changed = _handoff(new, policy, now, present - {node}, events)
+        offered, handed, offer_changed = _handoff(new, policy, now, present, events, node)
         write = changed or offer_changed or outcome.written
         outcome = replace(
             outcome,
@@ -280,7 +293,7 @@ def decide_unlock(
     booted_version: str | None = None,
     health: str | None = None,
     failed_version: str | None = None,
-    present: frozenset[str] = frozenset(),
+    present: Present = frozenset(),
 ) -> tuple[GroupState | None, UnlockOutcome]:
     """UnlockIfHeld: releasing a slot one does not hold succeeds (and leaves the queue)."""
     new = state.copy()
@@ -319,7 +332,7 @@ def decide_unlock(
     before = len(new.queue)
     new.queue = [w for w in new.queue if w.id != node]
     changed = changed or len(new.queue) != before
-    offered, handed, offer_changed = _handoff(new, policy, now, present - {node}, events)
+    offered, handed, offer_changed = _handoff(new, policy, now, present, events, node)
     write = changed or offer_changed
     outcome = UnlockOutcome(
         holder is not None,
@@ -335,7 +348,7 @@ def decide_unlock(
 
 
 def decide_tick(
-    state: GroupState, policy: Policy, now: float, present: frozenset[str] = frozenset()
+    state: GroupState, policy: Policy, now: float, present: Present = frozenset()
 ) -> tuple[GroupState | None, TickOutcome]:
     new = state.copy()
     events: list[Event] = []
@@ -352,7 +365,7 @@ def decide_admin(
     policy: Policy,
     now: float,
     change: Callable[[GroupState], Event | None],
-    present: frozenset[str] = frozenset(),
+    present: Present = frozenset(),
 ) -> tuple[GroupState | None, TickOutcome]:
     """An admin change (pause, resume, cooldown, hold, halt resume): ``change`` edits the
     state and returns its ledger event (None: nothing changed)."""

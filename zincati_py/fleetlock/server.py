@@ -279,7 +279,10 @@ class FleetLockServer:
                 self.backend.apply(
                     group,
                     functools.partial(
-                        decide_tick, policy=policy, now=now, present=self.waiters.present(group)
+                        decide_tick,
+                        policy=policy,
+                        now=now,
+                        present=functools.partial(self.waiters.present, group),
                     ),
                 )
             )
@@ -305,7 +308,7 @@ class FleetLockServer:
                 policy=policy,
                 lease_seconds=policy.lease_seconds,
                 now=now,
-                present=self.waiters.present(params.group),
+                present=functools.partial(self.waiters.present, params.group),
             )
             outcome = await self._backend(self.backend.apply(params.group, decide), change=True)
             self.after(params.group, outcome)
@@ -367,7 +370,7 @@ class FleetLockServer:
             booted_version=params.booted_version,
             health=params.health,
             failed_version=params.failed_version,
-            present=self.waiters.present(params.group),
+            present=functools.partial(self.waiters.present, params.group),
         )
         outcome = await self._backend(self.backend.apply(params.group, decide), change=True)
         self.after(params.group, outcome)

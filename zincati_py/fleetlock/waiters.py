@@ -35,6 +35,9 @@ class Waiters:
     def __init__(self, tick: Callable[[str], Coroutine[Any, Any, None]]) -> None:
         self._tick = tick
         self._events: dict[str, dict[str, _Waiter]] = {}
+        # An immutable copy per group, which the SQLite thread may read while a decision
+        # runs there (present() is called at decision time).
+        self._snapshot: dict[str, tuple[tuple[str, _Waiter], ...]] = {}
         self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -43,7 +46,14 @@ class Waiters:
 
     def present(self, group: str) -> frozenset[str]:
         """Nodes whose request waits here now, client still connected."""
-        return frozenset(n for n, w in self._events.get(group, {}).items() if w.alive())
+        return frozenset(n for n, w in self._snapshot.get(group, ()) if w.alive())
+
+    def _snap(self, group: str) -> None:
+        events = self._events.get(group)
+        if events:
+            self._snapshot[group] = tuple(events.items())
+        else:
+            self._snapshot.pop(group, None)
 
     async def wait(
         self,
@@ -60,6 +70,7 @@ class Waiters:
         waiter = events.get(node)
         if waiter is None:
             waiter = events[node] = _Waiter(alive)
+            self._snap(group)
         self.schedule(group, next_change)
         try:
             async with asyncio.timeout(max(0.0, timeout)):
@@ -72,6 +83,7 @@ class Waiters:
                 del events[node]
             if not events:
                 self._events.pop(group, None)
+            self._snap(group)
 
     def wake(self, group: str, nodes: tuple[str, ...]) -> None:
         waiters = self._events.get(group, {})
