@@ -109,8 +109,12 @@ def test_retries_on_failure_and_run_as_render_systemd_settings() -> None:
     assert "StartLimitIntervalSec=11s\nStartLimitBurst=3\n" in service
     assert "OnFailure=zincati-py-on-failure-j.service\n" in service
     assert "User=backup\n" in service and "DynamicUser" not in service
-    # The history hook runs as root ("+") and ends the retries after the last attempt.
-    assert "ExecStopPost=-+/usr/bin/zincati-py schedule _record j --retries 2\n" in service
+    # The history hook runs as root ("+") and ends the retries after the last attempt; not
+    # with the job user's $HOME, where Python would run the user's .pth files (user site).
+    assert (
+        "ExecStopPost=-+/usr/bin/env -u HOME PYTHONNOUSERSITE=1 /usr/bin/zincati-py"
+        " schedule _record j --retries 2\n"
+    ) in service
     (handler,) = out.extra.values()
     assert list(out.extra) == ["zincati-py-on-failure-j.service"]
     assert "Environment=ZINCATI_PY_JOB=j\n" in handler and "User=backup\n" in handler
@@ -123,7 +127,8 @@ def test_retries_on_failure_and_run_as_render_systemd_settings() -> None:
         ScheduleSettings("j", "@daily", "true", on_failure="notify@x.service", dynamic_user=True)
     )
     assert "OnFailure=notify@x.service\n" in out.service and out.extra == {}
-    assert "DynamicUser=yes\n" in out.service and "ExecStopPost=-+" in out.service
+    assert "DynamicUser=yes\n" in out.service
+    assert "ExecStopPost=-+/usr/bin/env -u HOME PYTHONNOUSERSITE=1 /usr/bin/" in out.service
 
 
 @pytest.mark.parametrize(

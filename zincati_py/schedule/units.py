@@ -28,7 +28,10 @@ Service
     ``user``/``dynamic_user``: ``User=``/``DynamicUser=yes`` for the command and the failure
     hook. ``ExecStopPost=`` runs ``zincati-py schedule _record NAME`` after every attempt
     (timer, trigger or manual start), as root (``+``) when the job runs as another user, which
-    appends the run to the job's history (zincati_py.schedule.history).
+    appends the run to the job's history (zincati_py.schedule.history). systemd gives that
+    root command the job user's ``$HOME`` too (``User=``), a directory the user controls:
+    Python (without ``-s``) would run ``.pth`` files from its user site there, as root; so the
+    hook starts through ``env -u HOME PYTHONNOUSERSITE=1`` (found on the real host).
 
 Imported by the generator on every boot: only the builtins and unitfile at import time.
 """
@@ -57,6 +60,7 @@ SCHEDULE_UNIT = "zincati-py-schedule-{name}"
 FAILURE_UNIT = "zincati-py-on-failure-{name}"
 TOKEN_CREDENTIAL = "zincati-py-fleetlock-token"  # the lock server token of exclusive runs
 SHELL = "/bin/sh"
+ENV = "/usr/bin/env"
 _EXEC_PREFIXES = "-@:+!|"  # what systemd reads as flags at the start of an Exec line
 
 
@@ -198,6 +202,8 @@ def render_job(
     # "-": recording history must never turn a run into a failure; "+": as root, whoever
     # the job runs as (the history is root's).
     flags = "-+" if run_as else "-"
+    # Root's hook must not read the job user's $HOME (systemd sets it for "+" commands too).
+    hook_exe = f"{ENV} -u HOME PYTHONNOUSERSITE=1 {exe}" if run_as else exe
     service = (
         f"{header}\n[Unit]\nDescription={description(f'zincati-py schedule {job.name}')}\n"
         f"{source}{on_failure}{retry_unit}"
@@ -207,7 +213,7 @@ def render_job(
         + retry_service
         + exclusive
         + run_as
-        + f"ExecStopPost={flags}{exe} schedule _record {job.name}{hook}\n"
+        + f"ExecStopPost={flags}{hook_exe} schedule _record {job.name}{hook}\n"
     )
     return JobUnits(SCHEDULE_UNIT.format(name=job.name), timer, service, extra, notes)
 
