@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from zincati_py.agent.machine import Action
 from zincati_py.backoff import Backoff
@@ -30,11 +31,28 @@ log = logging.getLogger("zincati_py.agent")
 # reason the agent waits and the wall-clock time to evaluate again without an event.
 Outcome = tuple[str, float | None] | None
 
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """A wait given up because the agent has other work (see :meth:`Host.interruptible`);
+    the message says what came."""
+
 
 class Host(Protocol):
     """What a collaborator may ask of the loop."""
 
-    lock: asyncio.Lock  # held by every evaluation; a collaborator changing facts takes it
+    lock: asyncio.Lock  # held by every evaluation
+
+    def claim(self, why: str) -> AbstractAsyncContextManager[None]:
+        """The lock, for a collaborator changing facts: an interruptible wait the running
+        evaluation is in is given up rather than waited for."""
+
+    async def interruptible(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro``, a wait that may last (a strategy's long poll for a reboot slot),
+        unless the agent has other work first: a wake (an event, the timer), a ``claim`` of
+        the lock (a configuration change, RebootNow) or a stop. Then ``coro`` is cancelled,
+        :class:`Interrupted` is raised and the loop evaluates again once that work is done."""
 
     def wake(self, reason: str) -> None:
         """Evaluate again soon (safe from any callback in the loop)."""

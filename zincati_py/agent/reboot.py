@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from zincati_py.agent import machine, persist, status
-from zincati_py.agent.core import Host, Outcome, Retries
+from zincati_py.agent.core import Host, Interrupted, Outcome, Retries
 from zincati_py.agent.machine import Action, Decision, Deployment, Gate
 
 if TYPE_CHECKING:
@@ -144,7 +144,13 @@ class RebootCoordinator:
         allowed, s_reason, s_recheck = True, "administrator request", None
         if not force:
             try:
-                verdict = await strategy.can_finalize(datetime.now(UTC))
+                # A remote strategy may wait here (a slot of a full group: the lock server
+                # holds the request up to lock_wait_secs); the agent's other work comes first.
+                verdict = await self.host.interruptible(strategy.can_finalize(datetime.now(UTC)))
+            except Interrupted as exc:
+                # Safe to give up: asking again is idempotent (a slot granted meanwhile is
+                # found held), and the loop asks again once the interrupting work is done.
+                return (f"strategy {strategy.name}: asking again after: {exc}", None)
             except Exception as exc:
                 log.warning("strategy %s failed: %s", strategy.name, exc)
                 return self.retries.retry(

@@ -91,7 +91,7 @@ class ConfigReloader:
 
     async def _reload(self) -> None:
         result = await asyncio.to_thread(config_mod.load, self.paths)
-        async with self.host.lock:
+        async with self.host.claim("configuration changed"):
             self.result = result
             self.loaded_at = time.time()
             if not result.ok:

@@ -24,12 +24,12 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zincati_py.agent import machine, persist
 from zincati_py.agent.api import AgentInterface, RefusedError, export
-from zincati_py.agent.core import Outcome, Retries, release_free_memory
+from zincati_py.agent.core import Interrupted, Outcome, Retries, release_free_memory
 from zincati_py.agent.deployments import DeploymentTracker
 from zincati_py.agent.graph import UpdateGraph
 from zincati_py.agent.machine import Action, Facts, State, Step
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from zincati_py.dbus.rpmostree import RpmOstree
 
 log = logging.getLogger("zincati_py.agent")
+
+T = TypeVar("T")
 
 
 class Agent:
@@ -119,6 +121,10 @@ class Agent:
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The interruptible wait the running evaluation is in, and what interrupted it.
+        self._waiting: asyncio.Task[Any] | None = None
+        self._interrupted: str | None = None
+        self._claims: list[str] = []  # why each collaborator waiting for the lock wants it
 
     # -- Host -----------------------------------------------------------------------------
     def wake(self, reason: str) -> None:
@@ -126,10 +132,58 @@ class Agent:
         self.note_event()
         self._wake_reasons.append(reason)
         self._wake.set()
+        self._interrupt(reason)
 
     def note_event(self) -> None:
         if self._wake_since is None:
             self._wake_since = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def claim(self, why: str) -> AsyncIterator[None]:
+        self._claims.append(why)
+        self._interrupt(why)
+        try:
+            await self.lock.acquire()
+        finally:
+            self._claims.remove(why)
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    async def interruptible(self, coro: Coroutine[Any, Any, T]) -> T:
+        # Work that came before the wait started interrupts it at once: a wake during this
+        # evaluation (``_wake`` is cleared when an evaluation starts), a claim, a stop.
+        why = next(
+            (w for w in (*self._claims, *self._wake_reasons[-1:]) if w),
+            "stopping" if self._stop.is_set() else None,
+        )
+        if why is not None:
+            coro.close()
+            raise Interrupted(why)
+        task: asyncio.Task[T] = asyncio.get_running_loop().create_task(coro)
+        self._waiting, self._interrupted = task, None
+        try:
+            return await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self._interrupted is not None and (me is None or not me.cancelling()):
+                raise Interrupted(self._interrupted) from None
+            raise  # the evaluation itself is cancelled (shutdown)
+        finally:
+            self._waiting = None
+
+    def _interrupt(self, why: str) -> None:
+        """Give up the interruptible wait the running evaluation is in, if any."""
+        task = self._waiting
+        if task is None or task.done() or self._interrupted is not None:
+            return
+        log.info("%s: the strategy's wait is interrupted (asked again afterwards)", why)
+        self._interrupted = why
+        task.cancel()
+        # Whatever interrupted may not wake the loop itself (a claim): evaluate again after it.
+        self._wake_reasons.append(f"asking the strategy again ({why})")
+        self._wake.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
@@ -154,7 +208,7 @@ class Agent:
 
     async def reboot_now(self) -> str:
         """RebootNow on the API: reboot into the staged update, skipping the strategy."""
-        async with self.lock:
+        async with self.claim("RebootNow"):
             self.graph.follow(self.reload.config)
             now = time.time()
             await self._reconcile(now)
@@ -380,6 +434,7 @@ class Agent:
         self.notify.stopping()
         self._stop.set()
         self._wake.set()
+        self._interrupt("stopping")
 
     async def _shutdown(self, runner: asyncio.Task[Any]) -> None:
         if self._timer is not None:

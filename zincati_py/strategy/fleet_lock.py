@@ -31,7 +31,6 @@ held is in ``status()["holds_slot"]``; persisting it across an agent crash is th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
@@ -143,8 +142,12 @@ class FleetLock(Strategy):
         if task is None or task.done():
             return
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise  # the caller is cancelled too (e.g. an interrupted can_finalize)
 
     async def _cancel_renewal(self) -> None:
         task, self._renewal = self._renewal, None
@@ -172,11 +175,19 @@ class FleetLock(Strategy):
             return Verdict(False, f"cannot ask for a reboot slot: {problem}")
         # The slot is wanted again: a pending release must not undo the new grant.
         task, self._release = self._release, None
-        await self._cancel(task)
+        releasing = task is not None and not task.done()
         try:
+            await self._cancel(task)
             grant = await self._get_client().pre_reboot(
                 self._lock_report(), wait=self.lock_wait_secs
             )
+        except asyncio.CancelledError:
+            # The caller gave up the ask (the agent had other work, or stops): nothing changed
+            # here (a slot granted meanwhile is found held on the next ask: pre-reboot is
+            # idempotent; a lease keeps its renewal), but a release it replaced is owed again.
+            if releasing:
+                self._release = self._spawn(self._release_until_done(), "release")
+            raise
         except FleetLockError as exc:
             await self._auth_failed(exc)
             delay = self._lock_backoff.next_delay()
