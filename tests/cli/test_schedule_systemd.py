@@ -528,7 +528,16 @@ def test_fleet_exclusive_runs_one_at_a_time_across_two_hosts(
         (holder,) = wait_for(holders, what="the slot taken")
         assert holder.endswith(":once")
         manager.systemctl("stop", "zincati-py-schedule-once.service")
-        assert holders() == []
+        # Released by the slot unit, stopped after the job (ordered so): within a few seconds,
+        # well inside the 2 s lease's renewals would keep it otherwise.
+        wait_for(lambda: not holders(), timeout=10, what="the slot released")
+        wait_for(
+            lambda: (
+                "ActiveState=inactive"
+                in manager.systemctl("show", "-p", "ActiveState", "zincati-py-slot-once.service")
+            ),
+            what="the slot unit stopped",
+        )
     finally:
         server.stop()
 
@@ -536,8 +545,11 @@ def test_fleet_exclusive_runs_one_at_a_time_across_two_hosts(
 def test_fleet_exclusive_run_authenticates_with_the_configured_token(
     user_manager_factory: Callable[..., UserManager], tmp_path: Path
 ) -> None:
-    """The job gets [updates.fleet_lock] token_file as a systemd credential (LoadCredential=),
-    so a lock server with tokens lets the run take its slot; a wrong token: not run."""
+    """The slot unit gets [updates.fleet_lock] token_file (LoadCredential=), so a lock server
+    with tokens lets the run take its slot; a wrong token: not run. Finding 10: the command's
+    own unit carries no credential and its process sees neither the token nor a credentials
+    directory (as far as a user manager can show it: its jobs cannot switch users; the real-host
+    tier runs the command as another user)."""
     from testbed.etcd import free_port
     from testbed.lockserver import LockServerProcess
 
@@ -556,10 +568,10 @@ def test_fleet_exclusive_run_authenticates_with_the_configured_token(
     try:
         root = make_root(tmp_path)
         out = tmp_path / "ran"
-        for name in ("good", "bad"):
+        for name in ("good", "bad", "busy"):
             (root / "etc/zincati/config.d" / f"50-{name}.toml").write_text(
                 f'[[schedule]]\nname = "{name}"\ncron = "0 0 1 1 *"\nexclusive_group = "g{name}"\n'
-                f"command = 'echo {name} >> {out}'\n"
+                f"command = 'echo {name} >> {out}; env > {tmp_path / name}.env'\n"
             )
         # The user manager of the test bed cannot load credentials (systemd 252 leaves
         # $CREDENTIALS_DIRECTORY empty there): the root job reads the token file itself.
@@ -573,13 +585,129 @@ def test_fleet_exclusive_run_authenticates_with_the_configured_token(
         (run,) = wait_for(lambda: zpy_json("schedule", "history", "good", *common)["runs"])
         assert run["result"] == "success", manager.log()[-3000:]
         assert out.read_text() == "good\n"
+        environ = (tmp_path / "good.env").read_text()
+        assert "CREDENTIALS_DIRECTORY" not in environ and "shared-secret" not in environ
+        # What the manager loaded: no credential in the job's unit, the token in the slot's.
+        job_unit = manager.systemctl("cat", "zincati-py-schedule-good.service")
+        assert "Credential" not in job_unit and "token" not in job_unit, job_unit
+        slot_unit = manager.systemctl("cat", "zincati-py-slot-good.service")
+        assert f"LoadCredential=zincati-py-fleetlock-token:{tmp_path / 'shared.token'}\n" in (
+            slot_unit
+        )
+        assert "User=" not in slot_unit
         _write(root, "10-lock.toml", lock.format(server.url, tmp_path / "wrong.token"))
         manager.daemon_reload()
         assert zpy("schedule", "trigger", "bad", *common, env=env).returncode == 0
         (run,) = wait_for(lambda: zpy_json("schedule", "history", "bad", *common)["runs"])
-        assert run["result"] == "exit-code" and run["exit_status"] == "69"
+        # The slot unit exited 69; its ExecCondition= failed the job (retries and the failure
+        # hook apply); the command never started.
+        assert run["result"] == "exit-code" and run["exit_status"] is None, run
         assert out.read_text() == "good\n"  # the command never ran
         assert "not run: the lock server" in manager.log()
+        assert "not run: zincati-py-slot-bad.service holds no slot" in manager.log()
         assert "shared-secret" not in manager.log() and "not-it" not in manager.log()
+
+        # Finding 12: with auth on, the admin API would refuse the node's token: a skipped run
+        # does not ask it, and says the group is held by another node.
+        _write(root, "10-lock.toml", lock.format(server.url, tmp_path / "shared.token"))
+        manager.daemon_reload()
+        _fleetlock(server.url, "pre-reboot", "someone", "gbusy", token="shared-secret")
+        assert zpy("schedule", "trigger", "busy", *common, env=env).returncode == 0
+        (run,) = wait_for(lambda: zpy_json("schedule", "history", "busy", *common)["runs"])
+        assert run["result"] == "skipped", run
+        assert "skipped: every slot of group 'gbusy' is taken (held by another node)" in (
+            manager.log()
+        )
+        assert not (tmp_path / "busy.env").exists()
+    finally:
+        server.stop()
+
+
+def _fleetlock(url: str, verb: str, node: str, group: str, token: str | None = None) -> int:
+    """A FleetLock ``pre-reboot``/``steady-state`` (or admin ``release``) call as another node;
+    the HTTP status."""
+    import urllib.error
+
+    path = {"release": "v1/admin/release"}.get(verb, f"v1/{verb}")
+    body = json.dumps({"client_params": {"id": node, "group": group}}).encode()
+    headers = {"fleet-lock-protocol": "true", "content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"{url}{path}", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_fleet_exclusive_run_that_loses_its_slot_is_stopped(
+    user_manager_factory: Callable[..., UserManager], tmp_path: Path
+) -> None:
+    """Finding 11: a run whose slot is lost is stopped (SIGTERM), fails and is recorded so,
+    with a critical journal line: (1) an admin force-releases the slot and another node takes
+    it (the next renewal finds the group full); (2) the lock server goes away (no renewal for
+    longer than the 2 s lease)."""
+    from testbed.etcd import free_port
+    from testbed.lockserver import LockServerProcess
+
+    port = free_port()
+    server_config = tmp_path / "fleetlock.toml"
+    server_config.write_text(
+        f'listen = "127.0.0.1:{port}"\nbackend = "sqlite:{tmp_path / "locks.db"}"\n'
+        "default_slots = 1\nlease_seconds = 2\n"
+    )
+    server = LockServerProcess(server_config, port, tmp_path / "server.log").start()
+    marks = tmp_path / "marks"
+    try:
+        root = make_root(tmp_path)
+        _write(
+            root,
+            "50-test.toml",
+            f'[updates]\nenabled = false\n[updates.fleet_lock]\nbase_url = "{server.url}"\n'
+            '[[schedule]]\nname = "long"\ncron = "0 0 1 1 *"\nexclusive_group = "g"\n'
+            f"command = 'echo start >> {marks}; sleep 60; echo end >> {marks}'\n",
+        )
+        manager = user_manager_factory(root)
+        env, common = manager.env(), ("--root", str(root), "--user")
+
+        def holders() -> list[str]:
+            with urllib.request.urlopen(f"{server.url}v1/groups/g", timeout=5) as resp:
+                return [h["id"] for h in json.load(resp)["holders"]]
+
+        def runs() -> list[dict[str, object]]:
+            return zpy_json("schedule", "history", "long", *common)["runs"]  # type: ignore[no-any-return]
+
+        assert zpy("schedule", "trigger", "long", *common, env=env).returncode == 0
+        wait_for(lambda: marks.exists(), what="the command started")
+        (ours,) = holders()
+
+        def taken_over() -> bool:  # our renewal may win the freed slot back: try again then
+            assert _fleetlock(server.url, "release", ours, "g") == 200
+            return _fleetlock(server.url, "pre-reboot", "other-node", "g") == 200
+
+        wait_for(taken_over, timeout=10, what="another node holding the slot")
+        (run,) = wait_for(runs, timeout=20, what="the stopped run recorded")
+        assert (run["result"], run["exit_code"], run["exit_status"]) == ("signal", "killed", "TERM")
+        assert run["lost_slot"] is True, run
+        assert marks.read_text() == "start\n"  # stopped: never reached its end
+        log = manager.log()
+        assert "<2>zincati-py: lost its slot of group 'g': another node holds it now" in log
+        state = manager.systemctl(
+            "show", "-p", "ActiveState,Result", "zincati-py-schedule-long.service"
+        )
+        assert "ActiveState=failed" in state and "Result=signal" in state, state
+
+        # (2) The server goes away mid-run: no renewal within the lease -> stopped.
+        assert _fleetlock(server.url, "steady-state", "other-node", "g") == 200
+        marks.unlink()
+        assert zpy("schedule", "trigger", "long", *common, env=env).returncode == 0
+        wait_for(lambda: marks.exists(), what="the second run started")
+        wait_for(holders, what="the slot taken")
+        server.stop()
+        runs_now = wait_for(lambda: runs()[1:], timeout=20, what="the second run recorded")
+        assert runs_now[0]["result"] == "signal" and runs_now[0]["lost_slot"] is True
+        assert marks.read_text() == "start\n"
+        assert "no renewal succeeded for" in manager.log()
     finally:
         server.stop()

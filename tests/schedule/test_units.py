@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -179,7 +180,7 @@ def test_neutral_values_mean_unset(tmp_path: Path) -> None:
     assert "Timeout" not in service and "OnFailure" not in service and "User" not in service
 
 
-def test_an_exclusive_job_runs_under_the_lock_wrapper(tmp_path: Path) -> None:
+def test_an_exclusive_job_waits_for_its_slot_unit(tmp_path: Path) -> None:
     etc = tmp_path / "etc" / "zincati" / "config.d"
     etc.mkdir(parents=True)
     fragment = etc / "50-j.toml"
@@ -210,12 +211,21 @@ def test_an_exclusive_job_runs_under_the_lock_wrapper(tmp_path: Path) -> None:
         hook_args="",
     )
     node = result.config.identity.node_uuid
-    assert _exec_start(out.service) == (
-        "ExecStart=/usr/bin/zincati-py schedule _exclusive --url http://lock.example:8080/ "
-        f'--group nightly --id {node}:j --wait 30 j -- /bin/sh -c -- "-x 100%%"'
-    )
-    assert "SuccessExitStatus=75\n" in out.service
+    # The command is the job's own ExecStart= (its user and sandbox apply), run once the
+    # ExecCondition= (as root) has the slot unit holding a slot.
+    assert _exec_start(out.service) == 'ExecStart=/bin/sh -c -- "-x 100%%"'
+    assert "ExecCondition=+/usr/bin/zincati-py schedule _exclusive --take j\n" in out.service
+    assert "After=zincati-py-slot-j.service\n" in out.service
+    assert "SuccessExitStatus" not in out.service
     assert "ExecStopPost=-/usr/bin/zincati-py schedule _record j --exclusive\n" in out.service
+    slot = out.extra["zincati-py-slot-j.service"]
+    assert (
+        "ExecStart=/usr/bin/zincati-py schedule _exclusive --url http://lock.example:8080/ "
+        f"--group nightly --id {node}:j --wait 30 j\n"
+    ) in slot
+    assert "Type=notify\n" in slot and "TimeoutStartSec=150s\n" in slot
+    assert "ExecStopPost=/usr/bin/zincati-py schedule _exclusive --ended j\n" in slot
+    assert "User=" not in slot  # root's: it holds the token
 
 
 def test_an_exclusive_job_gets_the_lock_server_token_as_a_credential(tmp_path: Path) -> None:
@@ -232,19 +242,26 @@ def test_an_exclusive_job_gets_the_lock_server_token_as_a_credential(tmp_path: P
     jobs = {job.name: job for job in result.config.schedules}
     node = result.config.identity.node_uuid
 
-    def render(job: ScheduleSettings) -> str:
-        out = units.render_job(
+    def render(job: ScheduleSettings, user: str | None = None) -> units.JobUnits:
+        if user is not None:
+            job = dataclasses.replace(job, user=user)
+        return units.render_job(
             job, header=HEADER, exe="/usr/bin/zincati-py", hash_id=node, hook_args=""
         )
-        return out.service
 
-    service = render(jobs["j"])
+    # Finding 10: the token reaches the slot unit only (root, no User=), never the unit whose
+    # command may run as an unprivileged user (a LoadCredential= there is that user's to read).
+    out = render(jobs["j"], user="nobody")
+    slot = out.extra["zincati-py-slot-j.service"]
     assert (
-        "LoadCredential=zincati-py-fleetlock-token:/etc/zincati-py/fleetlock-node.token\n"
-        in service
+        "LoadCredential=zincati-py-fleetlock-token:/etc/zincati-py/fleetlock-node.token\n" in slot
     )
     assert (
         "--token-credential zincati-py-fleetlock-token "
-        "--token-file /etc/zincati-py/fleetlock-node.token j -- /bin/sh -c true"
-    ) in service
-    assert "LoadCredential" not in render(jobs["k"])  # not exclusive: no token
+        "--token-file /etc/zincati-py/fleetlock-node.token j\n"
+    ) in slot
+    assert "User=" not in slot and "DynamicUser" not in slot
+    assert "User=nobody\n" in out.service
+    for secret in ("LoadCredential", "SetCredential", "token", "fleetlock-node"):
+        assert secret not in out.service, secret
+    assert "LoadCredential" not in render(jobs["k"]).service  # not exclusive: no token

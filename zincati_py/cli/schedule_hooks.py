@@ -2,8 +2,8 @@
 
 ``_record NAME`` is every job service's ``ExecStopPost=`` (as root): it records the attempt in
 the job's history (:mod:`zincati_py.schedule.history`), ends a retry loop after the last
-attempt and warns about overruns. ``_exclusive ... NAME -- ARGV`` is a fleet-exclusive job's
-``ExecStart=`` (:mod:`zincati_py.schedule.exclusive`). Registered by
+attempt and warns about overruns. ``_exclusive ... NAME`` holds a fleet-exclusive job's slot
+(``--take``, ``--ended``: its other roles; :mod:`zincati_py.schedule.exclusive`). Registered by
 :mod:`zincati_py.cli.schedule_cmd` (``SUBCOMMANDS``).
 """
 
@@ -63,27 +63,37 @@ def _register_exclusive(sub: _Subparsers) -> None:
         "_exclusive",
         _cmd_exclusive,
         description=(
-            "Internal: a fleet-exclusive job's ExecStart=. Runs ARGV holding a slot of GROUP "
-            "on the FleetLock server at URL (renewed while it runs, released at the end)."
+            "Internal: a fleet-exclusive job's slot unit (holds a slot of GROUP on the FleetLock "
+            "server at URL: renewed, released when stopped); --take: the job's ExecCondition= "
+            "(starts the slot unit, waits for it); --ended: the slot unit's ExecStopPost= "
+            "(stops the job after a lost slot)."
         ),
     )
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--id", required=True)
+    role = parser.add_mutually_exclusive_group()
+    role.add_argument("--take", action="store_true")
+    role.add_argument("--ended", action="store_true")
+    parser.add_argument("--url")
+    parser.add_argument("--group")
+    parser.add_argument("--id")
     parser.add_argument("--wait", type=int, default=0)
     parser.add_argument("--token-credential", default=None, help="the bearer token's credential")
     parser.add_argument(
         "--token-file", default=None, help="the token file, if the credential is not there"
     )
-    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    add_root_argument(parser)
+    add_user_argument(parser)
 
 
 def _cmd_exclusive(args: argparse.Namespace) -> int:
     from zincati_py.schedule import exclusive
 
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    if not argv:
-        raise CliError("schedule _exclusive: no command after --", os.EX_USAGE)
+    name = check_job_name(args.name)
+    if args.take:
+        return _take_slot(args, name)
+    if args.ended:
+        return _slot_ended(args, name)
+    if not (args.url and args.group and args.id):
+        raise CliError("schedule _exclusive: --url, --group and --id are needed", os.EX_USAGE)
     token = None
     if args.token_credential or args.token_file:
         from pathlib import Path
@@ -91,17 +101,67 @@ def _cmd_exclusive(args: argparse.Namespace) -> int:
         from zincati_py.fleetlock.secrets import SecretError, credential_path, read_token
 
         try:
-            # The credential systemd loaded for the run (LoadCredential=, whatever the job's
-            # user); where the manager could not load it, the file itself (a root job).
+            # The credential systemd loaded for the slot unit (root's); where the manager
+            # could not load it (a user manager), the file itself.
             credential = credential_path(args.token_credential) if args.token_credential else None
             if credential is not None and (credential.exists() or not args.token_file):
                 token = read_token(credential, "credential").value
             else:
                 token = read_token(Path(args.token_file), "file").value
         except SecretError as exc:
-            print(f"zincati-py: not run: the lock server token: {exc}", file=sys.stderr)
+            exclusive.say(f"not run: the lock server token: {exc}", priority=3)
             return exclusive.UNAVAILABLE
-    return exclusive.main(args.url, args.group, args.id, args.wait, argv, token=token)
+    return exclusive.main(args.url, args.group, args.id, args.wait, token=token)
+
+
+def _take_slot(args: argparse.Namespace, name: str) -> int:
+    """The job's ``ExecCondition=``: start the slot unit, wait for its start job; 0 = the slot
+    is held, SKIPPED = the group stayed full (the command is skipped), 255 = the unit fails."""
+    from zincati_py.dbus.systemd import SERVICE_IFACE, UNIT_IFACE
+    from zincati_py.dbus.systemd_sync import SystemdError
+    from zincati_py.schedule import exclusive
+    from zincati_py.schedule.units import slot_unit
+
+    unit = slot_unit(name)
+    try:
+        with connect(args) as systemd:
+            # Bounded by the slot unit's own TimeoutStartSec= (the wait + 120 s), plus a margin.
+            wait = float(systemd.properties(unit, SERVICE_IFACE).get("TimeoutStartUSec", 0)) / 1e6
+            if not systemd.wait_job(systemd.start_unit(unit), timeout=(wait or 300) + 30):
+                exclusive.say(f"not run: {unit} did not start in time", priority=3)
+                return exclusive.CONDITION_FAILED
+            state = systemd.properties(unit, UNIT_IFACE).get("ActiveState")
+            status = int(systemd.properties(unit, SERVICE_IFACE).get("ExecMainStatus", 0))
+    except (CliError, SystemdError, ValueError, TypeError) as exc:
+        # Any failure here must fail the unit: an exit status 1-254 would only skip the run.
+        exclusive.say(f"not run: {unit}: {exc}", priority=3)
+        return exclusive.CONDITION_FAILED
+    if state == "active":
+        return 0
+    if status == exclusive.SKIPPED:
+        return exclusive.SKIPPED
+    exclusive.say(f"not run: {unit} holds no slot ({state}, exit status {status})", priority=3)
+    return exclusive.CONDITION_FAILED
+
+
+def _slot_ended(args: argparse.Namespace, name: str) -> int:
+    """The slot unit's ``ExecStopPost=``: after a lost slot, stop the job's command."""
+    from zincati_py.dbus.systemd_sync import SystemdError
+    from zincati_py.schedule import exclusive
+    from zincati_py.schedule.units import unit_name
+
+    lost = os.environ.get("EXIT_CODE") == "exited" and os.environ.get("EXIT_STATUS") == str(
+        exclusive.LOST
+    )
+    if not lost:
+        return 0
+    try:
+        with connect(args) as systemd:
+            systemd.stop_unit(unit_name(name))
+    except (CliError, SystemdError) as exc:
+        exclusive.say(f"could not stop {unit_name(name)} after losing its slot: {exc}", priority=2)
+        return 1
+    return 0
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -136,11 +196,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
     except (CliError, SystemdError) as exc:
         print(f"zincati-py: {unit}: start time unknown: {exc}", file=sys.stderr)
     record = history.make_record(name, unit, start, end, os.environ, attempt=attempt)
-    if args.exclusive and os.environ.get("EXIT_CODE") == "exited":
-        from zincati_py.schedule.exclusive import SKIPPED
-
-        if os.environ.get("EXIT_STATUS") == str(SKIPPED):
-            record["result"] = "skipped"  # the group was full: the command never ran
+    if args.exclusive:
+        _exclusive_outcome(args, name, record)
     if overran is not None:
         record["overran"] = True
         print(
@@ -151,6 +208,31 @@ def _cmd_record(args: argparse.Namespace) -> int:
     with job_errors():
         history.append(paths_of(args), name, record)
     return 0
+
+
+def _exclusive_outcome(args: argparse.Namespace, name: str, record: dict[str, Any]) -> None:
+    """A fleet-exclusive run: skipped (the slot unit's ExecCondition= said so) or stopped
+    because its slot was lost (the slot unit exited LOST); then release the slot (stop the
+    slot unit) after every attempt."""
+    from zincati_py.dbus.systemd import SERVICE_IFACE
+    from zincati_py.dbus.systemd_sync import SystemdError
+    from zincati_py.schedule import exclusive
+    from zincati_py.schedule.units import slot_unit
+
+    if os.environ.get("SERVICE_RESULT") == "exec-condition":
+        record["result"] = "skipped"  # the group was full: the command never ran
+    unit = slot_unit(name)
+    try:
+        with connect(args) as systemd:
+            props = systemd.properties(unit, SERVICE_IFACE)
+            if (
+                props.get("Result") == "exit-code"
+                and int(props.get("ExecMainStatus", 0)) == exclusive.LOST
+            ):
+                record["lost_slot"] = True
+            systemd.stop_unit(unit)
+    except (CliError, SystemdError) as exc:
+        print(f"zincati-py: {unit}: could not release the slot: {exc}", file=sys.stderr)
 
 
 def _overran(

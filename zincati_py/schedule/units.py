@@ -23,8 +23,11 @@ Service
     ``on_failure``: ``OnFailure=`` a unit, or a generated ``zincati-py-on-failure-NAME.service``
     running the command with ``ZINCATI_PY_JOB`` set (systemd adds ``MONITOR_SERVICE_RESULT``,
     ``MONITOR_EXIT_CODE``, ``MONITOR_EXIT_STATUS``, ``MONITOR_INVOCATION_ID``, ``MONITOR_UNIT``).
-    ``exclusive_group``: the command runs under ``zincati-py schedule _exclusive`` holding a
-    FleetLock slot (zincati_py.schedule.exclusive); ``SuccessExitStatus=75`` for a skipped run.
+    ``exclusive_group``: ``ExecCondition=+zincati-py schedule _exclusive --take`` (as root)
+    starts the job's slot unit ``zincati-py-slot-NAME.service`` and lets the command run once
+    it holds a FleetLock slot (zincati_py.schedule.exclusive); ``After=`` it, so at shutdown the
+    command stops before the slot is released. The slot unit runs as root (no ``User=``) and
+    alone gets the lock server's token (``LoadCredential=``): the command's unit has none.
     ``user``/``dynamic_user``: ``User=``/``DynamicUser=yes`` for the command and the failure
     hook. ``ExecStopPost=`` runs ``zincati-py schedule _record NAME`` after every attempt
     (timer, trigger or manual start), as root (``+``) when the job runs as another user, which
@@ -58,6 +61,7 @@ __all__ = [
 
 SCHEDULE_UNIT = "zincati-py-schedule-{name}"
 FAILURE_UNIT = "zincati-py-on-failure-{name}"
+SLOT_UNIT = "zincati-py-slot-{name}"  # holds a fleet-exclusive job's FleetLock slot
 TOKEN_CREDENTIAL = "zincati-py-fleetlock-token"  # the lock server token of exclusive runs
 SHELL = "/bin/sh"
 ENV = "/usr/bin/env"
@@ -82,6 +86,11 @@ class JobUnits:
 
 def unit_name(name: str, suffix: str = "service") -> str:
     return f"{SCHEDULE_UNIT.format(name=name)}.{suffix}"
+
+
+def slot_unit(name: str) -> str:
+    """The unit holding the FleetLock slot of exclusive job ``name``'s runs."""
+    return f"{SLOT_UNIT.format(name=name)}.service"
 
 
 def _zone_suffix(tz: str | None) -> str | None:
@@ -151,8 +160,6 @@ def render_job(
     extra: dict[str, str] = {}
     try:
         exec_start = exec_command(job.command)
-        if job.exclusive_group:
-            exec_start = _exclusive(job, exe, hash_id)
         run_as = _run_as(job)
     except unitfile.UnsafeValue as exc:
         key = "command" if "command" in str(exc) else "user"
@@ -189,15 +196,15 @@ def render_job(
         retry_unit = f"StartLimitIntervalSec={interval}s\nStartLimitBurst={job.retries + 1}\n"
         retry_service = f"Restart=on-failure\nRestartSec={job.retry_delay_secs}s\n"
         hook += f" --retries {job.retries}"
-    exclusive = ""
+    exclusive = slot_order = ""
     if job.exclusive_group:
-        from zincati_py.schedule.exclusive import SKIPPED
-
-        exclusive = f"SuccessExitStatus={SKIPPED}\n"  # skipped (group full): no retry, no hook
         try:
-            exclusive += _token_credential(job)
+            extra[slot_unit(job.name)] = _slot_service(job, header, source, exe, hash_id, hook_args)
         except unitfile.UnsafeValue as exc:
             raise JobSkipped(f"{where}.exclusive_group: {exc}; job skipped") from None
+        # As root ("+"), whoever the job runs as: it only starts the slot unit and waits.
+        exclusive = f"ExecCondition=+{exe} schedule _exclusive --take {job.name}{hook_args}\n"
+        slot_order = f"After={slot_unit(job.name)}\n"
         hook += " --exclusive"
     # "-": recording history must never turn a run into a failure; "+": as root, whoever
     # the job runs as (the history is root's).
@@ -206,47 +213,58 @@ def render_job(
     hook_exe = f"{ENV} -u HOME PYTHONNOUSERSITE=1 {exe}" if run_as else exe
     service = (
         f"{header}\n[Unit]\nDescription={description(f'zincati-py schedule {job.name}')}\n"
-        f"{source}{on_failure}{retry_unit}"
+        f"{source}{on_failure}{retry_unit}{slot_order}"
         "\n[Service]\nType=oneshot\n"
+        f"{exclusive}"
         f"ExecStart={exec_start}\n"
         + (f"TimeoutStartSec={job.timeout_secs}s\n" if job.timeout_secs else "")
         + retry_service
-        + exclusive
         + run_as
         + f"ExecStopPost={flags}{hook_exe} schedule _record {job.name}{hook}\n"
     )
     return JobUnits(SCHEDULE_UNIT.format(name=job.name), timer, service, extra, notes)
 
 
-def _exclusive(job: ScheduleSettings, exe: str, hash_id: str | None) -> str:
-    """``zincati-py schedule _exclusive ... -- ARGV``: the command, holding a FleetLock slot."""
+def _slot_service(
+    job: ScheduleSettings, header: str, source: str, exe: str, hash_id: str | None, hook_args: str
+) -> str:
+    """The slot unit: ``zincati-py schedule _exclusive`` holding the job's FleetLock slot, as
+    root (no ``User=``), with the lock server's token; ``READY=1`` once the slot is held."""
     from zincati_py.schedule.exclusive import lock_id
 
     if not job.fleet_lock_url or not hash_id:
-        raise unitfile.UnsafeValue("command: exclusive_group needs a lock server and a node id")
-    if isinstance(job.command, str):
-        dashes = ["--"] if job.command[:1] in ("-", "+") else []
-        argv = [SHELL, "-c", *dashes, job.command]
-    else:
-        argv = list(job.command)
+        raise unitfile.UnsafeValue("exclusive_group needs a lock server and a node id")
     token_file, token_credential = job.fleet_lock_token
     credential = TOKEN_CREDENTIAL if token_file else token_credential
-    words = [  # the options before NAME: everything after NAME is the command
+    words = [
         "schedule", "_exclusive", "--url", job.fleet_lock_url,
         "--group", job.exclusive_group or "", "--id", lock_id(hash_id, job.name),
         "--wait", str(job.exclusive_wait_secs),
         *(["--token-credential", credential] if credential else []),
         *(["--token-file", token_file] if token_file else []),
-        job.name, "--", *argv,
+        job.name,
     ]  # fmt: skip
     if any("\0" in word for word in words):
-        raise unitfile.UnsafeValue("command contains a NUL character")
-    return " ".join([exe, *(unitfile.exec_word(word) for word in words)])
+        raise unitfile.UnsafeValue("contains a NUL character")
+    hold = " ".join([exe, *(unitfile.exec_word(word) for word in words)])
+    # The lock server may take a while to answer each attempt: the wait plus a margin.
+    start_timeout = job.exclusive_wait_secs + 120
+    group = job.exclusive_group or ""
+    return (
+        f"{header}\n[Unit]\n"
+        f"Description={description(f'zincati-py schedule {job.name}: slot of group {group}')}\n"
+        f"{source}"
+        "StartLimitIntervalSec=0\n"  # started once per attempt: the job's own limits apply
+        "\n[Service]\nType=notify\nNotifyAccess=main\n"
+        f"ExecStart={hold}{hook_args}\n"
+        f"ExecStopPost={exe} schedule _exclusive --ended {job.name}{hook_args}\n"
+        f"TimeoutStartSec={start_timeout}s\n" + _token_credential(job)
+    )
 
 
 def _token_credential(job: ScheduleSettings) -> str:
-    """``LoadCredential=`` for the lock server's token: systemd hands it to the run (whatever
-    its user) in ``$CREDENTIALS_DIRECTORY``, the token file stays root's."""
+    """``LoadCredential=`` for the lock server's token, in the slot unit only: readable by
+    root there; the token file stays root's."""
     token_file, token_credential = job.fleet_lock_token
     if token_file:
         return f"LoadCredential={TOKEN_CREDENTIAL}:{unitfile.setting(token_file, 'token file')}\n"
