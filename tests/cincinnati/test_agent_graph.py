@@ -201,6 +201,24 @@ def test_failed_stage_is_denylisted(
     assert node.status()["state"] == "update staged"  # type: ignore[index]
 
 
+def test_oci_target_is_not_staged_nor_denylisted(
+    graph_node: Callable[..., Node], graph_server: GraphServer
+) -> None:
+    # Review finding 9: deployed as revision=<pull-spec> it always failed and was deny-listed.
+    oci = {"org.fedoraproject.coreos.scheme": "oci"}
+    pullspec = "quay.io/fedora/fedora-coreos@sha256:" + "c" * 64
+    releases = [GraphRelease("A"), GraphRelease("B", checksum=pullspec, metadata=oci)]
+    node = graph_node("A", releases)
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    check(node)
+    doc = wait_result(node, "graph target B is an OCI image: unsupported")
+    assert doc["cincinnati"]["denylist"] == []
+    assert node.double_state()["staged"] is None and reboots(node) == 0
+    assert "is an OCI image (quay.io/fedora/fedora-coreos@sha256:" in agent.log()
+    assert "failed to stage" not in agent.log()
+
+
 def test_graph_errors_of_every_kind_are_no_update_counted_by_kind(
     graph_node: Callable[..., Node], graph_server: GraphServer
 ) -> None:

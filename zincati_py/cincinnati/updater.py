@@ -4,6 +4,8 @@ The agent's check step calls :meth:`GraphUpdates.check` instead of rpm-ostree's 
 newest commit of the ref". It reads the booted deployment, asks the graph (every graph error is
 "no update this check": counted by kind, no faster retry), and stages the chosen release by
 checksum (rpm-ostree's deploy of a revision, finalization locked, no downgrade unless allowed).
+A target whose scheme is ``oci`` (a container image) is not supported: logged, not staged,
+not deny-listed.
 A release that fails to stage is deny-listed for this boot, so the next check moves on instead
 of failing on it again. Once something is staged the agent does not check again before the
 reboot (the state machine only checks with nothing staged), as Zincati.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,9 @@ from zincati_py.cincinnati.check import (
     denylist,
     denylist_add,
 )
+from zincati_py.cincinnati.graph import SCHEME_OCI
 from zincati_py.cincinnati.metrics import CincinnatiMetrics
+from zincati_py.timefmt import iso_ts
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -46,10 +49,6 @@ class GraphStage:
 
     staged: Any
     result: str
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class GraphUpdates:
@@ -100,6 +99,17 @@ class GraphUpdates:
         target = outcome.target
         if target is None:
             return GraphStage(None, outcome.summary)
+        if target.scheme == SCHEME_OCI:
+            # Rebasing to a container image (ostree-unverified-registry:<pull-spec>) is not
+            # implemented: deploying its pull-spec as a revision always fails. Not staged and
+            # not deny-listed (the release is not at fault); said on every check.
+            log.warning(
+                "update graph: target %s is an OCI image (%s): not supported by zincati-py"
+                " (it deploys ostree commits by checksum); not staged",
+                target.version,
+                target.payload,
+            )
+            return GraphStage(None, f"graph target {target.version} is an OCI image: unsupported")
         log.info(
             "staging %s (%s) from the update graph (finalization locked)",
             target.version,
@@ -125,7 +135,7 @@ class GraphUpdates:
         if not self.enabled(settings):
             return None
         doc = self.graph.status(settings.cincinnati_base_url)
-        doc["last_fetch"] = _iso(doc["last_fetch"])
+        doc["last_fetch"] = iso_ts(doc["last_fetch"])
         doc["denylist"] = sorted(self.denylist())
         return doc
 
