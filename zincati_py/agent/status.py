@@ -30,17 +30,16 @@ agent; ``os.replace`` guarantees they see a complete document. Schema (``schema`
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from zincati_py.fsutil import atomic_write
+from zincati_py.timefmt import iso_ts
 
 SCHEMA = 1
 
 
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+iso = iso_ts  # (its callers' name)
 
 
 def write(path: Path, doc: dict[str, Any]) -> None:

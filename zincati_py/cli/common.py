@@ -11,10 +11,11 @@ import argparse
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from zincati_py.cli import CliError, add_root_argument, print_json
+from zincati_py.timefmt import iso_dt
 
 if TYPE_CHECKING:
     from zincati_py.dbus.systemd_sync import Systemd
@@ -80,8 +81,7 @@ def fmt_time(when: datetime | None) -> str:
     return when.astimezone().strftime("%a %Y-%m-%d %H:%M:%S %Z") if when else "-"
 
 
-def iso(when: datetime | None) -> str | None:
-    return when.astimezone(UTC).isoformat() if when else None
+iso = iso_dt  # (its callers' name)
 
 
 @contextlib.contextmanager

@@ -32,6 +32,8 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from zincati_py.dbus.busdaemon import bus_msg
+
 BUS_NAME = "org.freedesktop.login1"
 MANAGER_PATH = "/org/freedesktop/login1"
 MANAGER_IFACE = "org.freedesktop.login1.Manager"
@@ -114,7 +116,7 @@ class Logind:
         self._bus = bus
         bus.add_message_handler(self._on_message)
         for rule in self._rules:
-            reply = await self._raw(_bus_msg("AddMatch", "s", rule))
+            reply = await self._raw(bus_msg("AddMatch", "s", rule))
             if reply.message_type == MessageType.ERROR:
                 raise LogindError(f"AddMatch: {reply.error_name}: {reply.body}")
 
@@ -125,7 +127,7 @@ class Logind:
             if bus.connected:
                 for rule in self._rules:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(bus.call(_bus_msg("RemoveMatch", "s", rule)), 5)
+                        await asyncio.wait_for(bus.call(bus_msg("RemoveMatch", "s", rule)), 5)
         self._session_callbacks.clear()
 
     # -- queries --------------------------------------------------------------------------
@@ -324,14 +326,3 @@ class Logind:
         if reply is None:
             raise LogindError(f"logind {msg.member}: no reply")
         return reply
-
-
-def _bus_msg(member: str, signature: str, *body: Any) -> Message:
-    return Message(
-        destination="org.freedesktop.DBus",
-        path="/org/freedesktop/DBus",
-        interface="org.freedesktop.DBus",
-        member=member,
-        signature=signature,
-        body=list(body),
-    )

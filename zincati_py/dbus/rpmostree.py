@@ -38,6 +38,7 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from zincati_py.dbus.busdaemon import bus_msg
 from zincati_py.dbus.rpmostree_txn import RpmOstreeError, TransactionFailed, run_transaction
 from zincati_py.deployment import Deployment
 from zincati_py.inotify import DirWatch
@@ -176,7 +177,7 @@ class RpmOstree:
             if bus.connected:
                 for rule in self._rules:
                     with contextlib.suppress(Exception):
-                        await self._call_on(bus, _bus_msg("RemoveMatch", "s", rule))
+                        await self._call_on(bus, bus_msg("RemoveMatch", "s", rule))
         self._callbacks.clear()
 
     # -- reads ----------------------------------------------------------------------------
@@ -407,17 +408,6 @@ class RpmOstree:
         return reply
 
     async def _bus_call(self, member: str, signature: str, *body: Any) -> None:
-        reply = await self._raw_call(_bus_msg(member, signature, *body))
+        reply = await self._raw_call(bus_msg(member, signature, *body))
         if reply.message_type == MessageType.ERROR:
             raise RpmOstreeError(f"{member}: {reply.error_name}: {reply.body}")
-
-
-def _bus_msg(member: str, signature: str, *body: Any) -> Message:
-    return Message(
-        destination="org.freedesktop.DBus",
-        path="/org/freedesktop/DBus",
-        interface="org.freedesktop.DBus",
-        member=member,
-        signature=signature,
-        body=list(body),
-    )

@@ -159,10 +159,7 @@ def recheck_delay(now: float, started: float) -> float:
 
 def describe(rec: GateRecord | None, checks: Sequence[Result]) -> dict[str, Any]:
     """The gate's part of ``status.json``'s ``health`` (times ISO 8601 UTC)."""
-    from datetime import UTC, datetime
-
-    def iso(ts: float) -> str:
-        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    from zincati_py.timefmt import iso_ts as iso
 
     if rec is None:
         return {"phase": None}

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zincati_py.cincinnati.motd import MOTD_REL
+from zincati_py.timefmt import iso_ts
 from zincati_py.unitfile import control_characters
 
 if TYPE_CHECKING:
@@ -122,16 +124,10 @@ class Hooks:
                 bus.disconnect()
 
 
-DEADEND_MOTD_REL = "run/motd.d/85-zincati-deadend.motd"  # zincati_py.cincinnati.motd's
+DEADEND_MOTD_REL = MOTD_REL  # the graph client's dead-end MOTD
 FIRED_KEY = "health_hooks_fired"
 # How long a reboot waits for the "reboot" hooks to finish.
 REBOOT_HOOK_WAIT_SECS = 30
-
-
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class Events:
@@ -162,7 +158,7 @@ class Events:
     ) -> None:
         """The "reboot" hooks, waited for (at most :data:`REBOOT_HOOK_WAIT_SECS`): a reboot
         right after starting them would stop them with the rest of the system."""
-        at = _iso(when if when is not None else time.time())
+        at = iso_ts(when if when is not None else time.time())
         fields = {
             "version": version,
             "from_version": self._booted() if from_version is None else from_version,

@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zincati_py.timefmt import iso_dt
+
 if TYPE_CHECKING:
     from zincati_py.paths import Paths
 
@@ -121,10 +123,6 @@ def _check_file(fd: int, path: Path) -> os.stat_result:
     return st
 
 
-def _iso(when: datetime | None) -> str | None:
-    return when.astimezone(UTC).isoformat() if when else None
-
-
 def make_record(
     name: str,
     unit: str,
@@ -141,8 +139,8 @@ def make_record(
         "name": name,
         "unit": unit,
         "invocation_id": environ.get("INVOCATION_ID"),
-        "start": _iso(start),
-        "end": _iso(end or datetime.now(UTC)),
+        "start": iso_dt(start),
+        "end": iso_dt(end or datetime.now(UTC)),
         "result": environ.get("SERVICE_RESULT"),
         "exit_code": environ.get("EXIT_CODE"),
         "exit_status": environ.get("EXIT_STATUS"),
