@@ -88,7 +88,8 @@ class HealthSettings:
 
 @dataclass(frozen=True)
 class HooksSettings:
-    """``[agent.hooks]``: commands run (as transient systemd units) on update events."""
+    """``[agent.hooks]``: commands run on update events, each event as an instance of the
+    generated template unit ``zincati-py-hook@.service``."""
 
     commands: tuple[str, ...] = ()
     events: tuple[str, ...] = ()  # empty: every event
