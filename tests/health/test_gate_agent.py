@@ -294,3 +294,23 @@ def test_rollback_is_reported_to_the_lock_server_and_the_slot_released(
         assert (node.status() or {})["lock_state"] == "not held"
     finally:
         recorder.close()
+
+
+def test_health_timeout_rolls_back(node_factory: Callable[..., Node]) -> None:
+    # A required unit nobody can vouch for (no systemd manager answers here): the gate waits,
+    # re-evaluating on its own timer, until timeout_secs, then rolls back.
+    node = node_factory(SCRIPT)
+    node.write_config(
+        "50-health.toml", '[agent.health]\nrequired_units = ["db.service"]\ntimeout_secs = 3\n'
+    )
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    waiting = lambda: "health gate of" in str((node.status() or {}).get("reason"))  # noqa: E731
+    wait_for(waiting, 15, "the gate waiting")
+    assert (node.status() or {})["recheck_at"]
+    wait_for(lambda: reboots(node) == 2, 20, "the rollback after the timeout")
+    node.wait_state("reported steady", agent=agent, booted=OLD, timeout=20)
+    g = gate(node)
+    assert g["verdict"] == "failed" and g["reason"].startswith("health timeout: unit db.service")
+    assert g["decided_at"] - g["started"] >= 3
