@@ -344,3 +344,41 @@ def test_breaker_counts_our_agents_steady_state_report(serve: Callable[..., Any]
             assert (status, err["kind"]) == (409, Kind.ROLLOUT_HALTED)
 
     run(scenario())
+
+
+def test_sqlite_queue_rows_keep_their_order_when_read_afresh(tmp_path: Any) -> None:
+    """SQLite stores queue entries as rows (only changed ones are written): a fresh reader
+    sees the same order, a node that left and asked again at the back."""
+    import functools
+
+    from zincati_py.fleetlock.backends.sqlite import SqliteBackend
+    from zincati_py.fleetlock.decide import LockRequest, Policy, decide_lock, decide_unlock
+
+    policy = Policy(slots=1, lease_seconds=60)
+
+    async def scenario() -> list[str]:
+        backend = SqliteBackend(str(tmp_path / "q.db"))
+        now = time.time()
+        for i, node in enumerate(["holder", "a", "b", "c"]):
+            await backend.apply(
+                "g",
+                functools.partial(
+                    decide_lock, request=LockRequest(node), policy=policy, lease_seconds=60,
+                    now=now + i,
+                ),
+            )  # fmt: skip
+        await backend.apply("g", functools.partial(decide_unlock, node="a", policy=policy,
+                                                   now=now + 5))  # fmt: skip
+        await backend.apply(
+            "g",
+            functools.partial(decide_lock, request=LockRequest("a"), policy=policy,
+                              lease_seconds=60, now=now + 6),
+        )  # fmt: skip
+        await backend.close()
+        fresh = SqliteBackend(str(tmp_path / "q.db"))
+        try:
+            return [w.id for w in (await fresh.state("g")).queue]
+        finally:
+            await fresh.close()
+
+    assert run(scenario()) == ["b", "c", "a"]

@@ -133,10 +133,10 @@ class GroupState:
             {k: dict(v) for k, v in self.versions.items()},
         )
 
-    def extras_json(self) -> dict[str, Any]:
-        """Everything but the holders (SQLite keeps holders in rows)."""
+    def extras_json(self, *, queue: bool = True) -> dict[str, Any]:
+        """Everything but the holders (SQLite keeps holders and the queue in rows)."""
         doc: dict[str, Any] = {}
-        if self.queue:
+        if self.queue and queue:
             doc["queue"] = [w.to_json() for w in self.queue]
         if self.released:
             doc["released"] = self.released
@@ -156,12 +156,19 @@ class GroupState:
         return {"holders": [h.to_json() for h in self.holders.values()], **self.extras_json()}
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any], holders: dict[str, Holder] | None = None) -> GroupState:
+    def from_json(
+        cls,
+        doc: dict[str, Any],
+        holders: dict[str, Holder] | None = None,
+        queue: list[Waiter] | None = None,
+    ) -> GroupState:
         if holders is None:
             holders = {h["id"]: Holder.from_json(h) for h in doc.get("holders", [])}
         return cls(
             holders=holders,
-            queue=[Waiter.from_json(w) for w in doc.get("queue", [])],
+            queue=queue
+            if queue is not None
+            else [Waiter.from_json(w) for w in doc.get("queue", [])],
             released=[float(t) for t in doc.get("released", [])],
             paused=doc.get("paused"),
             cooldown_secs=doc.get("cooldown_secs"),

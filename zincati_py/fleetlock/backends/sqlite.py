@@ -1,6 +1,7 @@
 """Embedded SQLite backend: one file, WAL, one transaction per change.
 
-Holders are rows of ``holders``; the rest of a group's state (queue, cooldowns, pause,
+Holders are rows of ``holders``, queue entries rows of ``queue`` (in queue order ``ord``; a
+change writes only the entries it changed); the rest of a group's state (cooldowns, pause,
 rollout counters) is one JSON document in ``groups``; ledger events are rows of ``ledger``,
 written in the same transaction as the change they record. Every commit is fsynced
 (``synchronous=FULL``) before the client hears the answer, so neither a SIGKILL nor a power
@@ -33,6 +34,7 @@ from zincati_py.fleetlock.backends import (
     events_of,
     history_filter,
 )
+from zincati_py.fleetlock.state import Waiter
 
 T = TypeVar("T")
 
@@ -45,6 +47,16 @@ _SCHEMA = (
         PRIMARY KEY (grp, id)
     ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS groups (grp TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS queue (
+        grp TEXT NOT NULL,
+        id TEXT NOT NULL,
+        ord INTEGER NOT NULL,
+        since REAL NOT NULL,
+        seen REAL NOT NULL,
+        offered REAL,
+        to_version TEXT,
+        PRIMARY KEY (grp, id)
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS ledger (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         at REAL NOT NULL,
@@ -127,8 +139,15 @@ class SqliteBackend(Backend):
             (group,),
         ).fetchall()
         holders = {r[0]: self._holder(r) for r in rows}
+        queue = [
+            Waiter(*r)
+            for r in conn.execute(
+                "SELECT id, since, seen, offered, to_version FROM queue WHERE grp = ? ORDER BY ord",
+                (group,),
+            )
+        ]
         row = conn.execute("SELECT doc FROM groups WHERE grp = ?", (group,)).fetchone()
-        return GroupState.from_json(json.loads(row[0]) if row else {}, holders)
+        return GroupState.from_json(json.loads(row[0]) if row else {}, holders, queue)
 
     @staticmethod
     def _store(conn: sqlite3.Connection, group: str, old: GroupState, new: GroupState) -> None:
@@ -145,8 +164,36 @@ class SqliteBackend(Backend):
             "VALUES (?, ?, ?, ?, ?, ?)",
             changed,
         )
-        extras = new.extras_json()
-        if extras != old.extras_json():
+        # An entry that left and joined again (a new ``since``) goes to the back.
+        before = {w.id: w for w in old.queue}
+        rejoined = {w.id for w in new.queue if w.id in before and before[w.id].since != w.since}
+        left = (before.keys() - {w.id for w in new.queue}) | rejoined
+        conn.executemany("DELETE FROM queue WHERE grp = ? AND id = ?", [(group, k) for k in left])
+        for node in left:
+            del before[node]
+        conn.executemany(
+            "UPDATE queue SET since = ?, seen = ?, offered = ?, to_version = ? "
+            "WHERE grp = ? AND id = ?",
+            [
+                (w.since, w.seen, w.offered, w.to_version, group, w.id)
+                for w in new.queue
+                if w.id in before and before[w.id] != w
+            ],
+        )
+        joined = [w for w in new.queue if w.id not in before]
+        if joined:
+            (last,) = conn.execute(
+                "SELECT coalesce(max(ord), 0) FROM queue WHERE grp = ?", (group,)
+            ).fetchone()
+            conn.executemany(
+                "INSERT INTO queue VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (group, w.id, last + i, w.since, w.seen, w.offered, w.to_version)
+                    for i, w in enumerate(joined, 1)
+                ],
+            )
+        extras = new.extras_json(queue=False)
+        if extras != old.extras_json(queue=False):
             if extras:
                 conn.execute(
                     "INSERT OR REPLACE INTO groups VALUES (?, ?)",
@@ -236,6 +283,7 @@ class SqliteBackend(Backend):
         def op(conn: sqlite3.Connection) -> dict[str, GroupState]:
             names = {r[0] for r in conn.execute("SELECT DISTINCT grp FROM holders")}
             names |= {r[0] for r in conn.execute("SELECT grp FROM groups")}
+            names |= {r[0] for r in conn.execute("SELECT DISTINCT grp FROM queue")}
             return {name: self._load(conn, name) for name in sorted(names)}
 
         return await self._run(op)
