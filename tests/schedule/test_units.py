@@ -262,6 +262,11 @@ def test_an_exclusive_job_gets_the_lock_server_token_as_a_credential(tmp_path: P
     ) in slot
     assert "User=" not in slot and "DynamicUser" not in slot
     assert "User=nobody\n" in out.service
+    # Root's condition not with the user's $HOME (its Python user site would run as root).
+    assert (
+        "ExecCondition=+/usr/bin/env -u HOME PYTHONNOUSERSITE=1 /usr/bin/zincati-py"
+        " schedule _exclusive --take j\n"
+    ) in out.service
     for secret in ("LoadCredential", "SetCredential", "token", "fleetlock-node"):
         assert secret not in out.service, secret
     assert "LoadCredential" not in render(jobs["k"]).service  # not exclusive: no token

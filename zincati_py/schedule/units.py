@@ -34,7 +34,8 @@ Service
     appends the run to the job's history (zincati_py.schedule.history). systemd gives that
     root command the job user's ``$HOME`` too (``User=``), a directory the user controls:
     Python (without ``-s``) would run ``.pth`` files from its user site there, as root; so the
-    hook starts through ``env -u HOME PYTHONNOUSERSITE=1`` (found on the real host).
+    hook (and an exclusive job's ``ExecCondition=+``) starts through ``env -u HOME
+    PYTHONNOUSERSITE=1`` (found on the real host).
 
 Imported by the generator on every boot: only the builtins and unitfile at import time.
 """
@@ -196,6 +197,9 @@ def render_job(
         retry_unit = f"StartLimitIntervalSec={interval}s\nStartLimitBurst={job.retries + 1}\n"
         retry_service = f"Restart=on-failure\nRestartSec={job.retry_delay_secs}s\n"
         hook += f" --retries {job.retries}"
+    # Root's commands in a job's unit ("+": the history hook, the slot condition) must not read
+    # the job user's $HOME, which systemd sets for them too (User=): found on the real host.
+    root_exe = f"{ENV} -u HOME PYTHONNOUSERSITE=1 {exe}" if run_as else exe
     exclusive = slot_order = ""
     if job.exclusive_group:
         try:
@@ -203,14 +207,12 @@ def render_job(
         except unitfile.UnsafeValue as exc:
             raise JobSkipped(f"{where}.exclusive_group: {exc}; job skipped") from None
         # As root ("+"), whoever the job runs as: it only starts the slot unit and waits.
-        exclusive = f"ExecCondition=+{exe} schedule _exclusive --take {job.name}{hook_args}\n"
+        exclusive = f"ExecCondition=+{root_exe} schedule _exclusive --take {job.name}{hook_args}\n"
         slot_order = f"After={slot_unit(job.name)}\n"
         hook += " --exclusive"
     # "-": recording history must never turn a run into a failure; "+": as root, whoever
     # the job runs as (the history is root's).
     flags = "-+" if run_as else "-"
-    # Root's hook must not read the job user's $HOME (systemd sets it for "+" commands too).
-    hook_exe = f"{ENV} -u HOME PYTHONNOUSERSITE=1 {exe}" if run_as else exe
     service = (
         f"{header}\n[Unit]\nDescription={description(f'zincati-py schedule {job.name}')}\n"
         f"{source}{on_failure}{retry_unit}{slot_order}"
@@ -220,7 +222,7 @@ def render_job(
         + (f"TimeoutStartSec={job.timeout_secs}s\n" if job.timeout_secs else "")
         + retry_service
         + run_as
-        + f"ExecStopPost={flags}{hook_exe} schedule _record {job.name}{hook}\n"
+        + f"ExecStopPost={flags}{root_exe} schedule _record {job.name}{hook}\n"
     )
     return JobUnits(SCHEDULE_UNIT.format(name=job.name), timer, service, extra, notes)
 
