@@ -70,6 +70,16 @@ name = "plant"
 cron = "{NEVER}"
 user = "{USER}"
 command = ["/usr/local/bin/zpy-plant"]
+
+[[schedule]]
+name = "exclusive"
+cron = "{NEVER}"
+user = "{USER}"
+exclusive_group = "nightly"
+command = ["/bin/true"]
+
+[updates.fleet_lock]
+base_url = "http://127.0.0.1:9/"
 """
 
 # Run by the job "plant" as jobuser: in every directory it can write that root's hook could
@@ -292,6 +302,29 @@ def test_job_user_cannot_redirect_roots_hook(host: Container) -> None:
     assert record == ["regular", "file", "root", "1"], record
     log = host.journal("-b", "-u", "zincati-py-schedule-plant.service")
     assert "Traceback" not in log and "refusing" not in log, log[-2000:]
+
+
+def test_job_user_cannot_run_code_in_roots_slot_condition(host: Container) -> None:
+    # A fleet-exclusive job's ExecCondition=+ (root) takes the slot before the command runs as
+    # the job's user; the .pth the previous test planted is still in that user's user site.
+    # (No lock server listens: the command never runs, only root's condition and hook do.)
+    site = host.run(["sh", "-c", f"ls -d {HOME}/.local/lib/python3*/site-packages/zpy.pth"])
+    assert site.returncode == 0
+    unit = "zincati-py-schedule-exclusive.service"
+    host.run(["zincati-py", "trigger", "exclusive"])
+
+    def ended() -> dict[str, str] | None:
+        state = show(host, unit, "ActiveState", "InvocationID", "Result")
+        ran = state["InvocationID"] and state["ActiveState"] in ("inactive", "failed")
+        return state if ran else None
+
+    host.wait_for("the exclusive job's run to end", ended, 180, 0.5)
+    log = host.journal("-b", "-u", unit, "-u", "zincati-py-slot-exclusive.service")
+    assert "zincati-py" in log, log[-2000:]
+    canary = host.run(["cat", "/etc/zpy-canary"], check=False)
+    assert canary.returncode != 0, f"root's condition ran the job user's .pth (uid {canary.stdout})"
+    assert host.run(["cat", "/etc/zpy-victim"]).stdout == VICTIM
+    assert show(host, unit, "ExecCondition")["ExecCondition"].startswith("{ path=/usr/bin/env")
 
 
 def test_history_symlink_in_roots_directory_is_refused(host: Container) -> None:
