@@ -2,6 +2,7 @@
 separate test bed distribution, ``testbed/demo.py``; the product only dispatches to it).
 
 ``--real``: every node a booted systemd-nspawn container instead (``testbed/realhost/fleet.py``).
+``--canary``: the health-gate story with five nodes (``testbed/canary.py``).
 
 Exit codes: 0 every node updated exactly once and never two at a time; 1 the rollout was wrong
 or timed out (the reason is printed); 64 bad arguments; 69 this machine cannot run the
@@ -39,6 +40,13 @@ def register(sub: Any) -> None:
         help="each node a booted systemd-nspawn container (real systemd PID 1, logind, polkit; "
         f"up to {MAX_REAL_NODES} nodes; needs root, systemd-container, mmdebstrap)",
     )
+    p.add_argument(
+        "--canary",
+        action="store_true",
+        help="the health-gate story: a release fails its health check on the canary node, which "
+        "rolls back; the lock server halts it for the other four; a good release then rolls "
+        "through all five (testbed/canary.py)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -54,6 +62,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
             os.EX_UNAVAILABLE,
         ) from None
 
+    if args.canary:
+        from testbed.canary import run as run_canary
+
+        missing = prerequisites()
+        if missing:
+            raise CliError(
+                "demo: this machine cannot run the sandbox:\n"
+                + "\n".join(f"zincati-py: demo: missing {m}" for m in missing),
+                os.EX_UNAVAILABLE,
+            )
+        canary_code: int = run_canary(args.keep)
+        return canary_code
     if not 1 <= args.nodes <= MAX_NODES:
         raise CliError(f"--nodes: must be between 1 and {MAX_NODES}, got {args.nodes}", os.EX_USAGE)
     if args.real:
