@@ -316,6 +316,10 @@ def test_sysusers_and_tmpfiles_create_users_and_directories(installed: Installed
     for rel, (owner, mode) in expect.items():
         st = (root / rel).stat()
         assert (st.st_uid, st.st_mode & 0o7777) == (uid_of[owner], mode), rel
+    # pam_motd's directory: the agent (group zincati-py) writes its dead-end/rollback MOTDs.
+    st = (root / "run/motd.d").stat()
+    agent_gid = int(passwd["zincati-py"][3])
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, agent_gid, 0o775)
 
 
 def test_installed_units_pass_systemd_analyze_verify(installed: Installed) -> None:

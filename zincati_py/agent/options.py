@@ -27,6 +27,7 @@ class Options:
     bus_name: str = BUS_NAME
     ostree_command: tuple[str, ...] = ("ostree",)
     systemd_bus: str | None = None  # None: systemd on the system bus
+    boot_id: str | None = None  # None: read /proc/sys/kernel/random/boot_id
 
     @classmethod
     def from_env(

@@ -61,7 +61,13 @@ class Agent:
         self.notify = Notifier()
         self.metrics = AgentMetrics()
         self.store = persist.Store(self.paths.state_dir)
-        self.boot_id = persist.boot_id(self.paths.boot_id)
+        self.boot_id = opts.boot_id or persist.boot_id(self.paths.boot_id)
+        if not self.boot_id:
+            log.warning(
+                "boot id unknown (no --boot-id, %s unreadable): reboots cannot be told"
+                " from agent restarts",
+                self.paths.boot_id,
+            )
         self.retries = Retries()
         self.lock = asyncio.Lock()
         self.steady_reported = False

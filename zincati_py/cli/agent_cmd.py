@@ -1,8 +1,8 @@
 """``zincati-py agent|status|check|wake|reboot-now``: run the agent and talk to it.
 
 * ``agent [--root DIR] [--system-bus ADDRESS] [--bus-name NAME] [--ostree-command CMD]
-  [--systemd-bus ADDRESS]``: the daemon (``Type=notify``). Exit 69 if the bus is unreachable,
-  75 if the bus name is taken.
+  [--systemd-bus ADDRESS] [--boot-id ID]``: the daemon (``Type=notify``). Exit 69 if the bus
+  is unreachable, 75 if the bus name is taken.
 * ``status [--root DIR] [--json]``: reads ``/run/zincati-py/status.json`` (no D-Bus); exit 69 if
   no agent status exists. ``--json`` prints the document plus ``agent_running``.
 * ``check [--from-timer]``: ``CheckNow()`` on the running agent (what zincati-py-check.timer
@@ -52,6 +52,18 @@ def _bus_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _boot_id(text: str) -> str:
+    """A boot id as systemd's %b (32 hex digits) or the kernel file (dashed): the dashed form,
+    as ``/proc/sys/kernel/random/boot_id`` reads, so records from either compare equal."""
+    import re
+
+    digits = text.replace("-", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", digits):
+        raise argparse.ArgumentTypeError(f"{text!r}: not a boot id (32 hex digits)")
+    d = digits
+    return f"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}"
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("agent", help="run the update agent (the zincati-py.service daemon)")
     add_root_argument(p)
@@ -69,6 +81,14 @@ def register(sub: Any) -> None:
         default=None,
         help="where to ask systemd to reload after a config change (default: "
         "$ZINCATI_PY_SYSTEMD_BUS or the system bus)",
+    )
+    p.add_argument(
+        "--boot-id",
+        metavar="ID",
+        type=_boot_id,
+        default=None,
+        help="this boot's id (the unit passes systemd's %%b; default: "
+        "/proc/sys/kernel/random/boot_id)",
     )
     p.set_defaults(func=cmd_agent)
 
@@ -103,11 +123,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from zincati_py.agent.options import Options
     from zincati_py.agent.service import main
 
-    return main(
-        Options.from_env(
-            args.root, args.system_bus, args.bus_name, args.ostree_command, args.systemd_bus
-        )
+    opts = Options.from_env(
+        args.root, args.system_bus, args.bus_name, args.ostree_command, args.systemd_bus
     )
+    opts.boot_id = args.boot_id
+    return main(opts)
 
 
 def _pid_alive(pid: Any) -> bool:
