@@ -19,13 +19,16 @@ lock_timeout=${ZINCATI_PY_APT_LOCK_TIMEOUT:-900}
 #   (gcc, pkg-config, libsystemd headers, Python headers); ca-certificates for pip; tzdata.
 # ci: the demo's, plus etcd (the lock server's HA backend), rpm tooling (the RPM build and
 #   rpmlint test) and node (evaluates the shipped polkit rules, which are JavaScript);
-#   systemd-container (systemd-nspawn) and mmdebstrap (its rootfs) for the real-host tier.
+#   systemd-container (systemd-nspawn) and mmdebstrap (its rootfs) for the real-host tier;
+#   chromium and its WebDriver (the lock server's web view is tested in a headless browser).
 debian_demo=(dbus systemd util-linux procps python3 python3-venv python3-dev python3-dbusmock
   libsystemd-dev pkg-config gcc ca-certificates tzdata)
-debian_ci=(etcd-server etcd-client rpm rpmlint nodejs systemd-container mmdebstrap)
+debian_ci=(etcd-server etcd-client rpm rpmlint nodejs systemd-container mmdebstrap
+  chromium chromium-driver)
 fedora_demo=(dbus-daemon systemd util-linux procps-ng python3 python3-devel python3-dbusmock
   python3-gobject systemd-devel pkgconf-pkg-config gcc ca-certificates tzdata)
-fedora_ci=(etcd rpm-build rpmlint nodejs systemd-container mmdebstrap)
+fedora_ci=(etcd rpm-build rpmlint nodejs systemd-container mmdebstrap chromium
+  chromedriver)
 
 case $profile in
   demo) debian=("${debian_demo[@]}") fedora=("${fedora_demo[@]}") ;;

@@ -38,6 +38,7 @@ FULL_TIER = {
     "rpm": "needs rpmbuild and rpmlint",
     "nodejs": "needs node (the polkit rules are JavaScript)",
     "realhost": "boots systemd-nspawn containers (the real-host tier)",
+    "browser": "needs chromium and chromedriver (web pages in a headless browser)",
     "slow": "takes seconds (our programs as processes, fleets, real-time leases)",
 }
 #: Fixture (anywhere in a test's fixture closure) -> markers.
@@ -65,6 +66,7 @@ REASON_MARKS = {
     "etcd": ("etcd",),
     "dbus-daemon": ("dbus",),
     "dbusmock": ("dbusmock",),
+    "chromium": ("browser",),
 }
 #: Test file, or file::test (any parameters), -> markers: what no fixture or skipif shows.
 PATH_MARKS: dict[str, tuple[str, ...]] = {
