@@ -658,7 +658,7 @@ def test_fleet_exclusive_run_that_loses_its_slot_is_stopped(
         "default_slots = 1\nlease_seconds = 2\n"
     )
     server = LockServerProcess(server_config, port, tmp_path / "server.log").start()
-    marks = tmp_path / "marks"
+    marks, flag = tmp_path / "marks", tmp_path / "failed-once"
     try:
         root = make_root(tmp_path)
         _write(
@@ -666,10 +666,30 @@ def test_fleet_exclusive_run_that_loses_its_slot_is_stopped(
             "50-test.toml",
             f'[updates]\nenabled = false\n[updates.fleet_lock]\nbase_url = "{server.url}"\n'
             '[[schedule]]\nname = "long"\ncron = "0 0 1 1 *"\nexclusive_group = "g"\n'
-            f"command = 'echo start >> {marks}; sleep 60; echo end >> {marks}'\n",
+            f"command = 'echo start >> {marks}; sleep 60; echo end >> {marks}'\n"
+            '[[schedule]]\nname = "again"\ncron = "0 0 1 1 *"\nexclusive_group = "g"\n'
+            "retries = 1\nretry_delay_secs = 1\n"
+            f"command = 'test -e {flag} || {{ touch {flag}; exit 1; }}'\n",
         )
         manager = user_manager_factory(root)
         env, common = manager.env(), ("--root", str(root), "--user")
+
+        # Retries keep the slot unit (Wants=, StopWhenUnneeded=): fail, retry, success, then
+        # the slot is released.
+        assert zpy("schedule", "trigger", "again", *common, env=env).returncode == 0
+        attempts = wait_for(
+            lambda: zpy_json("schedule", "history", "again", *common)["runs"][1:],
+            timeout=30,
+            what="the retried run",
+        )
+        assert attempts[0]["result"] == "success", attempts
+        wait_for(
+            lambda: (
+                "ActiveState=inactive"
+                in manager.systemctl("show", "-p", "ActiveState", "zincati-py-slot-again.service")
+            ),
+            what="the slot unit stopped once unneeded",
+        )
 
         def holders() -> list[str]:
             with urllib.request.urlopen(f"{server.url}v1/groups/g", timeout=5) as resp:

@@ -214,8 +214,8 @@ def test_an_exclusive_job_waits_for_its_slot_unit(tmp_path: Path) -> None:
     # The command is the job's own ExecStart= (its user and sandbox apply), run once the
     # ExecCondition= (as root) has the slot unit holding a slot.
     assert _exec_start(out.service) == 'ExecStart=/bin/sh -c -- "-x 100%%"'
-    assert "ExecCondition=+/usr/bin/zincati-py schedule _exclusive --take j\n" in out.service
-    assert "After=zincati-py-slot-j.service\n" in out.service
+    assert "ExecCondition=+/usr/bin/zincati-py schedule _exclusive --check j\n" in out.service
+    assert "Wants=zincati-py-slot-j.service\nAfter=zincati-py-slot-j.service\n" in out.service
     assert "SuccessExitStatus" not in out.service
     assert "ExecStopPost=-/usr/bin/zincati-py schedule _record j --exclusive\n" in out.service
     slot = out.extra["zincati-py-slot-j.service"]
@@ -225,6 +225,7 @@ def test_an_exclusive_job_waits_for_its_slot_unit(tmp_path: Path) -> None:
     ) in slot
     assert "Type=notify\n" in slot and "TimeoutStartSec=150s\n" in slot
     assert "ExecStopPost=/usr/bin/zincati-py schedule _exclusive --ended j\n" in slot
+    assert "StopWhenUnneeded=yes\n" in slot
     assert "User=" not in slot  # root's: it holds the token
 
 
@@ -265,7 +266,7 @@ def test_an_exclusive_job_gets_the_lock_server_token_as_a_credential(tmp_path: P
     # Root's condition not with the user's $HOME (its Python user site would run as root).
     assert (
         "ExecCondition=+/usr/bin/env -u HOME PYTHONNOUSERSITE=1 /usr/bin/zincati-py"
-        " schedule _exclusive --take j\n"
+        " schedule _exclusive --check j\n"
     ) in out.service
     for secret in ("LoadCredential", "SetCredential", "token", "fleetlock-node"):
         assert secret not in out.service, secret

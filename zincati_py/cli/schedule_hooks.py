@@ -3,7 +3,7 @@
 ``_record NAME`` is every job service's ``ExecStopPost=`` (as root): it records the attempt in
 the job's history (:mod:`zincati_py.schedule.history`), ends a retry loop after the last
 attempt and warns about overruns. ``_exclusive ... NAME`` holds a fleet-exclusive job's slot
-(``--take``, ``--ended``: its other roles; :mod:`zincati_py.schedule.exclusive`). Registered by
+(``--check``, ``--ended``: its other roles; :mod:`zincati_py.schedule.exclusive`). Registered by
 :mod:`zincati_py.cli.schedule_cmd` (``SUBCOMMANDS``).
 """
 
@@ -64,13 +64,13 @@ def _register_exclusive(sub: _Subparsers) -> None:
         _cmd_exclusive,
         description=(
             "Internal: a fleet-exclusive job's slot unit (holds a slot of GROUP on the FleetLock "
-            "server at URL: renewed, released when stopped); --take: the job's ExecCondition= "
-            "(starts the slot unit, waits for it); --ended: the slot unit's ExecStopPost= "
+            "server at URL: renewed, released when stopped); --check: the job's ExecCondition= "
+            "(whether the slot unit holds a slot); --ended: the slot unit's ExecStopPost= "
             "(stops the job after a lost slot)."
         ),
     )
     role = parser.add_mutually_exclusive_group()
-    role.add_argument("--take", action="store_true")
+    role.add_argument("--check", action="store_true")
     role.add_argument("--ended", action="store_true")
     parser.add_argument("--url")
     parser.add_argument("--group")
@@ -88,8 +88,8 @@ def _cmd_exclusive(args: argparse.Namespace) -> int:
     from zincati_py.schedule import exclusive
 
     name = check_job_name(args.name)
-    if args.take:
-        return _take_slot(args, name)
+    if args.check:
+        return _check_slot(args, name)
     if args.ended:
         return _slot_ended(args, name)
     if not (args.url and args.group and args.id):
@@ -114,9 +114,10 @@ def _cmd_exclusive(args: argparse.Namespace) -> int:
     return exclusive.main(args.url, args.group, args.id, args.wait, token=token)
 
 
-def _take_slot(args: argparse.Namespace, name: str) -> int:
-    """The job's ``ExecCondition=``: start the slot unit, wait for its start job; 0 = the slot
-    is held, SKIPPED = the group stayed full (the command is skipped), 255 = the unit fails."""
+def _check_slot(args: argparse.Namespace, name: str) -> int:
+    """The job's ``ExecCondition=``: the slot unit (started first: ``Wants=``, ``After=``)
+    holds a slot → 0; it found the group full → SKIPPED (the command is skipped); else 255
+    (the unit fails)."""
     from zincati_py.dbus.systemd import SERVICE_IFACE, UNIT_IFACE
     from zincati_py.dbus.systemd_sync import SystemdError
     from zincati_py.schedule import exclusive
@@ -125,11 +126,6 @@ def _take_slot(args: argparse.Namespace, name: str) -> int:
     unit = slot_unit(name)
     try:
         with connect(args) as systemd:
-            # Bounded by the slot unit's own TimeoutStartSec= (the wait + 120 s), plus a margin.
-            wait = float(systemd.properties(unit, SERVICE_IFACE).get("TimeoutStartUSec", 0)) / 1e6
-            if not systemd.wait_job(systemd.start_unit(unit), timeout=(wait or 300) + 30):
-                exclusive.say(f"not run: {unit} did not start in time", priority=3)
-                return exclusive.CONDITION_FAILED
             state = systemd.properties(unit, UNIT_IFACE).get("ActiveState")
             status = int(systemd.properties(unit, SERVICE_IFACE).get("ExecMainStatus", 0))
     except (CliError, SystemdError, ValueError, TypeError) as exc:
@@ -138,7 +134,7 @@ def _take_slot(args: argparse.Namespace, name: str) -> int:
         return exclusive.CONDITION_FAILED
     if state == "active":
         return 0
-    if status == exclusive.SKIPPED:
+    if state == "failed" and status == exclusive.SKIPPED:
         return exclusive.SKIPPED
     exclusive.say(f"not run: {unit} holds no slot ({state}, exit status {status})", priority=3)
     return exclusive.CONDITION_FAILED
@@ -211,9 +207,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _exclusive_outcome(args: argparse.Namespace, name: str, record: dict[str, Any]) -> None:
-    """A fleet-exclusive run: skipped (the slot unit's ExecCondition= said so) or stopped
-    because its slot was lost (the slot unit exited LOST); then release the slot (stop the
-    slot unit) after every attempt."""
+    """A fleet-exclusive run: skipped (its ExecCondition= said so) or stopped because its slot
+    was lost (the slot unit exited LOST). The slot unit stops by itself once unneeded."""
     from zincati_py.dbus.systemd import SERVICE_IFACE
     from zincati_py.dbus.systemd_sync import SystemdError
     from zincati_py.schedule import exclusive
@@ -230,9 +225,8 @@ def _exclusive_outcome(args: argparse.Namespace, name: str, record: dict[str, An
                 and int(props.get("ExecMainStatus", 0)) == exclusive.LOST
             ):
                 record["lost_slot"] = True
-            systemd.stop_unit(unit)
-    except (CliError, SystemdError) as exc:
-        print(f"zincati-py: {unit}: could not release the slot: {exc}", file=sys.stderr)
+    except (CliError, SystemdError, ValueError, TypeError) as exc:
+        print(f"zincati-py: {unit}: slot state unknown: {exc}", file=sys.stderr)
 
 
 def _overran(

@@ -5,21 +5,22 @@ A job with ``exclusive_group = "G"`` gets a second unit, ``zincati-py-slot-NAME.
 gets its token. Three roles of ``zincati-py schedule _exclusive``:
 
 hold (the slot unit's ``ExecStart=``, ``Type=notify``, always root: no ``User=``)
-    Takes a slot of group G on ``updates.fleet_lock.base_url`` under the id ``NODE:JOB``
-    (waiting up to ``exclusive_wait_secs``), says ``READY=1``, renews the slot every third of
-    the lease, and releases it when stopped (SIGTERM: the job's ``_record`` stops it after
-    every attempt; at shutdown it is stopped after the job, ordered so). No slot after the
-    wait: exit :data:`SKIPPED` (the journal names the holders only where the server's admin
-    API answers without a token: with auth on it says "held by another node"). Server
-    refused or unreachable: exit :data:`UNAVAILABLE`. The slot is **lost** when a renewal
-    finds the group full (the lease lapsed or an admin force-released it, and another node
-    took it), or when no renewal succeeded for longer than the lease (another node may hold
-    it by now): a critical journal line, exit :data:`LOST`.
-take (the job's ``ExecCondition=+``, root)
-    Starts the slot unit and waits for its start job: slot held → 0 (the command runs);
-    skipped → :data:`SKIPPED` (``ExecCondition=`` 1-254: the command does not run, the unit
-    does not fail; ``_record`` sees ``$SERVICE_RESULT=exec-condition``, records ``skipped``);
-    anything else → 255 (the unit fails: retries and the failure hook apply).
+    The job's unit ``Wants=`` and is ordered ``After=`` the slot unit, so a run starts it
+    first. Takes a slot of group G on ``updates.fleet_lock.base_url`` under the id
+    ``NODE:JOB`` (waiting up to ``exclusive_wait_secs``), says ``READY=1``, renews the slot
+    every third of the lease, and releases it when stopped: ``StopWhenUnneeded=``, once the run
+    and its retries are over (or, at shutdown, after the command). No slot after the wait:
+    exit :data:`SKIPPED` (the journal names the holders only where the server's admin API
+    answers without a token: with auth on it says "held by another node"). Server refused or
+    unreachable: exit :data:`UNAVAILABLE`. The slot is **lost** when a renewal finds the group
+    full (the lease lapsed or an admin force-released it, and another node took it), or when
+    no renewal succeeded for longer than the lease (another node may hold it by now): a
+    critical journal line, exit :data:`LOST`.
+check (the job's ``ExecCondition=+``, root)
+    Reads the slot unit's state: holding → 0 (the command runs); skipped → :data:`SKIPPED`
+    (``ExecCondition=`` 1-254: the command does not run, the unit does not fail; ``_record``
+    sees ``$SERVICE_RESULT=exec-condition``, records ``skipped``); anything else → 255 (the
+    unit fails: retries and the failure hook apply).
 ended (the slot unit's ``ExecStopPost=``)
     After a :data:`LOST` exit, stops the job's service: systemd sends the command SIGTERM
     (then SIGKILL past ``TimeoutStopSec=``), the run ends ``signal`` (failed: the failure hook

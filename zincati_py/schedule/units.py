@@ -23,11 +23,13 @@ Service
     ``on_failure``: ``OnFailure=`` a unit, or a generated ``zincati-py-on-failure-NAME.service``
     running the command with ``ZINCATI_PY_JOB`` set (systemd adds ``MONITOR_SERVICE_RESULT``,
     ``MONITOR_EXIT_CODE``, ``MONITOR_EXIT_STATUS``, ``MONITOR_INVOCATION_ID``, ``MONITOR_UNIT``).
-    ``exclusive_group``: ``ExecCondition=+zincati-py schedule _exclusive --take`` (as root)
-    starts the job's slot unit ``zincati-py-slot-NAME.service`` and lets the command run once
-    it holds a FleetLock slot (zincati_py.schedule.exclusive); ``After=`` it, so at shutdown the
-    command stops before the slot is released. The slot unit runs as root (no ``User=``) and
-    alone gets the lock server's token (``LoadCredential=``): the command's unit has none.
+    ``exclusive_group``: ``Wants=``/``After=`` the job's slot unit
+    ``zincati-py-slot-NAME.service`` (started first, taking a FleetLock slot; stopped when no
+    longer needed: the run and its retries are over; at shutdown after the command), and
+    ``ExecCondition=+zincati-py schedule _exclusive --check`` (as root) lets the command run
+    only when the slot unit holds a slot (zincati_py.schedule.exclusive). The slot unit runs as
+    root (no ``User=``) and alone gets the lock server's token (``LoadCredential=``): the
+    command's unit has none.
     ``user``/``dynamic_user``: ``User=``/``DynamicUser=yes`` for the command and the failure
     hook. ``ExecStopPost=`` runs ``zincati-py schedule _record NAME`` after every attempt
     (timer, trigger or manual start), as root (``+``) when the job runs as another user, which
@@ -206,9 +208,9 @@ def render_job(
             extra[slot_unit(job.name)] = _slot_service(job, header, source, exe, hash_id, hook_args)
         except unitfile.UnsafeValue as exc:
             raise JobSkipped(f"{where}.exclusive_group: {exc}; job skipped") from None
-        # As root ("+"), whoever the job runs as: it only starts the slot unit and waits.
-        exclusive = f"ExecCondition=+{root_exe} schedule _exclusive --take {job.name}{hook_args}\n"
-        slot_order = f"After={slot_unit(job.name)}\n"
+        # As root ("+"), whoever the job runs as: it only reads the slot unit's state.
+        exclusive = f"ExecCondition=+{root_exe} schedule _exclusive --check {job.name}{hook_args}\n"
+        slot_order = f"Wants={slot_unit(job.name)}\nAfter={slot_unit(job.name)}\n"
         hook += " --exclusive"
     # "-": recording history must never turn a run into a failure; "+": as root, whoever
     # the job runs as (the history is root's).
@@ -256,7 +258,8 @@ def _slot_service(
         f"{header}\n[Unit]\n"
         f"Description={description(f'zincati-py schedule {job.name}: slot of group {group}')}\n"
         f"{source}"
-        "StartLimitIntervalSec=0\n"  # started once per attempt: the job's own limits apply
+        "StopWhenUnneeded=yes\n"  # released once the job's run (retries included) is over
+        "StartLimitIntervalSec=0\n"  # started with the job: the job's own limits apply
         "\n[Service]\nType=notify\nNotifyAccess=main\n"
         f"ExecStart={hold}{hook_args}\n"
         f"ExecStopPost={exe} schedule _exclusive --ended {job.name}{hook_args}\n"
