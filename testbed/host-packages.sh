@@ -4,13 +4,15 @@
 #   bash testbed/host-packages.sh demo|ci
 # Nothing is done (not even `apt-get update`) when every package is already installed, so a
 # second run costs a few milliseconds. A held apt/dpkg lock (unattended-upgrades, another
-# apt-get) is waited for, up to ZINCATI_PY_APT_LOCK_TIMEOUT seconds (default 900), not failed on:
+# apt-get) is waited for, up to ZINCATI_PY_APT_LOCK_TIMEOUT seconds (default 900; a look every
+# ZINCATI_PY_APT_RETRY_SECS, default 2), not failed on:
 # DPkg::Lock::Timeout covers dpkg's locks, but `apt-get update` (the lists lock) and the
 # archives lock do not honour it in apt 2.6, so those are retried while apt says a lock is held.
 set -euo pipefail
 
 profile=${1:-demo}
 lock_timeout=${ZINCATI_PY_APT_LOCK_TIMEOUT:-900}
+retry_secs=${ZINCATI_PY_APT_RETRY_SECS:-2}
 
 # --- what is installed, and why ---------------------------------------------------------------
 # demo: dbus-daemon (private buses), systemd (a real `systemd --user` manager, systemd-analyze),
@@ -45,7 +47,7 @@ need_root() {
 }
 
 # `apt-get ARGS`, waiting while another apt/dpkg holds one of its locks. apt's progress is
-# shown as it goes (a fresh machine installs for minutes), minus the lock complaints.
+# shown as it goes, on stderr (a fresh machine installs for minutes), minus the lock complaints.
 lock_re='Could not get lock|Unable to lock|Unable to acquire the dpkg|is held by process'
 apt_get() {
   local deadline=$((SECONDS + lock_timeout)) log rc told=0 quiet=-q
@@ -53,16 +55,20 @@ apt_get() {
   while :; do
     rc=0
     apt-get "$quiet" -o DPkg::Lock::Timeout="$lock_timeout" "$@" 2>&1 | tee "$log" \
-      | { grep --line-buffered -v -E "$lock_re" || true; } || rc=${PIPESTATUS[0]}
+      | { grep --line-buffered -v -E "$lock_re" >&2 || true; } || rc=${PIPESTATUS[0]}
     if [ "$rc" -eq 0 ]; then rm -f "$log"; return 0; fi
-    if grep -q -E "$lock_re" "$log" && [ "$SECONDS" -lt "$deadline" ]; then
-      if [ "$told" -eq 0 ]; then
-        echo "zincati-py: another apt/dpkg holds its lock; waiting (up to ${lock_timeout}s)" >&2
-        told=1
-        quiet=-qq  # retries: no progress lines, only what is not a lock complaint
+    if grep -q -E "$lock_re" "$log"; then
+      if [ "$SECONDS" -lt "$deadline" ]; then
+        if [ "$told" -eq 0 ]; then
+          echo "zincati-py: another apt/dpkg holds its lock; waiting (up to ${lock_timeout}s)" >&2
+          told=1
+          quiet=-qq  # retries: no progress lines, only what is not a lock complaint
+        fi
+        sleep "$retry_secs"
+        continue
       fi
-      sleep 2
-      continue
+      grep -E "$lock_re" "$log" >&2 || true
+      echo "zincati-py: gave up waiting for the apt/dpkg lock after ${lock_timeout}s" >&2
     fi
     rm -f "$log"
     return "$rc"
