@@ -32,6 +32,10 @@ installed() {
     && "$venv/bin/python" -c 'import zincati_py, testbed, pystemd, dbus_fast' 2>/dev/null
 }
 if ! installed; then
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "zincati-py: $python is not Python >= 3.11 (set ZINCATI_PY_DEMO_PYTHON to one)" >&2
+    exit 69
+  fi
   if [ ! -x "$venv/bin/python" ]; then
     echo "zincati-py: creating $venv ($("$python" --version))" >&2
     "$python" -m venv "$venv"
