@@ -257,17 +257,8 @@ def start_lock_server(root: Path, tmp: Path) -> subprocess.Popen[bytes]:
     return server
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=60.0, help="quiet period (default 60)")
-    p.add_argument("--rounds", type=int, default=5, help="latency rounds (default 5)")
-    p.add_argument("--watchdog-sec", type=float, default=0.0, help="simulate WatchdogSec=")
-    p.add_argument(
-        "--fleet-lock", action="store_true", help='strategy = "fleet_lock" against a local server'
-    )
-    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    args = p.parse_args(argv)
-
+def run_agent(args: argparse.Namespace, fleet_lock: bool) -> dict[str, Any]:
+    """One agent in a fresh sandbox: idle RSS, wakeups, latency rounds."""
     versions = [f"40.202402{d:02d}.3.0" for d in range(1, args.rounds + 1)]
     script = {
         "osname": "fedora-coreos",
@@ -278,11 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "python": sys.version.split()[0],
         "quiet_seconds": args.seconds,
-        "strategy": "fleet_lock" if args.fleet_lock else "default",
+        "strategy": "fleet_lock" if fleet_lock else "default",
     }
     with tempfile.TemporaryDirectory(prefix="zpy-bench-") as tmp, PrivateBus("system") as bus:
         root = Path(tmp) / "root"
-        lock_server = start_lock_server(root, Path(tmp)) if args.fleet_lock else None
+        lock_server = start_lock_server(root, Path(tmp)) if fleet_lock else None
         double = RpmOstreeDouble(bus.address, root, script, idle_timeout=0).start()
         logind = LogindDouble(bus.address, Path(tmp) / "logind.log").start()
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
@@ -351,6 +342,70 @@ def main(argv: list[str] | None = None) -> int:
             double.stop()
             if notify is not None:
                 notify.close()
+    return result
+
+
+# Issue 17's targets for the idle RSS (MiB).
+TARGETS = {"default": 24.0, "fleet_lock": 28.0}
+
+
+def pairs(args: argparse.Namespace) -> int:
+    """``--pairs N``: alternate the two strategies N times (paired, so load drifts hit both)."""
+    args.rounds = 1  # one reboot round each: the figure is the idle RSS
+    rss: dict[str, list[float]] = {"default": [], "fleet_lock": []}
+    for _ in range(args.pairs):
+        for fleet_lock in (False, True):
+            r = run_agent(args, fleet_lock)
+            rss[r["strategy"]].append(r["idle_rss_kb"] / 1024)
+    doc = {
+        "python": sys.version.split()[0],
+        "pairs": args.pairs,
+        "quiet_seconds": args.seconds,
+        "idle_rss_mib": {
+            k: {
+                "min": min(v),
+                "median": statistics.median(v),
+                "max": max(v),
+                "target": TARGETS[k],
+                "met": statistics.median(v) <= TARGETS[k],
+            }
+            for k, v in rss.items()
+        },
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"python {doc['python']}, {args.pairs} pairs, idle RSS (MiB) after {args.seconds:g} s:")
+    for k, v in doc["idle_rss_mib"].items():
+        name = "immediate" if k == "default" else k
+        print(
+            f"  {name:10s} min {v['min']:.1f}  median {v['median']:.1f}  max {v['max']:.1f}"
+            f"  target <= {v['target']:g}: {'met' if v['met'] else 'NOT met'}"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="quiet period (default 60)")
+    p.add_argument("--rounds", type=int, default=5, help="latency rounds (default 5)")
+    p.add_argument("--watchdog-sec", type=float, default=0.0, help="simulate WatchdogSec=")
+    p.add_argument(
+        "--fleet-lock", action="store_true", help='strategy = "fleet_lock" against a local server'
+    )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="N pairs of agents (strategy immediate, then fleet_lock), idle RSS only: "
+        "min/median/max of each against the issue 17 targets",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    args = p.parse_args(argv)
+    if args.pairs:
+        return pairs(args)
+    result = run_agent(args, args.fleet_lock)
+    e2e = result["stage_to_reboot_call_ms"]["samples"]
     result["http_client_import_kb"] = import_cost()
     result["import_breakdown_kb"] = dict(import_breakdown())
 

@@ -8,11 +8,17 @@ every hash the agent uses. Together that is about 5 MiB of resident memory (benc
 in an agent whose configuration may use no https URL at all.
 
 :func:`defer`, called before asyncio is first imported, lets asyncio and hashlib load without
-them. Nothing is lost: the first ``import ssl`` afterwards, by whatever needs TLS (the HTTP
-client of an https fleet-lock or update-graph URL, prometheus-client's exposition), loads the
-real module, which is then handed to asyncio where the stdlib keeps it (:func:`_give_asyncio`),
-so TLS works from then on exactly as if ``ssl`` had been imported at the start. ``hashlib``
-keeps Python's own implementations (``hmac`` its pure-Python one): same digests.
+them. Nothing is lost: an ``import ssl`` afterwards gives a stand-in module (:class:`_LazySsl`)
+that loads the real one the first time one of its attributes is used (by whatever needs TLS:
+the HTTP client of an https fleet-lock or update-graph URL, prometheus-client's exposition),
+takes on all of its attributes and hands it to asyncio where the stdlib keeps it
+(:func:`_give_asyncio`), so TLS works from then on exactly as if ``ssl`` had been imported at
+the start. Importing the HTTP stack (httpx, httpcore, anyio, http.client) therefore costs no
+OpenSSL: it only binds ``ssl``, and the one attribute it reads at import time, ``SSLContext``
+(in annotations: ``httpcore._ssl``'s return type, anyio's ``from ssl import SSLContext``), is
+given as a stand-in that loads the real class on any use. A fleet-lock client for an http://
+URL then never loads OpenSSL (``zincati_py.fleetlock.client.new_session``). ``hashlib`` keeps
+Python's own implementations (``hmac`` its pure-Python one): same digests.
 
 Only for the agent process (``zincati-py agent``); tests/agent/test_lazytls.py runs TLS through
 asyncio and httpx after it.
@@ -61,32 +67,89 @@ def _give_asyncio(ssl: ModuleType) -> None:
         sslproto.SSLAgainErrors = (ssl.SSLWantReadError, ssl.SSLSyscallError)  # type: ignore[attr-defined]
 
 
-class _SslLoader(importlib.abc.Loader):
-    """The real ``ssl`` loader, then :func:`_give_asyncio`."""
+# Attributes the HTTP stack reads from ``ssl`` when it is imported, only to annotate with.
+_ANNOTATION_ONLY = frozenset({"SSLContext"})
 
-    def __init__(self, real: Any) -> None:
-        self.real = real
 
+def _real_ssl() -> ModuleType:
+    """The real ``ssl``, imported now if need be (it replaces the stand-in in ``sys.modules``)
+    and handed to asyncio."""
+    current = sys.modules.get("ssl")
+    if current is not None and not isinstance(current, _LazySsl):
+        return current
+    stand_in = sys.modules.pop("ssl", None)
+    try:
+        real = importlib.import_module("ssl")
+    except BaseException:
+        if stand_in is not None:
+            sys.modules["ssl"] = stand_in
+        raise
+    _give_asyncio(real)
+    return real
+
+
+class _LazySsl(ModuleType):
+    """What ``import ssl`` gives after :func:`defer`: the real module on first use."""
+
+    def __getattr__(self, name: str) -> Any:  # only for attributes not set (yet)
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)  # the import system probing (__path__, __file__...)
+        if name in _ANNOTATION_ONLY and "_ssl" not in sys.modules:
+            return _Deferred(self, name)
+        return self.take(name)
+
+    def take(self, name: str) -> Any:
+        """``ssl.NAME`` from the real module, which this one becomes a copy of."""
+        real = _real_ssl()
+        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+        return getattr(real, name)
+
+
+class _Deferred:
+    """Stands for ``ssl.NAME`` until it is used: then it is the real thing (calls, isinstance,
+    subclassing and attributes go to it; only an identity test would tell them apart)."""
+
+    def __init__(self, module: _LazySsl, name: str) -> None:
+        self._module = module
+        self._name = name
+
+    def _real(self) -> Any:
+        return self._module.take(self._name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real()(*args, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._real(), attr)
+
+    def __instancecheck__(self, obj: object) -> bool:
+        return isinstance(obj, self._real())
+
+    def __subclasscheck__(self, cls: type) -> bool:
+        return issubclass(cls, self._real())
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        return (self._real(),)
+
+    def __repr__(self) -> str:
+        return f"<ssl.{self._name}, loaded on first use>"
+
+
+class _StandInLoader(importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        module: ModuleType | None = self.real.create_module(spec)
-        return module
+        return _LazySsl(spec.name)
 
     def exec_module(self, module: ModuleType) -> None:
-        self.real.exec_module(module)
-        _give_asyncio(module)
+        pass
 
 
 class _SslFinder(importlib.abc.MetaPathFinder):
-    """Finds ``ssl`` once, the normal way, and wraps its loader."""
+    """The first ``import ssl`` gives the stand-in; the real one is found the normal way."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != "ssl":
             return None
-        sys.meta_path.remove(self)  # one use; the lookup below must not find us again
-        spec = importlib.util.find_spec("ssl")
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _SslLoader(spec.loader)
-        return spec
+        sys.meta_path.remove(self)  # one use: the real import must not find us again
+        return importlib.util.spec_from_loader("ssl", _StandInLoader())

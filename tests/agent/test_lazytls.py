@@ -36,11 +36,18 @@ from zincati_py import lazytls
 assert lazytls.defer() is True
 import asyncio, asyncio.sslproto, asyncio.base_events, asyncio.selector_events
 assert asyncio.sslproto.ssl is None and "ssl" not in sys.modules
-import httpx  # imports ssl: the real one, handed to asyncio
+import httpx, httpcore, anyio.streams.tls  # the HTTP stack binds ssl: still no OpenSSL
 import ssl
+assert "_ssl" not in sys.modules and asyncio.sslproto.ssl is None
+ssl.PROTOCOL_TLS_CLIENT  # first use: the real module, handed to asyncio
+assert "_ssl" in sys.modules
+real = sys.modules["ssl"]
 for mod in (asyncio.sslproto, asyncio.base_events, asyncio.selector_events):
-    assert mod.ssl is ssl, mod
+    assert mod.ssl is real, mod
+assert ssl.SSLContext is real.SSLContext and ssl.CERT_NONE is real.CERT_NONE
 assert asyncio.sslproto.SSLAgainErrors == (ssl.SSLWantReadError, ssl.SSLSyscallError)
+# what anyio bound at import (for its annotations) behaves as the real class
+assert isinstance(ssl.create_default_context(), anyio.streams.tls.SSLContext)
 CERT, KEY = sys.argv[1], sys.argv[2]
 
 async def main():
@@ -151,3 +158,79 @@ def test_the_running_agent_has_no_openssl_mapped(node: Node) -> None:
     assert not [m for m in mapped if m.startswith(("libssl", "libcrypto", "_ssl", "_hashlib"))], (
         mapped
     )
+
+
+FLEET_LOCK = """
+import os, sys
+from zincati_py import lazytls
+assert lazytls.defer() is True
+import asyncio
+from zincati_py.fleetlock.client import FleetLockClient, FleetLockError
+import zincati_py.strategy.fleet_lock
+assert "_ssl" not in sys.modules
+CERT, KEY = sys.argv[1], sys.argv[2]
+BODY = b"HTTP/1.1 %s\\r\\nContent-Length: 2\\r\\n%sConnection: close\\r\\n\\r\\n{}"
+
+async def serve(ssl_ctx=None, location=None):
+    async def answer(reader, writer):
+        await reader.readuntil(b"\\r\\n\\r\\n")
+        if location:
+            writer.write(BODY % (b"307 Temporary Redirect", b"Location: %s\\r\\n" % location))
+        else:
+            writer.write(BODY % (b"200 OK", b""))
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ssl_ctx)
+    return server, server.sockets[0].getsockname()[1]
+
+async def main():
+    # http:// base URL: requests work and OpenSSL is never loaded.
+    server, port = await serve()
+    client = FleetLockClient(f"http://127.0.0.1:{port}", "node", "default")
+    await client.pre_reboot()
+    await client.steady_state()
+    await client.close()
+    server.close()
+    assert "_ssl" not in sys.modules, "OpenSSL loaded for plain HTTP"
+    import ssl
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(CERT, KEY)
+    tls, tls_port = await serve(server_ctx)
+    url = f"https://127.0.0.1:{tls_port}"
+    # https:// with a certificate the system trust store does not hold: refused.
+    client = FleetLockClient(url, "node", "default")
+    try:
+        await client.pre_reboot()
+    except FleetLockError as exc:
+        assert "CERTIFICATE_VERIFY_FAILED" in str(exc), exc
+    else:
+        raise AssertionError("an untrusted certificate was accepted (https base URL)")
+    await client.close()
+    # http:// redirected to that https server: verified as well, and refused.
+    hop, hop_port = await serve(location=url.encode() + b"/v1/pre-reboot")
+    client = FleetLockClient(f"http://127.0.0.1:{hop_port}", "node", "default")
+    try:
+        await client.pre_reboot()
+    except FleetLockError as exc:
+        assert "CERTIFICATE_VERIFY_FAILED" in str(exc), exc
+    else:
+        raise AssertionError("an untrusted certificate was accepted (redirect to https)")
+    await client.close()
+    # Trusted (SSL_CERT_FILE, which the system trust store honours): both work.
+    os.environ["SSL_CERT_FILE"] = CERT
+    for base in (url, f"http://127.0.0.1:{hop_port}"):
+        client = FleetLockClient(base, "node", "default")
+        await client.pre_reboot()
+        await client.close()
+    for s in (hop, tls):
+        s.close()
+
+asyncio.run(asyncio.wait_for(main(), 30))
+print("ok")
+"""
+
+
+def test_fleet_lock_client_pays_for_tls_only_for_https(certificate: tuple[Path, Path]) -> None:
+    """http:// base URL: no OpenSSL at all; https (or a redirect to it): verified as ever."""
+    cert, key = certificate
+    run(FLEET_LOCK, str(cert), str(key))

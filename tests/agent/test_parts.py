@@ -343,3 +343,28 @@ def test_polkit_unreachable_refuses(tmp_path: Path) -> None:
 
     with PrivateBus("system", tmp_path / "bus") as bus:
         assert asyncio.run(ask(bus.address)) is False
+
+
+def test_job_metrics_load_at_the_first_scrape(tmp_path: Path) -> None:
+    """The agent's [[schedule]] job metrics: their module is loaded by the first scrape, not
+    at start (issue 17), and then rendered with the agent's own metrics."""
+    code = (
+        "import asyncio, sys\n"
+        "from zincati_py.agent.publish import JobMetrics\n"
+        "from zincati_py.metrics import AgentMetrics\n"
+        "from zincati_py.paths import Paths\n"
+        "m = AgentMetrics()\n"
+        "jobs = JobMetrics(Paths.from_root(sys.argv[1]), lambda: ['backup'], lambda: None, None)\n"
+        "m.register(jobs)\n"
+        "m.on_scrape(jobs.refresh)\n"
+        "assert 'zincati_py.schedule.metrics' not in sys.modules\n"
+        "asyncio.run(m.refresh())\n"
+        "text = m.render().decode()\n"
+        "assert '# HELP zincati_py_schedule_runs ' in text, text\n"
+        "assert 'zincati_update_agent_updates_enabled' in text, text\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

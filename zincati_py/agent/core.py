@@ -13,17 +13,16 @@ read nobody. None of them imports ``service``, so there is no cycle.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from zincati_py.agent.machine import Action
 from zincati_py.backoff import Backoff
-
-if TYPE_CHECKING:
-    import asyncio
 
 log = logging.getLogger("zincati_py.agent")
 
@@ -66,6 +65,58 @@ class Host(Protocol):
     def announce(self) -> None:
         """Publish the state the facts describe right now (before an action that may end
         the host before another evaluation runs)."""
+
+
+class Waits:
+    """The interruptible wait of the running evaluation (``Host.interruptible``) and the
+    claims of the lock that give it up (``Host.claim``)."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+        self._waiting: asyncio.Task[Any] | None = None
+        self._interrupted: str | None = None
+        self._claims: list[str] = []  # why each collaborator waiting for the lock wants it
+
+    @contextlib.asynccontextmanager
+    async def claim(self, why: str) -> AsyncIterator[None]:
+        self._claims.append(why)
+        self.interrupt(why)
+        try:
+            await self.lock.acquire()
+        finally:
+            self._claims.remove(why)
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    async def interruptible(self, coro: Coroutine[Any, Any, T], came: str | None) -> T:
+        """Await ``coro`` unless interrupted; ``came``: work that arrived already."""
+        why = self._claims[0] if self._claims else came
+        if why is not None:
+            coro.close()
+            raise Interrupted(why)
+        task: asyncio.Task[T] = asyncio.get_running_loop().create_task(coro)
+        self._waiting, self._interrupted = task, None
+        try:
+            return await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self._interrupted is not None and (me is None or not me.cancelling()):
+                raise Interrupted(self._interrupted) from None
+            raise  # the evaluation itself is cancelled (shutdown)
+        finally:
+            self._waiting = None
+
+    def interrupt(self, why: str) -> bool:
+        """Give up the interruptible wait, if one runs; whether one did."""
+        task = self._waiting
+        if task is None or task.done() or self._interrupted is not None:
+            return False
+        log.info("%s: the strategy's wait is interrupted (asked again afterwards)", why)
+        self._interrupted = why
+        task.cancel()
+        return True
 
 
 class Retries:

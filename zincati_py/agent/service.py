@@ -24,18 +24,18 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from zincati_py.agent import machine, persist
 from zincati_py.agent.api import AgentInterface, RefusedError, export
-from zincati_py.agent.core import Interrupted, Outcome, Retries, release_free_memory
+from zincati_py.agent.core import Outcome, Retries, Waits, release_free_memory
 from zincati_py.agent.deployments import DeploymentTracker
 from zincati_py.agent.graph import UpdateGraph
 from zincati_py.agent.machine import Action, Facts, State, Step
 from zincati_py.agent.notify import Notifier
 from zincati_py.agent.options import Options, StartupError
-from zincati_py.agent.publish import Publisher
+from zincati_py.agent.publish import JobMetrics, Publisher
 from zincati_py.agent.reboot import RebootCoordinator
 from zincati_py.agent.reload import ConfigReloader
 from zincati_py.health.keeper import HealthKeeper
@@ -106,9 +106,7 @@ class Agent:
         self.reload.report = self.health.facts
         self.publish.health = self.health
         # Job metrics ([[schedule]]) on the metrics socket, read from systemd at each scrape.
-        from zincati_py.schedule.metrics import JobMetricsCollector
-
-        self.jobs = JobMetricsCollector(
+        self.jobs = JobMetrics(
             self.paths,
             lambda: [j.name for j in self.reload.config.schedules],
             lambda: self.reload.bus,
@@ -127,10 +125,7 @@ class Agent:
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        # The interruptible wait the running evaluation is in, and what interrupted it.
-        self._waiting: asyncio.Task[Any] | None = None
-        self._interrupted: str | None = None
-        self._claims: list[str] = []  # why each collaborator waiting for the lock wants it
+        self.waits = Waits(self.lock)  # the evaluation's interruptible wait
 
     # -- Host -----------------------------------------------------------------------------
     def wake(self, reason: str) -> None:
@@ -144,52 +139,20 @@ class Agent:
         if self._wake_since is None:
             self._wake_since = time.monotonic()
 
-    @contextlib.asynccontextmanager
-    async def claim(self, why: str) -> AsyncIterator[None]:
-        self._claims.append(why)
-        self._interrupt(why)
-        try:
-            await self.lock.acquire()
-        finally:
-            self._claims.remove(why)
-        try:
-            yield
-        finally:
-            self.lock.release()
+    def claim(self, why: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.waits.claim(why)
 
     async def interruptible(self, coro: Coroutine[Any, Any, T]) -> T:
         # Work that came before the wait started interrupts it at once: a wake during this
         # evaluation (``_wake`` is cleared when an evaluation starts), a claim, a stop.
-        why = next(
-            (w for w in (*self._claims, *self._wake_reasons[-1:]) if w),
-            "stopping" if self._stop.is_set() else None,
-        )
-        if why is not None:
-            coro.close()
-            raise Interrupted(why)
-        task: asyncio.Task[T] = asyncio.get_running_loop().create_task(coro)
-        self._waiting, self._interrupted = task, None
-        try:
-            return await task
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if self._interrupted is not None and (me is None or not me.cancelling()):
-                raise Interrupted(self._interrupted) from None
-            raise  # the evaluation itself is cancelled (shutdown)
-        finally:
-            self._waiting = None
+        came = self._wake_reasons[-1:] or (["stopping"] if self._stop.is_set() else [])
+        return await self.waits.interruptible(coro, came[0] if came else None)
 
     def _interrupt(self, why: str) -> None:
-        """Give up the interruptible wait the running evaluation is in, if any."""
-        task = self._waiting
-        if task is None or task.done() or self._interrupted is not None:
-            return
-        log.info("%s: the strategy's wait is interrupted (asked again afterwards)", why)
-        self._interrupted = why
-        task.cancel()
-        # Whatever interrupted may not wake the loop itself (a claim): evaluate again after it.
-        self._wake_reasons.append(f"asking the strategy again ({why})")
-        self._wake.set()
+        if self.waits.interrupt(why):
+            # Whatever interrupted may not wake the loop itself (a claim): evaluate again.
+            self._wake_reasons.append(f"asking the strategy again ({why})")
+            self._wake.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)

@@ -21,6 +21,7 @@ import json
 import logging
 import ssl
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,14 +58,54 @@ def directory_url(base_url: str) -> str:
     return base_url if base_url.endswith("/") else base_url + "/"
 
 
+# httpx hands a ``verify`` that is neither a bool nor a str to httpcore as the SSL context, and
+# httpcore's None means "none made yet". Only for a transport that never makes a TLS connection.
+_NO_SSL_CONTEXT: Any = None
+
+
+class _MadeOnFirstUse(httpx.AsyncBaseTransport):
+    """A transport made when the first request needs it."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncBaseTransport]) -> None:
+        self._make = make
+        self._transport: httpx.AsyncBaseTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            self._transport = self._make()
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+
+
 def new_session(
-    *, uds: str | None = None, verify: ssl.SSLContext | bool | None = None, **kwargs: Any
+    *,
+    uds: str | None = None,
+    verify: ssl.SSLContext | bool | None = None,
+    base_url: str | None = None,
+    **kwargs: Any,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` configured like the one a client creates for itself.
 
     ``uds`` connects through a Unix socket (the URL's host then only names the server);
     ``verify`` defaults to the system trust store; other arguments go to the client.
+    ``base_url``: what the session is for. For an http:// URL (and the default ``verify``) no
+    SSL context is made, so the trust store is not read and, in the agent, OpenSSL is not even
+    loaded (``zincati_py.lazytls``, about 6.5 MiB); a request that does go to https (a
+    redirect) gets a transport made then, verified against the system trust store as always.
     """
+    if verify is None and uds is None and (base_url or "").lower().startswith("http://"):
+        kwargs["transport"] = httpx.AsyncHTTPTransport(verify=_NO_SSL_CONTEXT, trust_env=False)
+        kwargs["mounts"] = {
+            "https://": _MadeOnFirstUse(
+                lambda: httpx.AsyncHTTPTransport(
+                    verify=ssl.create_default_context(), trust_env=False
+                )
+            )
+        }
+        return httpx.AsyncClient(trust_env=False, **kwargs)
     if verify is None:
         verify = ssl.create_default_context()
     if uds is not None:
@@ -91,7 +132,7 @@ class _Http:
 
     def _get_session(self) -> httpx.AsyncClient:
         if self._session is None:
-            self._session = new_session()
+            self._session = new_session(base_url=self.base_url)
         return self._session
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
