@@ -116,9 +116,15 @@ def test_retries_on_failure_and_run_as_render_systemd_settings() -> None:
         "ExecStopPost=-+/usr/bin/env -u HOME PYTHONNOUSERSITE=1 /usr/bin/zincati-py"
         " schedule _record j --retries 2\n"
     ) in service
-    (handler,) = out.extra.values()
-    assert list(out.extra) == ["zincati-py-on-failure-j.service"]
+    assert sorted(out.extra) == ["zincati-py-on-failure-j.service", "zincati-py-record-j.service"]
+    handler = out.extra["zincati-py-on-failure-j.service"]
     assert "Environment=ZINCATI_PY_JOB=j\n" in handler and "User=backup\n" in handler
+    # Root's recorder of a failed run the hook could not record (systemd failed to set the
+    # user up: 217/USER fails the "+" hook too).
+    assert "OnFailure=zincati-py-record-j.service\n" in service
+    recorder = out.extra["zincati-py-record-j.service"]
+    assert "ExecStart=/usr/bin/zincati-py schedule _record j --failed-unit\n" in recorder
+    assert "User=" not in recorder
     assert (
         'ExecStart=/bin/sh -c "curl -d \\"$$MONITOR_SERVICE_RESULT\\" https://hook/%%i"\n'
         in handler
@@ -127,7 +133,8 @@ def test_retries_on_failure_and_run_as_render_systemd_settings() -> None:
     out = _units(
         ScheduleSettings("j", "@daily", "true", on_failure="notify@x.service", dynamic_user=True)
     )
-    assert "OnFailure=notify@x.service\n" in out.service and out.extra == {}
+    assert "OnFailure=notify@x.service\n" in out.service
+    assert list(out.extra) == ["zincati-py-record-j.service"]
     assert "DynamicUser=yes\n" in out.service
     assert "ExecStopPost=-+/usr/bin/env -u HOME PYTHONNOUSERSITE=1 /usr/bin/" in out.service
 

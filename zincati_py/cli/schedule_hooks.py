@@ -53,6 +53,12 @@ def _register_record(sub: _Subparsers) -> None:
     parser.add_argument(
         "--exclusive", action="store_true", help="a fleet-exclusive job: exit status 75 = skipped"
     )
+    parser.add_argument(
+        "--failed-unit",
+        action="store_true",
+        help="run by OnFailure= (as root): record the failed run from MONITOR_* unless the "
+        "job's own hook did (it cannot run when systemd fails to set the job's user up)",
+    )
     add_root_argument(parser)
     add_user_argument(parser)
 
@@ -174,6 +180,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
     from zincati_py.schedule.units import unit_name as schedule_unit
 
     name = check_job_name(args.name)
+    if args.failed_unit:
+        return _record_failed_unit(args, name)
     unit = schedule_unit(name)
     start = end = None
     attempt = None
@@ -227,6 +235,48 @@ def _exclusive_outcome(args: argparse.Namespace, name: str, record: dict[str, An
                 record["lost_slot"] = True
     except (CliError, SystemdError, ValueError, TypeError) as exc:
         print(f"zincati-py: {unit}: slot state unknown: {exc}", file=sys.stderr)
+
+
+def _record_failed_unit(args: argparse.Namespace, name: str) -> int:
+    """``_record NAME --failed-unit`` (``OnFailure=``, as root): record the failed run from
+    systemd's ``MONITOR_*`` variables, unless the job's ``ExecStopPost=`` hook already recorded
+    that invocation."""
+    from zincati_py.dbus.systemd import SERVICE_IFACE, usec_to_datetime
+    from zincati_py.dbus.systemd_sync import SystemdError
+    from zincati_py.schedule import history
+    from zincati_py.schedule.units import unit_name as schedule_unit
+
+    invocation = os.environ.get("MONITOR_INVOCATION_ID")
+    with job_errors():
+        runs = history.read(paths_of(args), name)
+    if invocation and any(run.get("invocation_id") == invocation for run in runs):
+        return 0  # the hook ran
+    unit = schedule_unit(name)
+    environ = {
+        key: os.environ[f"MONITOR_{key}"]
+        for key in ("INVOCATION_ID", "SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS")
+        if f"MONITOR_{key}" in os.environ
+    }
+    start = end = None
+    attempt = None
+    try:
+        with connect(args) as systemd:
+            props = systemd.properties(unit, SERVICE_IFACE)
+            attempt = int(props.get("NRestarts", 0)) + 1
+            start = usec_to_datetime(int(props.get("ExecMainStartTimestamp", 0)))
+            end = usec_to_datetime(int(props.get("ExecMainExitTimestamp", 0)))
+    except (CliError, SystemdError) as exc:
+        print(f"zincati-py: {unit}: start time unknown: {exc}", file=sys.stderr)
+    print(
+        f"zincati-py: schedule {name}: the run failed before its history hook could run "
+        f"({environ.get('SERVICE_RESULT')}, {environ.get('EXIT_CODE')}="
+        f"{environ.get('EXIT_STATUS')}); recorded it",
+        file=sys.stderr,
+    )
+    record = history.make_record(name, unit, start, end, environ, attempt=attempt)
+    with job_errors():
+        history.append(paths_of(args), name, record)
+    return 0
 
 
 def _overran(

@@ -31,7 +31,9 @@ Service
     root (no ``User=``) and alone gets the lock server's token (``LoadCredential=``): the
     command's unit has none.
     ``user``/``dynamic_user``: ``User=``/``DynamicUser=yes`` for the command and the failure
-    hook. ``ExecStopPost=`` runs ``zincati-py schedule _record NAME`` after every attempt
+    hook; ``OnFailure=zincati-py-record-NAME.service`` (root) records a failed run the hook
+    could not (systemd failed to set the user up). ``ExecStopPost=`` runs
+    ``zincati-py schedule _record NAME`` after every attempt
     (timer, trigger or manual start), as root (``+``) when the job runs as another user, which
     appends the run to the job's history (zincati_py.schedule.history). systemd gives that
     root command the job user's ``$HOME`` too (``User=``), a directory the user controls:
@@ -64,6 +66,7 @@ __all__ = [
 
 SCHEDULE_UNIT = "zincati-py-schedule-{name}"
 FAILURE_UNIT = "zincati-py-on-failure-{name}"
+RECORD_UNIT = "zincati-py-record-{name}"  # records a run of another user's job its hook missed
 SLOT_UNIT = "zincati-py-slot-{name}"  # holds a fleet-exclusive job's FleetLock slot
 TOKEN_CREDENTIAL = "zincati-py-fleetlock-token"  # the lock server token of exclusive runs
 SHELL = "/bin/sh"
@@ -173,6 +176,8 @@ def render_job(
             on_failure = _failure_hook(job, header, run_as, extra)
         except unitfile.UnsafeValue as exc:
             raise JobSkipped(f"{where}.on_failure: {exc}; job skipped") from None
+    if run_as:
+        on_failure += _failed_run_recorder(job, header, exe, hook_args, extra)
     notes: list[str] = []
     zone = f" {job.time_zone}" if job.time_zone else ""
     source = ""
@@ -276,6 +281,26 @@ def _token_credential(job: ScheduleSettings) -> str:
     if token_credential:  # from the system credential store (/etc/credstore, ...)
         return f"LoadCredential={unitfile.setting(token_credential, 'token credential')}\n"
     return ""
+
+
+def _failed_run_recorder(
+    job: ScheduleSettings, header: str, exe: str, hook_args: str, extra: dict[str, str]
+) -> str:
+    """``OnFailure=`` a root unit recording the failed run, for a job run as another user.
+
+    When systemd cannot set that user up (217/USER: no such user), it cannot run root's
+    ``ExecStopPost=+`` either (it resolves ``User=`` for every command) and the run would be
+    missing from the history (found on the real host). The unit records it from systemd's
+    ``MONITOR_*`` variables unless the hook already did (same invocation id).
+    """
+    unit = f"{RECORD_UNIT.format(name=job.name)}.service"
+    extra[unit] = (
+        f"{header}\n[Unit]\n"
+        f"Description={description(f'zincati-py schedule {job.name}: record a failed run')}\n"
+        "\n[Service]\nType=oneshot\n"
+        f"ExecStart={exe} schedule _record {job.name} --failed-unit{hook_args}\n"
+    )
+    return f"OnFailure={unit}\n"
 
 
 def _failure_hook(job: ScheduleSettings, header: str, run_as: str, extra: dict[str, str]) -> str:
