@@ -66,6 +66,12 @@ command = ["/bin/sh", "-c", "echo dynfail-uid=$(id -u); exit 7"]
 on_failure = 'echo "dynhook $ZINCATI_PY_JOB $MONITOR_SERVICE_RESULT $MONITOR_EXIT_STATUS $(id -u)"'
 
 [[schedule]]
+name = "ghost"
+cron = "{NEVER}"
+user = "zpy-ghost"
+command = "true"
+
+[[schedule]]
 name = "plant"
 cron = "{NEVER}"
 user = "{USER}"
@@ -213,6 +219,16 @@ def test_failing_job_of_another_user_starts_its_failure_hook(host: Container) ->
     text = host.wait_for("the failure hook's file", hook_out, 30)
     # The hook ran as the job's user, with the job's name and systemd's MONITOR_* variables.
     assert str(text).split() == ["fails", "exit-code", "3", str(uid_of(USER, host))], text
+    # Root's recorder of runs the hook missed (OnFailure= too) saw this one recorded: one record.
+    recorder = "zincati-py-record-fails.service"
+
+    def recorder_done() -> bool:
+        state = show(host, recorder, "InvocationID", "ActiveState", "Result")
+        return bool(state["InvocationID"]) and state["ActiveState"] == "inactive"
+
+    host.wait_for("the failed-run recorder", recorder_done, 30)
+    assert show(host, recorder, "Result")["Result"] == "success"
+    assert len(history(host, "fails")) == 1, history(host, "fails")
     status = cli_json(host, "schedule", "status", "fails")
     assert status["last_result"] == "exit-code", status
     assert status["metrics"]["consecutive_failures"] == 1, status["metrics"]
@@ -277,6 +293,45 @@ def test_dynamic_user_job_retries_then_fails_and_its_hook_runs(host: Container) 
     assert status["metrics"]["last_attempts"] == 2 and status["last_result"] == "exit-code"
 
 
+SCRAPE = """\
+import socket
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+s.connect("/run/zincati-py/public/metrics.promsock")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.decode())
+"""
+
+
+def test_agent_job_metrics_of_non_root_jobs(host: Container) -> None:
+    # The agent (user zincati-py) reads root's history through the group of the packaged
+    # 2750 root:zincati-py directory; the metrics socket is public (read here as nobody).
+    def scrape() -> str | None:
+        text = host.run(["python3", "-c", SCRAPE], user="nobody").stdout
+        flaky = 'zincati_py_schedule_runs{job="flaky",result="success"} 1.0'
+        return text if flaky in text else None
+
+    text = str(host.wait_for("job metrics in the agent's exposition", scrape, 30, 1))
+    assert 'zincati_py_schedule_runs{job="asuser",result="success"} 1.0' in text, text
+    assert 'zincati_py_schedule_consecutive_failures{job="fails"} 1.0' in text, text
+    assert 'zincati_py_schedule_last_result{job="dynfail",result="exit-code"} 1.0' in text, text
+    assert "permission" not in host.journal("-b", "-u", "zincati-py.service").lower()
+
+
+def test_job_of_a_missing_user_fails_and_is_recorded(host: Container) -> None:
+    # systemd cannot resolve User= (217/USER): the run fails and so does root's ExecStopPost=+
+    # (systemd resolves the user for it too); the OnFailure= recorder records it (as root).
+    runs = run_job(host, "ghost")
+    assert [(r["result"], r["exit_status"]) for r in runs] == [("exit-code", "217")], runs
+    assert runs[0]["invocation_id"] and runs[0]["start"], runs
+    log = host.journal("-b", "-u", "zincati-py-record-ghost.service")
+    assert "failed before its history hook could run" in log, log[-2000:]
+    status = cli_json(host, "schedule", "status", "ghost")
+    assert status["last_result"] == "exit-code", status
+
+
 def test_job_user_cannot_redirect_roots_hook(host: Container) -> None:
     before = host.run(["stat", "-c", "%i %s %Y", "/etc/zpy-victim"]).stdout
     runs = run_job(host, "plant")
@@ -325,6 +380,9 @@ def test_job_user_cannot_run_code_in_roots_slot_condition(host: Container) -> No
     assert canary.returncode != 0, f"root's condition ran the job user's .pth (uid {canary.stdout})"
     assert host.run(["cat", "/etc/zpy-victim"]).stdout == VICTIM
     assert show(host, unit, "ExecCondition")["ExecCondition"].startswith("{ path=/usr/bin/env")
+    # The run that could not get a slot is recorded as a failure (the command never ran).
+    runs = history(host, "exclusive")
+    assert len(runs) == 1 and runs[0]["result"] not in ("success", "skipped"), runs
 
 
 def test_history_symlink_in_roots_directory_is_refused(host: Container) -> None:
