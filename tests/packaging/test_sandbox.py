@@ -12,6 +12,12 @@ a system manager can apply here:
 - ``Type=notify``, ``WatchdogSec=``, ``Restart*=``, ``ExecStart=`` and ``Environment=``:
   the probe is a oneshot.
 
+Where this machine's kernel cannot apply ``ProtectKernelTunables=``/``ProtectKernelLogs=`` over a
+full procfs (a sandboxed CI kernel whose /proc refuses the bind mounts: status 226, checked with
+a canary unit first; ``ProcSubset=pid`` hides those paths, so units that set it are unaffected),
+those two are not applied either; the real-host tier runs the shipped unit as it is, on a real
+PID 1 (tests/realhost).
+
 And it adds one line for the probe only: when the venv or the checkout (editable installs
 import from it) lives under ``/tmp`` or ``/var/tmp`` (a clone under /tmp), which
 ``PrivateTmp=yes`` replaces with an empty directory, ``BindReadOnlyPaths=`` puts them back,
@@ -60,10 +66,32 @@ def program_binds() -> list[str]:
     return ["BindReadOnlyPaths=" + " ".join(hidden)]
 
 
+KERNEL_PROC = ("ProtectKernelTunables", "ProtectKernelLogs")
+
+
+def applicable(manager: UserManager, service: list[str]) -> list[str]:
+    """``service`` minus NOT_APPLIED, and minus KERNEL_PROC when the unit mounts a full procfs
+    (no ``ProcSubset=pid``) and a canary shows this kernel refuses those protections on it."""
+    kept = [line for line in service if not NOT_APPLIED.match(line)]
+    if any(line.startswith("ProcSubset=pid") for line in kept):
+        return kept
+    canary = "canary-kernel-proc.service"
+    (manager.unit_dir / canary).write_text(
+        "[Service]\nType=oneshot\nExecStart=/bin/true\nProtectProc=invisible\n"
+        + "".join(f"{key}=yes\n" for key in KERNEL_PROC)
+    )
+    manager.daemon_reload()
+    manager.systemctl("start", canary, check=False, timeout=60)
+    status = manager.systemctl("show", "-p", "ExecMainStatus", canary)
+    if "ExecMainStatus=226" not in status:
+        return kept
+    return [line for line in kept if line.split("=", 1)[0] not in KERNEL_PROC]
+
+
 def probe(manager: UserManager, unit: str, modules: list[str]) -> dict[str, object]:
     text = (UNITS / unit).read_text()
     service = text.split("[Service]\n", 1)[1].split("\n[", 1)[0]
-    kept = [line for line in service.splitlines() if not NOT_APPLIED.match(line)]
+    kept = applicable(manager, service.splitlines())
     assert any(line.startswith("SystemCallFilter=") for line in kept)
     name = f"probe-{unit}"
     exec_start = " ".join([sys.executable, str(HERE / "sandbox_probe.py"), *modules])
@@ -135,7 +163,7 @@ def test_fleetlock_server_serves_inside_its_sandbox(manager: UserManager) -> Non
     config = "${STATE_DIRECTORY}/fleetlock.toml"
     text = (UNITS / "zincati-py-fleetlock.service").read_text()
     service = text.split("[Service]\n", 1)[1].split("\n[", 1)[0]
-    kept = [line for line in service.splitlines() if not NOT_APPLIED.match(line)]
+    kept = applicable(manager, service.splitlines())
     exe = venv_script("zincati-py")
     (manager.unit_dir / "lockserver.service").write_text(
         f"[Service]\nExecStart={exe} fleetlock serve --config {config}\n"
