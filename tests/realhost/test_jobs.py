@@ -396,9 +396,10 @@ def test_history_symlink_in_roots_directory_is_refused(host: Container) -> None:
 
         def refused() -> bool:
             log = host.journal("-b", "-u", "zincati-py-schedule-asuser.service")
-            return "refusing" in log
+            state = show(host, "zincati-py-schedule-asuser.service", "ActiveState")
+            return "refusing" in log and state["ActiveState"] == "inactive"
 
-        host.wait_for("the hook's refusal in the journal", refused, 30)
+        host.wait_for("the hook's refusal in the journal, the run over", refused, 30)
         state = show(host, "zincati-py-schedule-asuser.service", "ActiveState", "Result")
         assert state == {"ActiveState": "inactive", "Result": "success"}, state
         assert host.run(["cat", "/etc/zpy-victim"]).stdout == VICTIM
