@@ -300,6 +300,9 @@ def main() -> int:
     parser.add_argument("--reboot", type=float, default=0.5, help="simulated reboot seconds")
     parser.add_argument("--poll", type=float, default=0.5, help="naive poll interval, seconds")
     parser.add_argument("--wait", type=float, default=120, help="long-poll seconds per request")
+    parser.add_argument(
+        "--modes", default="fleet,naive", help="rollout clients: fleet (long-poll), naive"
+    )
     parser.add_argument("--quick", action="store_true", help="small counts (smoke test)")
     args = parser.parse_args()
     if args.quick:
@@ -325,7 +328,8 @@ def main() -> int:
                         conc.row(backend, f"concurrent, {args.clients} clients, one group")
                     )
                 if "rollout" in scenarios:
-                    for group, wait in (("fleet", args.wait), ("naive", None)):
+                    modes = [("fleet", args.wait), ("naive", None)]
+                    for group, wait in [m for m in modes if m[0] in args.modes.split(",")]:
                         try:
                             result = asyncio.run(
                                 rollout(url, group, args.nodes, args.slots, args.reboot,
