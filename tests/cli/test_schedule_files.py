@@ -271,6 +271,28 @@ def test_record_hook_appends_and_history_reads(tmp_path: Path) -> None:
     assert_clean_error(zpy("schedule", "history", "nope", "--root", str(root)), 65, "no schedule")
 
 
+def test_failed_unit_recorder_records_only_a_run_the_hook_missed(tmp_path: Path) -> None:
+    # OnFailure= of a job run as another user: records from MONITOR_* what systemd could not
+    # let the hook record (217/USER), once; a run the hook recorded is left alone.
+    root = make_root(tmp_path)
+    _vendor(root, "50-vendor.toml", VENDOR_JOB)
+    bus = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"}
+    hook = {"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "3"}
+    argv = ("schedule", "_record", "vendor-job", "--root", str(root), "--user")
+    assert zpy(*argv, env=bus | hook | {"INVOCATION_ID": "aa"}).returncode == 0
+    monitor = {
+        "MONITOR_SERVICE_RESULT": "exit-code",
+        "MONITOR_EXIT_CODE": "exited",
+        "MONITOR_EXIT_STATUS": "217",
+    }
+    for invocation in ("aa", "bb", "bb"):
+        env = bus | monitor | {"MONITOR_INVOCATION_ID": invocation}
+        proc = zpy(*argv, "--failed-unit", env=env)
+        assert proc.returncode == 0, proc.stderr
+    runs = zpy_json("schedule", "history", "vendor-job", "--root", str(root))["runs"]
+    assert [(r["invocation_id"], r["exit_status"]) for r in runs] == [("aa", "3"), ("bb", "217")]
+
+
 def test_record_trims_history(tmp_path: Path) -> None:
     from zincati_py.schedule import history
 
