@@ -331,7 +331,9 @@ class Sysroot:
             if staged is not None:
                 self._remove(staged)
         else:
-            keep = [booted]
+            # A reboot into the same default changes no deployment (ostree keeps the rollback
+            # deployment); only a staged one that was not finalized goes.
+            keep = list(state["deployments"])
             if staged is not None:
                 self._remove(staged)
         for d in state["deployments"]:

@@ -314,3 +314,56 @@ def test_health_timeout_rolls_back(node_factory: Callable[..., Node]) -> None:
     g = gate(node)
     assert g["verdict"] == "failed" and g["reason"].startswith("health timeout: unit db.service")
     assert g["decided_at"] - g["started"] >= 3
+
+
+def test_a_release_whose_boots_keep_ending_during_the_gate_is_rolled_back(
+    node_factory: Callable[..., Node],
+) -> None:
+    # Review finding 5: a release that panics (or is reset by a watchdog) during its gate
+    # restarted the gate at every boot, forever: never rolled back, its slot held.
+    node = node_factory(SCRIPT)
+    _boot(node, "boot-1")
+    started = node.tmp / "started"
+    required(node, "10-app", f"touch {started}; sleep 30")
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    for boot in ("boot-2", "boot-3"):
+        wait_for(started.exists, 15, f"the gate's check running before {boot}")
+        assert gate(node)["phase"] == "gate"
+        started.unlink()
+        agent.kill()  # the host goes down with the agent, comes up on NEW again
+        _boot(node, boot)
+        assert node.control("Reboot")[0] == NEW
+        agent = node.agent()
+        if boot == "boot-2":
+            wait_for(lambda: gate(node).get("restarts") == 1, 15, "the gate restarted once")
+    try:
+        wait_for(lambda: reboots(node) == 2, 20, "the rollback reboot")
+    except AssertionError:
+        raise AssertionError(agent.log() + json.dumps(gate(node), indent=1)) from None
+    node.wait_state("reported steady", agent=agent, booted=OLD, timeout=20)
+    g = gate(node)
+    assert (g["verdict"], g["restarts"]) == ("failed", 2), g
+    assert g["reason"] == "rebooted 2 times during the health gate", g
+    assert checksum(node, NEW) in state(node)["failed"]
+    assert "ended again: rebooted 2 times during the health gate" in agent.log()
+
+
+def test_each_health_d_check_gets_what_is_left_of_the_deadline(
+    node_factory: Callable[..., Node],
+) -> None:
+    # Review finding 6: every executable got the whole timeout_secs, one after the other.
+    node = node_factory(SCRIPT)
+    node.write_config("50-health.toml", "[agent.health]\ntimeout_secs = 4\n")
+    required(node, "10-slow", "sleep 3")
+    required(node, "20-hangs", "sleep 60")
+    agent = node.agent()
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: gate(node).get("verdict") == "failed", 20, "the gate's verdict")
+    g = gate(node)
+    # 10-slow took 3 of the 4 s: 20-hangs had what was left (at least 1 s), not 4 s more.
+    assert "required 20-hangs: FAILED (timed out after 1 s)" in g["reason"], g
+    assert g["decided_at"] - g["started"] < 4 + 2.5, g
+    wait_for(lambda: reboots(node) == 2, 20, "the rollback reboot")

@@ -35,8 +35,10 @@ def test_timeout_reason_names_what_was_missing() -> None:
     assert verdict is Verdict.FAILED and why.startswith("health timeout: boot-complete")
 
 
-def rec(phase: Phase, boot: str = "b1") -> GateRecord:
-    return GateRecord("NEW", "2", "OLD", "1", boot, 0.0, 10.0, phase=phase)
+def rec(phase: Phase, boot: str = "b1", restarts: int = 0, verdict: str = "") -> GateRecord:
+    return GateRecord(
+        "NEW", "2", "OLD", "1", boot, 0.0, 10.0, phase=phase, restarts=restarts, verdict=verdict
+    )
 
 
 @pytest.mark.parametrize(
@@ -56,6 +58,24 @@ def rec(phase: Phase, boot: str = "b1") -> GateRecord:
         (rec(Phase.ROLLBACK), "OTHER", "b2", None, Move.ABANDON),
         (rec(Phase.ROLLED_BACK), "OLD", "b2", None, Move.NONE),  # report owed, stays
         (rec(Phase.PASSED), "NEW", "b2", None, Move.NONE),  # healthy: never rolled back
+        # Review finding 4: booted again after an abandoned gate (an admin rolled back, then
+        # forward again; or deployed it by hand): that boot was never judged: gate it.
+        (rec(Phase.ABANDONED), "NEW", "b3", "NEW", Move.START),
+        (rec(Phase.ABANDONED), "NEW", "", "NEW", Move.START),  # boot ids unknown: the same
+        (rec(Phase.ABANDONED), "NEW", "b3", None, Move.NONE),  # not an update of ours
+        (rec(Phase.ABANDONED), "OLD", "b3", None, Move.NONE),
+        # A verdict stays: a healthy release rebooted later is not gated again, nor is a
+        # failed one (deny-listed, reported) booted again.
+        (rec(Phase.REPORTED, verdict="healthy"), "NEW", "b2", "NEW", Move.NONE),
+        (rec(Phase.PASSED, verdict="healthy"), "NEW", "b2", "NEW", Move.NONE),
+        (rec(Phase.REPORTED, verdict="failed"), "NEW", "b2", "NEW", Move.NONE),
+        (rec(Phase.FAILED, verdict="failed"), "NEW", "b2", "NEW", Move.NONE),
+        # Review finding 5: the gate's boots keep ending (panic, watchdog): the second such
+        # boot fails the gate (then the rollback) instead of restarting it forever.
+        (rec(Phase.GATE, restarts=1), "NEW", "b2", None, Move.FAIL),
+        (rec(Phase.GATE, restarts=1), "NEW", "b2", "NEW", Move.FAIL),
+        (rec(Phase.GATE, restarts=1), "NEW", "b1", None, Move.NONE),  # same boot: goes on
+        (rec(Phase.GATE, restarts=5), "OLD", "b2", None, Move.ABANDON),
     ],
 )
 def test_reconcile(

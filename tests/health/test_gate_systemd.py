@@ -115,3 +115,98 @@ def test_failed_required_unit_rolls_back_and_hooks_run_in_the_generated_unit(
     assert lines("reboot") == [f"{NEW} {OLD}", f"{OLD} {NEW}"]
     # The failing first command changed nothing: systemd ran both, as the template says.
     assert "hooks for event staged started: zincati-py-hook@staged-" in agent.log()
+
+
+def test_sigkill_between_reboot_called_and_logind_asks_again_at_once(
+    node_factory: Callable[..., Node],
+    user_manager_factory: Callable[..., UserManager],
+    tmp_path: Path,
+) -> None:
+    # Review finding 8: SIGKILL after "reboot called" was saved and before logind took the
+    # request left the node on the failed release for up to 900 s. The kill point is
+    # deterministic: the rollback's "reboot" hook (run after the save, before logind is asked,
+    # waited for) parks until the agent is killed.
+    from tests.health.test_gate_agent import _boot, required
+
+    node = node_factory(SCRIPT)
+    _boot(node, "boot-1")
+    parked = tmp_path / "parked"
+    park = (
+        f'/bin/sh -c "[ $ZINCATI_PY_EVENT = reboot ] && [ $ZINCATI_PY_VERSION = {OLD} ] '
+        f'&& [ ! -e {parked} ] && touch {parked} && sleep 25; exit 0"'
+    )
+    node.write_config("50-hooks.toml", f"[agent.hooks]\ncommands = ['{park}']\n")
+    required(node, "10-app", "echo broken; exit 1")
+    manager = user_manager_factory(node.root)
+    agent = node.agent(ZINCATI_PY_SYSTEMD_BUS=manager.bus_address)
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(parked.exists, 30, "the rollback's reboot hook parked")
+    g = gate(node)
+    assert (g["phase"], g["reboot_called"], reboots(node)) == ("rollback", True, 1), g
+    agent.kill()
+    again = node.agent(ZINCATI_PY_SYSTEMD_BUS=manager.bus_address)  # the same boot
+    wait_for(lambda: reboots(node) == 2, 15, "the rollback reboot asked again at once")
+    node.wait_state("reported steady", agent=again, booted=OLD, timeout=30)
+    assert [d["version"] for d in node.double_state()["deployments"]] == [OLD, NEW]
+    time.sleep(1.0)
+    assert reboots(node) == 2
+
+
+def test_a_required_unit_unknown_before_the_update_postpones_it(
+    node_factory: Callable[..., Node], user_manager_factory: Callable[..., UserManager]
+) -> None:
+    # Review finding 7: a typo in required_units failed every gate at once: each release
+    # rolled back once and deny-listed. The name is looked up before the update instead.
+    node = node_factory(SCRIPT)
+    node.write_config("50-health.toml", '[agent.health]\nrequired_units = ["ap.service"]\n')
+    manager = user_manager_factory(None)
+    units(manager, **{"app.service": oneshot("/bin/true")})
+    agent = node.agent(ZINCATI_PY_SYSTEMD_BUS=manager.bus_address)
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    reason = lambda: str((node.status() or {}).get("reason"))  # noqa: E731
+    wait_for(lambda: "required unit ap.service: FAILED" in reason(), 15, "postponed")
+    assert "no such unit (not-found) on this system" in reason(), reason()
+    time.sleep(1.0)
+    assert reboots(node) == 0 and not gate(node)
+    # Fixed: the next evaluation updates, and the gate finds the unit.
+    manager.systemctl("start", "app.service")
+    node.write_config("50-health.toml", '[agent.health]\nrequired_units = ["app.service"]\n')
+    doc = node.wait_state("reported steady", agent=agent, booted=NEW, timeout=30)
+    assert doc["health"]["verdict"] == "healthy" and reboots(node) == 1
+
+
+def test_a_required_unit_missing_after_the_update_is_waited_for(
+    node_factory: Callable[..., Node], user_manager_factory: Callable[..., UserManager]
+) -> None:
+    # ... and one the booted release lacks is pending (named in the log and the status) until
+    # the deadline, not a failure at once: here it comes back in time.
+    node = node_factory(SCRIPT)
+    manager = user_manager_factory(node.root)  # renders and runs the hook template
+    unit = manager.unit_dir / "app.service"
+    # The update's "reboot" hook (after the pre-reboot lookup) takes the unit away.
+    hook = f'/bin/sh -c "[ $ZINCATI_PY_VERSION = {NEW} ] && rm -f {unit}; exit 0"'
+    node.write_config(
+        "50-health.toml",
+        '[agent.health]\nrequired_units = ["app.service"]\ntimeout_secs = 60\n'
+        f"[agent.hooks]\ncommands = ['{hook}']\n",
+    )
+    manager.daemon_reload()
+    units(manager, **{"app.service": oneshot("/bin/true")})
+    agent = node.agent(ZINCATI_PY_SYSTEMD_BUS=manager.bus_address)
+    node.wait_state("reported steady", agent=agent)
+    node.control("Stage", "sb", NEW, True)
+    wait_for(lambda: gate(node).get("phase") == "gate", 20, "gate running")
+    wait_for(lambda: not unit.exists(), 15, "the hook removed the unit")
+    manager.daemon_reload()
+    missing = "required unit app.service does not exist on this release"
+    wait_for(lambda: missing in agent.log(), 20, "the missing unit named in the log")
+    checks = {c["name"]: c for c in (node.status() or {})["health"]["checks"]}
+    assert checks["app.service"]["pending"], checks
+    assert checks["app.service"]["detail"] == "no such unit (not-found)", checks
+    assert gate(node)["phase"] == "gate" and reboots(node) == 1
+    units(manager, **{"app.service": oneshot("/bin/true")})
+    manager.systemctl("start", "app.service")
+    doc = node.wait_state("reported steady", agent=agent, booted=NEW, timeout=45)
+    assert doc["health"]["verdict"] == "healthy" and reboots(node) == 1

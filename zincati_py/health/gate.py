@@ -20,8 +20,11 @@ action it records) for the last update it booted into. Phases::
 
 A SIGKILL at any point leaves one of these, and :func:`reconcile` says what it means in the
 boot the agent finds itself in: a gate interrupted by an unplanned reboot restarts in the new
-boot (a fresh deadline, never a rollback for it), a rollback decided is carried out at most
-once, and a report owed is sent until the strategy took it.
+boot (a fresh deadline, never a rollback for it) -- but a release whose boots keep ending
+during its gate (a panic, a watchdog reset) fails it after :data:`MAX_GATE_BOOTS` such boots;
+a rollback decided is carried out at most once, and a report owed is sent until the strategy
+took it. A release booted again after its gate was abandoned is gated again; one that passed
+its gate stays passed whatever reboots follow.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ class Phase(enum.StrEnum):
 # Phases whose steady-state report is owed (health verdict for the lock server).
 REPORT = {Phase.PASSED: "healthy", Phase.ROLLED_BACK: "failed", Phase.FAILED: "failed"}
 FINAL = (Phase.REPORTED, Phase.ABANDONED)
+# The gate fails when this many of its boots ended before a verdict (unplanned reboots): a
+# release that panics or is reset by a watchdog during its gate would otherwise restart the
+# gate forever, never rolled back, its fleet-lock slot held.
+MAX_GATE_BOOTS = 2
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ class GateRecord:
     phase: Phase = Phase.GATE
     reason: str = ""
     decided_at: float | None = None
-    # logind was asked to reboot for the rollback (durable before the call), in that boot.
+    # logind is being asked to reboot for the rollback (saved before the call), in that boot;
+    # for the status only: an agent restarted before logind took it asks again at once.
     reboot_called: bool = False
     reboot_called_boot: str = ""
     restarts: int = 0  # unplanned reboots during the gate
@@ -117,6 +125,7 @@ class Move(enum.StrEnum):
     RESTART = "restart"  # the gate's boot ended before a verdict: run it again in this boot
     ROLLED_BACK = "rolled-back"  # the rollback boot came up
     ABANDON = "abandon"  # the release is gone, not by our rollback
+    FAIL = "fail"  # the gate's boot ended again: MAX_GATE_BOOTS reached, the gate fails
 
 
 def reconcile(
@@ -126,8 +135,17 @@ def reconcile(
     landed: str | None,
 ) -> Move:
     """What the record means now. ``booted`` is the booted checksum, ``landed`` the checksum of
-    an update this agent staged or rebooted into that is booted now (None: none is)."""
-    if (record is None or record.checksum != booted) and landed is not None and landed == booted:
+    an update this agent staged or rebooted into that is booted now (None: none is).
+
+    A release this agent updated into is gated when no gate of it is on record, and again when
+    its gate was abandoned (it stopped being booted, not by our rollback, before a verdict) and
+    it is booted once more: that boot was never judged. A gate that reached a verdict is not run
+    again for a later boot of the same release: passed stays passed (an ordinary reboot of a
+    healthy release), failed stays failed (deny-listed; reported)."""
+    # (An abandoned record's release was not booted in some later boot, so booting it now is a
+    # new boot whatever the boot ids say; they may be unknown.)
+    fresh = record is None or record.checksum != booted or record.phase is Phase.ABANDONED
+    if landed is not None and landed == booted and fresh:
         return Move.START
     if record is None:
         return Move.NONE
@@ -135,7 +153,7 @@ def reconcile(
         if booted != record.checksum:
             return Move.ABANDON
         if boot_id and record.boot_id and boot_id != record.boot_id:
-            return Move.RESTART
+            return Move.FAIL if record.restarts + 1 >= MAX_GATE_BOOTS else Move.RESTART
         return Move.NONE
     if record.phase is Phase.ROLLBACK:
         if booted == record.from_checksum:

@@ -59,7 +59,8 @@ log = logging.getLogger("zincati_py.agent")
 GATE_KEY = "health_gate"
 ROLLED_BACK_KEY = "health_rolled_back"
 MOTD_REL = "run/motd.d/85-zincati-py-rollback.motd"
-# A reboot asked of logind for a rollback that has not happened after this long is asked again.
+# A reboot this process asked of logind for a rollback that has not happened after this long is
+# asked again.
 REBOOT_GRACE_SECS = 900.0
 _NO_MANAGER = (
     "org.freedesktop.DBus.Error.ServiceUnknown",
@@ -92,6 +93,8 @@ class HealthKeeper:
         self.gate_results: list[Result] = []
         self.pre = PreReboot()
         self._retry = Backoff(2.0, 120.0)  # rollback and its reboot, when they fail
+        self._reboot_asked: float | None = None  # when logind took our rollback reboot
+        self._missing: set[str] = set()  # required units logged as not found
         self.problems: list[str] = []
 
     def connect(self, bus: MessageBus, rpm: RpmOstree, logind: Logind) -> None:
@@ -173,6 +176,12 @@ class HealthKeeper:
                 "reboot): running the gate again in this boot",
                 rec.label,
             )
+        elif move is Move.FAIL:
+            assert rec is not None
+            new = restarted(rec, self.boot_id, now, timeout)
+            why = f"rebooted {new.restarts} times during the health gate"
+            log.critical("the boot running the health gate of %s ended again: %s", rec.label, why)
+            await self._decide(new, why)  # durable; a rollback is carried out by before_steady
         elif move is Move.ROLLED_BACK:
             assert rec is not None
             new = replace(rec, phase=Phase.ROLLED_BACK)
@@ -239,15 +248,17 @@ class HealthKeeper:
         now = time.time()
         verdict, why = judge(results, now, rec.deadline)
         if verdict is Verdict.PASSED:
-            # Units and boot-complete.target are there: now the executables.
-            timeout = float(health.timeout_secs)
+            # Units and boot-complete.target are there: now the executables, each bounded by
+            # what is left of the gate's deadline (at least 1 s), not a fresh timeout_secs each:
+            # N slow checks must not keep the gate N times timeout_secs past its deadline.
             env = self._env("gate", rec, "")
             self.problems = []
             for kind in discover.KINDS:
                 found, problems = discover.discover(self.root, kind)
                 self.problems += problems
                 for f in found:
-                    results.append(await run_command([str(f.path)], kind, timeout, env, f.name))
+                    left = max(1.0, rec.deadline - time.time())
+                    results.append(await run_command([str(f.path)], kind, left, env, f.name))
             for p in self.problems:
                 log.warning("health.d: %s", p)
             now = time.time()
@@ -256,6 +267,15 @@ class HealthKeeper:
         for r in results:
             if r.kind == "wanted" and not r.ok:
                 log.warning("health gate of %s: wanted check %s", rec.label, r.line())
+            elif r.pending and r.detail.startswith("no such unit") and r.name not in self._missing:
+                self._missing.add(r.name)
+                log.error(
+                    "health gate of %s: required unit %s does not exist on this release (%s); "
+                    "waiting for it until the deadline",
+                    rec.label,
+                    r.name,
+                    r.detail,
+                )
         if verdict is Verdict.WAITING:
             at = min(rec.deadline, now + recheck_delay(now, rec.started))
             return (f"health gate of {rec.label}: waiting for {why}", at)
@@ -267,6 +287,11 @@ class HealthKeeper:
         return await self._failed(rec, why)
 
     async def _failed(self, rec: GateRecord, why: str) -> Outcome:
+        new = await self._decide(rec, why)
+        return await self._carry_out(new) if new.phase is Phase.ROLLBACK else None
+
+    async def _decide(self, rec: GateRecord, why: str) -> GateRecord:
+        """The gate failed: rollback (deny-listed and counted) or failed, durably."""
         health = self.config.agent.health
         st = self.store.record
         failed = st.failed if rec.checksum in st.failed else (*st.failed, rec.checksum)
@@ -294,7 +319,7 @@ class HealthKeeper:
                 new.from_label,
                 rec.checksum,
             )
-            return await self._carry_out(new)
+            return new
         if not health.rollback:
             note = "automatic rollback disabled ([agent.health] rollback = false)"
         elif once:
@@ -310,7 +335,7 @@ class HealthKeeper:
         )
         await self._save(new, failed=failed)
         log.critical("HEALTH GATE FAILED for %s: %s; %s", rec.label, why, note)
-        return None
+        return new
 
     async def _version_of(self, checksum: str | None) -> str | None:
         if checksum is None or self.rpm is None:
@@ -359,14 +384,19 @@ class HealthKeeper:
             delay = self._retry.next_delay()
             log.error("rollback of %s failed: %s; retrying in %.0f s", rec.label, exc, delay)
             return (f"rollback of {rec.label} failed: {exc}; retrying", now + delay)
-        called_here = rec.reboot_called and rec.reboot_called_boot == self.boot_id
-        if called_here and now < (rec.decided_at or now) + REBOOT_GRACE_SECS:
+        # Only a request this process saw logind take is waited for. An agent restarted in the
+        # same boot (SIGKILL anywhere between the save below and logind's answer) cannot know
+        # whether logind was asked, and asks (again) at once: a second Reboot while the system
+        # is already going down is harmless, a lost one left the failed release up for the
+        # whole grace period.
+        asked = self._reboot_asked
+        if asked is not None and now < asked + REBOOT_GRACE_SECS:
             return (
                 f"rolled back to {rec.from_label}; reboot requested, waiting for it",
-                (rec.decided_at or now) + REBOOT_GRACE_SECS,
+                asked + REBOOT_GRACE_SECS,
             )
         rec = replace(rec, reboot_called=True, reboot_called_boot=self.boot_id, decided_at=now)
-        await self._save(rec)  # durable before the call: a restart does not ask again at once
+        await self._save(rec)  # the status says so while the reboot hooks run
         if self.events is not None:
             try:
                 await self.events.reboot_imminent(
@@ -384,6 +414,7 @@ class HealthKeeper:
             await self._save(replace(rec, reboot_called=False))
             delay = self._retry.next_delay()
             return (f"rolled back to {rec.from_label}; reboot failed: {exc}; retrying", now + delay)
+        self._reboot_asked = time.time()
         log.warning("rolled back to %s: rebooting", rec.from_label)
         return (f"rolled back to {rec.from_label} ({rec.reason}): rebooting", None)
 

@@ -6,6 +6,14 @@ subprocess, never blocking the loop; its environment names the staged version in
 ``ZINCATI_PY_VERSION``). A failure postpones the reboot with the reason and each check's output
 in ``status``; the checks run again at the next evaluation, which the returned recheck time
 guarantees (a backoff from 5 s to 5 min) when no event comes first: no polling loop of its own.
+
+``[agent.health] required_units`` are looked up here too, on the system about to update: a
+name systemd does not know (``not-found``: a typo, or a unit removed) postpones the update
+with that reason. The gate after the update would wait for the unit until its deadline and then
+roll back and deny-list the release, and every release after it, although none of them is at
+fault; ``config check`` cannot tell (the units of the release booted after the update are not
+known before it is). A unit the new release no longer ships still fails its gate: that is a
+regression of the release.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ class PreReboot:
         environ: Callable[[str, Any, str], dict[str, str]],
     ) -> Outcome:
         checks = [spec.parse(t) for t in config.agent.health.pre_reboot]
-        if not checks:
+        required = list(config.agent.health.required_units)
+        if not checks and not required:
             self.results, self.reason = [], None
             return None
         timeout = float(config.agent.health.timeout_secs)
@@ -61,6 +70,11 @@ class PreReboot:
                     results.append(await unit_result(bus, check.unit, "unit", wait=False))
                 else:
                     results.append(await run_command(check.argv, "command", timeout, env))
+            for unit in required:
+                if bus is None:
+                    bus, owned = await systemd()
+                if bus is not None:
+                    results.append(await _known(bus, unit))
         except Exception as exc:
             results.append(Result("systemd", "unit", False, f"unreachable: {exc}"))
         finally:
@@ -79,3 +93,17 @@ class PreReboot:
             log.warning("%s: reboot postponed", reason)
         self.reason = reason
         return (reason, time.time() + self._backoff.next_delay())
+
+
+async def _known(bus: MessageBus, unit: str) -> Result:
+    """A ``required_units`` entry: ok unless systemd says there is no such unit (any other
+    state is the gate's business, after the update)."""
+    result = await unit_result(bus, unit, "required unit", wait=True)
+    if result.ok or not result.detail.startswith("no such unit"):
+        known = result.detail if result.detail.startswith("cannot ask") else "known to systemd"
+        return Result(unit, "required unit", True, known, at=result.at)
+    detail = (
+        f"{result.detail} on this system: the update's health gate would wait for it, fail and "
+        "roll back; fix [agent.health] required_units"
+    )
+    return Result(unit, "required unit", False, detail, at=result.at)

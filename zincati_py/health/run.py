@@ -107,7 +107,13 @@ async def unit_result(bus: MessageBus, unit: str, kind: str, *, wait: bool) -> R
     if state.result and state.result != "success":
         detail += f", result {state.result}"
     if not state.exists:
-        return Result(unit, kind, False, f"no such unit ({state.load_state})", at=time.time())
+        # Pending for the gate, not failed: a unit may appear after boot (a daemon-reload by
+        # provisioning), and the deadline still fails a unit that never does. A name that is
+        # not on the system before the update never reaches the gate: the pre-reboot side
+        # postpones the update instead (see prereboot.py), so a typo cannot roll back and
+        # deny-list every release.
+        detail = f"no such unit ({state.load_state})"
+        return Result(unit, kind, False, detail, pending=wait, at=time.time())
     if state.active_state in ("active", "reloading"):
         return Result(unit, kind, True, detail, at=time.time())
     if state.active_state == "failed" or not wait:
