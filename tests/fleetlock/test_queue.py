@@ -382,3 +382,23 @@ def test_sqlite_queue_rows_keep_their_order_when_read_afresh(tmp_path: Any) -> N
             await fresh.close()
 
     assert run(scenario()) == ["b", "c", "a"]
+
+
+def test_a_change_with_many_ledger_events(serve: Callable[..., Any]) -> None:
+    """150 queue entries expire in one change: etcd takes at most 128 operations per
+    transaction, so such a change stores its events under one key (it answered 503)."""
+
+    async def scenario() -> None:
+        cfg = "[groups]\ndefault = 1\n[queue]\nexpiry_secs = 1\n"
+        async with serve(cfg) as srv, aiohttp.ClientSession() as s:
+            await lock(s, srv.url, "holder")
+            statuses = await asyncio.gather(*(lock(s, srv.url, f"n{i:03d}") for i in range(150)))
+            assert {status for status, _ in statuses} == {409}
+            await asyncio.sleep(1.2)
+            assert (await unlock(s, srv.url, "holder"))[0] == 200
+            assert (await lock(s, srv.url, "late"))[0] == 200
+            kinds = [e["kind"] for e in await history(s, srv.url)]
+            assert kinds.count("queue_expiry") == 150
+            assert kinds[-1] == "grant"
+
+    run(scenario())

@@ -1,11 +1,8 @@
 """etcd v3 backend (for HA: several servers can share one etcd cluster).
 
-One key per group, ``{key_prefix}groups/{group}``, holding the group's state but its queue
-(``{"holders": [...], ...}``), and one key per queue entry,
-``{key_prefix}queue/{group}/{order}`` (a change writes only the entries it changed: a
-1,000-node queue is not rewritten on every grant). A change is one transaction comparing the
-group key's ``mod_revision`` with the one seen (compare-and-swap; every change puts the group
-key, so entries never change without it), which also puts the changed entries and the ledger
+One key per group, ``{key_prefix}groups/{group}``, holding the group's state
+(``{"holders": [...], "queue": [...], ...}``). A change is one transaction comparing the key's
+``mod_revision`` with the one seen (compare-and-swap), which also puts the change's ledger
 events (``{key_prefix}ledger/{microseconds}-{random}-{index}``); a request that changes nothing
 (re-lock early in the lease, unlock of a slot not held, a queued node asking again) writes
 nothing. The etcd client (aetcd, gRPC) is created once and reused.
@@ -41,11 +38,11 @@ from zincati_py.fleetlock.backends import (
     events_of,
     history_filter,
 )
-from zincati_py.fleetlock.state import Waiter
 
 T = TypeVar("T")
 
 CAS_ATTEMPTS = 32
+LEDGER_KEYS_PER_TXN = 100
 RPC_TIMEOUT = 5
 
 _UNAVAILABLE = (
@@ -74,6 +71,12 @@ class _TlsClient(aetcd.Client):  # type: ignore[misc]
         self.leasestub = aetcd.rpc.LeaseStub(self.channel)
         self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
         self._connected.set()
+
+
+def _micros(value: Any) -> int:
+    """A ledger key's time: the event's, or the first event's of a packed list."""
+    first = value[0] if isinstance(value, list) else value
+    return int(first["at"] * 1e6)
 
 
 def _read_bytes(path: str | None) -> bytes | None:
@@ -117,8 +120,6 @@ class EtcdBackend(Backend):
         # group -> (state, mod_revision) as this process last saw them; a hint only: every
         # write is a compare-and-swap against the revision, so a stale entry costs a retry.
         self._cache: dict[str, tuple[GroupState, int]] = {}
-        # group -> queue entry id -> its order number (key suffix), for the cached state.
-        self._orders: dict[str, dict[str, int]] = {}
         # Compare-and-swaps lost (and retried), for tests and diagnostics.
         self.conflicts = 0
 
@@ -157,65 +158,13 @@ class EtcdBackend(Backend):
     def _decode(value: bytes) -> GroupState:
         return GroupState.from_json(json.loads(value))
 
-    def _qstart(self, group: str) -> bytes:
-        return self.prefix + b"queue/" + group.encode() + b"/"
-
-    def _qkey(self, group: str, order: int) -> bytes:
-        return self._qstart(group) + f"{order:016d}".encode()
-
-    def _reads(self, tx: Any, group: str) -> list[Any]:
-        """The group key and its queue entries, as transaction operations (one snapshot)."""
-        start = self._qstart(group)
-        return [tx.get(self._key(group)), tx.get(start, start[:-1] + b"0")]
-
-    def _parse(self, group: str, responses: list[Any]) -> tuple[GroupState, int]:
-        """State and revision from :meth:`_reads`' responses; caches both."""
-        found, entries = responses[0], responses[1]
-        doc = json.loads(found[0][0]) if found else {}
-        revision = int(found[0][1].mod_revision) if found else 0
-        start = self._qstart(group)
-        queue, orders = [], {}
-        for value, meta in sorted(entries, key=lambda e: bytes(e[1].key)):
-            waiter = Waiter.from_json(json.loads(value))
-            orders[waiter.id] = int(bytes(meta.key)[len(start) :])
-            queue.append(waiter)
-        # A group document from before queue keys carries its queue inline.
-        state = GroupState.from_json(doc, None, queue if queue or "queue" not in doc else None)
-        self._cache[group] = (state, revision)
-        self._orders[group] = orders
-        return state, revision
-
     async def _read(self, group: str) -> tuple[GroupState, int]:
-        tx = self._client(self._current).transactions
-        _, responses = await self._call(
-            "transaction", compare=[], success=self._reads(tx, group), failure=[]
+        got = await self._call("get", self._key(group))
+        found = (
+            (GroupState(), 0) if got is None else (self._decode(got.value), int(got.mod_revision))
         )
-        return self._parse(group, responses)
-
-    def _queue_ops(
-        self, tx: Any, group: str, old: GroupState, new: GroupState
-    ) -> tuple[list[Any], dict[str, int]]:
-        """Puts and deletes that turn ``old``'s queue keys into ``new``'s; the new orders."""
-        orders = self._orders.get(group, {})
-        before = {w.id: w for w in old.queue}
-        # An entry that left and joined again (a new ``since``) goes to the back.
-        rejoined = {w.id for w in new.queue if w.id in before and before[w.id].since != w.since}
-        left = (before.keys() - {w.id for w in new.queue}) | rejoined
-        ops = [tx.delete(self._qkey(group, orders[n])) for n in left if n in orders]
-        kept = {n: o for n, o in orders.items() if n not in left}
-        last = max(orders.values(), default=0)
-        out: dict[str, int] = {}
-        for w in new.queue:
-            value = json.dumps(w.to_json(), separators=(",", ":")).encode()
-            if w.id in kept:
-                out[w.id] = kept[w.id]
-                if before.get(w.id) != w:
-                    ops.append(tx.put(self._qkey(group, kept[w.id]), value))
-            else:
-                last += 1
-                out[w.id] = last
-                ops.append(tx.put(self._qkey(group, last), value))
-        return ops, out
+        self._cache[group] = found
+        return found
 
     async def _swap(self, group: str, decide: Decide[T]) -> T:
         """Apply ``decide`` (holders -> (new holders or None, result)) to the group atomically.
@@ -291,39 +240,43 @@ class EtcdBackend(Backend):
             tx = self._client(self._current).transactions
             keep = not state.empty()
             if keep:
-                doc = {
-                    "holders": [h.to_json() for h in state.holders.values()],
-                    **state.extras_json(queue=False),
-                }
+                doc = state.to_json()
                 write = tx.put(key, json.dumps(doc, separators=(",", ":")).encode())
             else:
                 write = tx.delete(key)
-            queue_ops, orders = self._queue_ops(tx, group, holders, state)
-            # Keys sort by time, then by order within this change.
-            events = [e for result in results for e in events_of(result)]
+            # Keys sort by time, then by order within this change. etcd refuses transactions
+            # of more than 128 operations (--max-txn-ops): a change with many events (a batch
+            # of grants, a queue expiring at once) stores them as one list under one key.
+            events = [e.to_json(group) for result in results for e in events_of(result)]
             tag = os.urandom(4).hex()
+            values: list[Any] = [events] if len(events) > LEDGER_KEYS_PER_TXN else events
             ledger = [
                 tx.put(
-                    self.prefix + f"ledger/{int(e.at * 1e6):020d}-{tag}-{i:05d}".encode(),
-                    json.dumps(e.to_json(group), separators=(",", ":")).encode(),
+                    self.prefix + f"ledger/{_micros(value):020d}-{tag}-{i:05d}".encode(),
+                    json.dumps(value, separators=(",", ":")).encode(),
                 )
-                for i, e in enumerate(events)
+                for i, value in enumerate(values)
             ]
             ok, responses = await self._call(
                 "transaction",
                 compare=[tx.mod(key) == revision],
-                success=[write, *queue_ops, *ledger],
-                failure=self._reads(tx, group),
+                success=[write, *ledger],
+                failure=[tx.get(key)],
             )
             if ok:
                 # A deleted key compares as mod_revision 0.
                 rev = int(responses[0].response_put.header.revision) if keep else 0
                 self._cache[group] = (state, rev)
-                self._orders[group] = orders
                 return results
             # Lost to a stale view: the failure branch carries the current value.
             self.conflicts += 1
-            (holders, revision), confirmed = self._parse(group, responses), True
+            current = responses[0] if responses else []
+            if current:
+                value, meta = current[0]
+                holders, revision = self._decode(value), int(meta.mod_revision)
+            else:
+                holders, revision = GroupState(), 0
+            self._cache[group], confirmed = (holders, revision), True
             # A first loss is usually a stale cache; more mean another server instance keeps
             # writing: back off with jitter.
             if attempt > 0:
@@ -342,8 +295,7 @@ class EtcdBackend(Backend):
     async def all_states(self) -> dict[str, GroupState]:
         base = self.prefix + b"groups/"
         found = await self._call("get_prefix", base)
-        names = [kv.key[len(base) :].decode() for kv in found]
-        return {name: (await self._read(name))[0] for name in names}
+        return {kv.key[len(base) :].decode(): self._decode(kv.value) for kv in found}
 
     async def history(
         self,
@@ -356,7 +308,10 @@ class EtcdBackend(Backend):
     ) -> list[dict[str, Any]]:
         found = await self._call("get_prefix", self.prefix + b"ledger/")
         # Keys sort by time, then by the order of events within one change.
-        events = [json.loads(kv.value) for kv in sorted(found, key=lambda kv: kv.key)]
+        events = []
+        for kv in sorted(found, key=lambda kv: kv.key):
+            value = json.loads(kv.value)
+            events.extend(value if isinstance(value, list) else [value])
         matching = [e for e in events if history_filter(e, group, node, version, since)]
         return matching[-limit:]
 
