@@ -20,7 +20,8 @@ The timeline comes from the real sources, without polling where a signal exists:
 ``MethodCalled`` signal, the double's ``PropertiesChanged``, systemd's ``PropertiesChanged`` on
 the timer units, process exits (pidfd). Slot holders come from the lock server's admin API
 (``GET /v1/groups``, with the admin token the demo configures), the interface an operator uses;
-it has no push, so it is polled every ``Timing.lock_poll`` seconds: a holder that appears is a
+it has no push, so it is asked every ``Timing.lock_poll`` seconds and at once after a node's
+news (its agent's state, a reboot call; :data:`HOLDER_HINTS`): a holder that appears is a
 grant, one that disappears is a release, or a lease expiry when it disappears after its
 ``expires_at``. The server's own log is kept in ``fleetlock.log`` for people, never parsed.
 
@@ -76,6 +77,8 @@ GROUP = "demo"
 REBOOT_METHODS = ("Reboot", "RebootWithFlags")
 TIMER_IFACE = "org.freedesktop.systemd1.Timer"
 SYSROOT_PATH = "/org/projectatomic/rpmostree1/Sysroot"
+#: A node's events after which its slot may have changed: the admin API is asked at once.
+HOLDER_HINTS = frozenset({"agent_state", "agent_waiting", "reboot_call", "steady", "agent_killed"})
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,9 @@ class Fleet:
         self.max_holders = 0
         self.lock_reachable: bool | None = None
         self._progress = asyncio.Event()
+        # Set by a node's own news (its agent's state, a reboot call): the holders are asked at
+        # once, so a grant shows before what the agent does with it.
+        self._ask_holders = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pidfds: list[int] = []
         self._lock_fds: list[int] = []
@@ -359,6 +365,8 @@ class Fleet:
             if not fut.done() and pred(ev):
                 fut.set_result(ev)
         self._progress.set()
+        if node is not None and kind in HOLDER_HINTS:
+            self._ask_holders.set()
         return ev
 
     def find(self, kind: str, node: str | None = None) -> list[Event]:
@@ -1104,7 +1112,10 @@ class Fleet:
                 self.lock_reachable = reachable
             if listed is not None:
                 self._on_holders(listed)
-            await asyncio.sleep(self.timing.lock_poll)
+            # Every lock_poll seconds, or at once when a node has news.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ask_holders.wait(), self.timing.lock_poll)
+            self._ask_holders.clear()
 
     # -- the run ------------------------------------------------------------------------------
     def finished(self) -> bool:

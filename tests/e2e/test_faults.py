@@ -132,7 +132,10 @@ def test_lock_server_killed_mid_rollout_fleet_pauses_then_continues(
         call = await fleet.wait_event(lambda e: e.kind == "reboot_call", 40)
         holder = fleet.node(str(call.node))
         await kills[0]
-        assert holder.node_id in fleet.holders
+        # It held the slot when the server died: the server's own log says so (the demo's
+        # admin-API view is a poll, which a grant 100 ms before the kill may not have reached).
+        granted = f"slot in group {GROUP} granted to {holder.node_id}"
+        assert granted in fleet.lock_log.read_text().replace("-", "").lower()
         # The rebooted node's new agent is up but cannot report steady state (so cannot
         # release the slot) ...
         await first(
