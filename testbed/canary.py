@@ -34,6 +34,7 @@ from testbed.bus import PrivateBus
 from testbed.logind import LogindDouble
 from testbed.proc import agent_argv, zincati_py_argv
 from testbed.rpmostree import RpmOstreeDouble
+from testbed.systemd import UserManager
 
 OLD, BAD, GOOD = "40.20251102.3.0", "40.20251116.3.0", "40.20251130.3.0"
 NODES = 5
@@ -59,6 +60,9 @@ class CanaryNode:
         self.double.start()
         self.root = self.double.root
         self.logind = LogindDouble(self.bus.address, self.dir / "logind.log").start()
+        # Its systemd (boot-complete.target reached, as on a booted host): the health gate
+        # assesses each boot there.
+        self.manager = UserManager(directory=self.dir / "systemd").start()
         config = self.root / "etc/zincati/config.d/50-canary.toml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(
@@ -75,7 +79,11 @@ class CanaryNode:
             'echo "app: serving"\n'
         )
         check.chmod(0o755)
-        self.env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address}
+        self.env = {
+            **os.environ,
+            "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address,
+            "ZINCATI_PY_SYSTEMD_BUS": self.manager.bus_address,
+        }
         self.log = (self.dir / "agent.log").open("ab")
         self.agent = subprocess.Popen(
             agent_argv(self.root, self.bus.address, self.double.ostree_command),
@@ -131,7 +139,7 @@ class CanaryNode:
                 self.agent.kill()
                 self.agent.wait()
         self.log.close()
-        for thing in (self.logind, self.double, self.bus):
+        for thing in (self.logind, self.double, self.manager, self.bus):
             try:
                 thing.stop()
             except Exception as exc:  # teardown goes on

@@ -122,10 +122,20 @@ class AgentProcess:
 
 
 class Node:
-    """One sandboxed host: root, bus, rpm-ostree double, logind mock, agents started."""
+    """One sandboxed host: root, bus, rpm-ostree double, logind mock, agents started;
+    ``systemd_bus``: its systemd manager's bus (the test bed's user manager, where
+    boot-complete.target is reached as on a booted host), the agents' ``--systemd-bus``."""
 
-    def __init__(self, bus: PrivateBus, double: RpmOstreeDouble, logind: Any, tmp: Path) -> None:
+    def __init__(
+        self,
+        bus: PrivateBus,
+        double: RpmOstreeDouble,
+        logind: Any,
+        tmp: Path,
+        systemd_bus: str | None = None,
+    ) -> None:
         self.bus = bus
+        self.systemd_bus = systemd_bus
         self.double = double
         self.logind = logind
         self.root = double.root
@@ -141,7 +151,8 @@ class Node:
 
     def agent(self, ostree_command: Sequence[str] | None = None, **env: str) -> AgentProcess:
         """Start ``zincati-py agent`` (``ostree_command``: instead of the double's stand-in)."""
-        full = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address, **env}
+        manager = {"ZINCATI_PY_SYSTEMD_BUS": self.systemd_bus} if self.systemd_bus else {}
+        full = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus.address, **manager, **env}
         full.pop("NOTIFY_SOCKET", None) if "NOTIFY_SOCKET" not in env else None
         a = AgentProcess(
             self,

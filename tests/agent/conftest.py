@@ -10,6 +10,7 @@ import pytest
 
 from testbed.bus import PrivateBus
 from testbed.rpmostree import RpmOstreeDouble
+from testbed.systemd import UserManager
 
 if TYPE_CHECKING:
     # Imported lazily in the fixture, like the sandbox modules.
@@ -18,10 +19,14 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def node_factory(
-    system_bus: PrivateBus, rpmostree_factory: Callable[..., RpmOstreeDouble], tmp_path: Path
+    system_bus: PrivateBus,
+    rpmostree_factory: Callable[..., RpmOstreeDouble],
+    user_manager_factory: Callable[..., UserManager],
+    tmp_path: Path,
 ) -> Iterator[Callable[..., Node]]:
-    """``node_factory(script=None, start_double=True)`` → a Node; agents and logind are
-    stopped at teardown."""
+    """``node_factory(script=None, start_double=True)`` → a Node with its own systemd user
+    manager (boot-complete.target reached: the health gate assesses each boot); agents and
+    logind are stopped at teardown."""
     from testbed import logind as logind_sandbox
     from tests.agent.agent_harness import Node
 
@@ -36,7 +41,8 @@ def node_factory(
             system_bus.address, tmp_path / f"logind-{len(mocks)}.log"
         ).start()
         mocks.append(mock)
-        n = Node(system_bus, double, mock, tmp_path)
+        manager = user_manager_factory(None)
+        n = Node(system_bus, double, mock, tmp_path, manager.bus_address)
         nodes.append(n)
         return n
 
@@ -55,7 +61,9 @@ def node(node_factory: Callable[..., Node]) -> Node:
 
 
 @pytest.fixture
-def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+def fleet_factory(
+    tmp_path: Path, user_manager_factory: Callable[..., UserManager]
+) -> Iterator[Callable[..., Node]]:
     """``fleet_factory(name, script)`` → a Node with its own private bus (each node's
     rpm-ostree double and logind own the well-known names on their bus), as in the demo."""
     from testbed import logind as logind_sandbox
@@ -78,7 +86,8 @@ def fleet_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         mock = logind_sandbox.LogindDouble(bus.address, base / "logind.log")
         started.append(mock)
         mock.start()
-        n = Node(bus, double, mock, base)
+        manager = user_manager_factory(None)
+        n = Node(bus, double, mock, base, manager.bus_address)
         nodes.append(n)
         return n
 

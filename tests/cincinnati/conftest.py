@@ -30,6 +30,7 @@ def graph_node(
     system_bus: PrivateBus,
     rpmostree_factory: Callable[..., RpmOstreeDouble],
     graph_server: GraphServer,
+    user_manager_factory: Callable[..., Any],
     tmp_path: Path,
 ) -> Iterator[Callable[..., Node]]:
     """``graph_node(booted, releases, config="")`` → a Node booted on ``booted`` whose
@@ -61,7 +62,8 @@ def graph_node(
             system_bus.address, tmp_path / f"logind-{len(mocks)}.log"
         ).start()
         mocks.append(mock)
-        n = Node(system_bus, double, mock, tmp_path)
+        # The health gate needs a systemd manager that reached boot-complete.target.
+        n = Node(system_bus, double, mock, tmp_path, user_manager_factory(None).bus_address)
         (n.root / "etc").mkdir(parents=True, exist_ok=True)
         (n.root / "etc/machine-id").write_text(MACHINE_ID + "\n")
         (n.root / "proc").mkdir(exist_ok=True)

@@ -186,7 +186,10 @@ def test_a_required_unit_missing_after_the_update_is_waited_for(
     manager = user_manager_factory(node.root)  # renders and runs the hook template
     unit = manager.unit_dir / "app.service"
     # The update's "reboot" hook (after the pre-reboot lookup) takes the unit away.
-    hook = f'/bin/sh -c "[ $ZINCATI_PY_VERSION = {NEW} ] && rm -f {unit}; exit 0"'
+    hook = (
+        f'/bin/sh -c "[ $ZINCATI_PY_EVENT = reboot ] && [ $ZINCATI_PY_VERSION = {NEW} ] '
+        f'&& rm -f {unit}; exit 0"'
+    )
     node.write_config(
         "50-health.toml",
         '[agent.health]\nrequired_units = ["app.service"]\ntimeout_secs = 60\n'
