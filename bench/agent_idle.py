@@ -319,6 +319,8 @@ def run_agent(args: argparse.Namespace, fleet_lock: bool) -> dict[str, Any]:
             result["wakeups"] = after["ctxt"] - before["ctxt"]
             result["watchdog_sec"] = args.watchdog_sec or None
             result["watchdog_pings"] = len(pings) if notify is not None else None
+            if not versions:  # --pairs: the idle figures only
+                return result
             rounds = asyncio.run(latency_rounds(bus.address, root, versions))
             e2e = [r["stage_to_reboot_call_ms"] for r in rounds]
             inside = decision_latencies(log_path.read_text())
@@ -351,7 +353,7 @@ TARGETS = {"default": 24.0, "fleet_lock": 28.0}
 
 def pairs(args: argparse.Namespace) -> int:
     """``--pairs N``: alternate the two strategies N times (paired, so load drifts hit both)."""
-    args.rounds = 1  # one reboot round each: the figure is the idle RSS
+    args.rounds = 0  # no reboot rounds: the figure is the idle RSS
     rss: dict[str, list[float]] = {"default": [], "fleet_lock": []}
     for _ in range(args.pairs):
         for fleet_lock in (False, True):

@@ -38,22 +38,50 @@ _ASYNCIO_MODULES = ("asyncio.base_events", "asyncio.selector_events", "asyncio.s
 
 
 def defer() -> bool:
-    """Import asyncio, hashlib and hmac without OpenSSL; True if done (False: too late, one
-    of them or ``ssl`` is loaded already, and nothing changed)."""
+    """Import asyncio and hmac without OpenSSL, hashlib on first use; True if done (False:
+    too late, one of them or ``ssl`` is loaded already, and nothing changed)."""
     if any(m in sys.modules for m in ("asyncio", "ssl", "_ssl", "hashlib", "hmac")):
         return False
     blocked = ("ssl", "_ssl", "_hashlib")
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]  # "import X" raises ImportError
+    # hashlib loads its six builtin hash modules when imported (0.2 MiB): the agent at idle
+    # uses none (dbus-fast hashes only introspection data it parses, the config only derives
+    # a node id with it), so it is imported when first used (:class:`_LazyHashlib`).
+    sys.modules["hashlib"] = _LazyHashlib("hashlib")
     try:
         import asyncio  # noqa: F401  (with ssl = None)
-        import hashlib  # noqa: F401  (builtin hash implementations)
-        import hmac  # noqa: F401
+        import hmac  # noqa: F401  (pure Python, over hashlib)
     finally:
         for name in blocked:
             del sys.modules[name]
     sys.meta_path.insert(0, _SslFinder())
     return True
+
+
+class _LazyHashlib(ModuleType):
+    """What ``import hashlib`` gives after :func:`defer`: the real module (with Python's own
+    hash implementations, not OpenSSL's) on first use."""
+
+    def __getattr__(self, name: str) -> Any:  # only for attributes not set (yet)
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        real = sys.modules.get("hashlib")
+        if real is None or isinstance(real, _LazyHashlib):
+            del sys.modules["hashlib"]
+            block = "_hashlib" not in sys.modules
+            if block:
+                sys.modules["_hashlib"] = None  # type: ignore[assignment]
+            try:
+                real = importlib.import_module("hashlib")
+            except BaseException:
+                sys.modules["hashlib"] = self
+                raise
+            finally:
+                if block:
+                    del sys.modules["_hashlib"]
+        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+        return getattr(real, name)
 
 
 def _give_asyncio(ssl: ModuleType) -> None:

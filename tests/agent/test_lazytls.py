@@ -20,12 +20,16 @@ from zincati_py import lazytls
 assert lazytls.defer() is True
 import asyncio, hashlib, hmac
 import zincati_py.agent.service, zincati_py.dbus.rpmostree, zincati_py.dbus.logind
-loaded = [m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules]
+loaded = [m for m in ("ssl", "_ssl", "_hashlib", "_md5", "_sha1", "_blake2") if m in sys.modules]
 assert not loaded, loaded
+assert type(sys.modules["hashlib"]).__name__ == "_LazyHashlib"  # loaded on first use
 # Python's own hash implementations: the same digests.
 assert hashlib.sha256(b"zincati").hexdigest().startswith("6b1edc84")
 assert hashlib.md5(b"").hexdigest() == "d41d8cd98f00b204e9800998ecf8427e"
 assert hmac.new(b"k", b"m", "sha256").hexdigest().startswith("b6")
+assert hashlib.sha256 is sys.modules["hashlib"].sha256 and "_hashlib" not in sys.modules
+from zincati_py.config.checks import app_specific_id  # systemd's documented example
+assert app_specific_id("0" * 31 + "1", "1" * 32)
 assert lazytls.defer() is False  # once only
 print("ok")
 """
