@@ -19,6 +19,9 @@ With ``--fleet-lock`` the agent runs ``strategy = "fleet_lock"`` against a local
 ``zincati-py fleetlock serve`` (SQLite, one slot): the idle RSS then includes the HTTP client
 the strategy keeps after reporting steady state, and each round takes and releases the slot.
 
+The reboot rounds need a systemd user manager (``testbed.systemd``: root, unshare), whose
+``boot-complete.target`` the agent's health gate asks for after each reboot.
+
 Usage: ``python bench/agent_idle.py [--seconds 60] [--rounds 5] [--watchdog-sec S]
 [--fleet-lock] [--json]`` (needs dbus-daemon and python3-dbusmock, like the tests).
 """
@@ -42,6 +45,7 @@ from typing import Any
 from testbed.bus import PrivateBus
 from testbed.logind import LogindDouble
 from testbed.rpmostree import RpmOstreeDouble, control
+from testbed.systemd import UserManager
 
 BOOTED = "40.20240101.3.0"
 
@@ -169,7 +173,7 @@ def import_cost() -> dict[str, int]:
 # What the idle agent loads, in import order, grouped by what pulls it in (issue 17).
 BREAKDOWN = [
     ("interpreter + CLI dispatch", "zincati_py.cli, zincati_py.cli.agent_cmd"),
-    ("asyncio, hashlib (no OpenSSL: lazytls)", "zincati_py.lazytls.defer()"),
+    ("asyncio, hmac (no OpenSSL, hashlib later: lazytls)", "zincati_py.lazytls.defer()"),
     ("dbus-fast (+ xml.etree)", "dbus_fast, dbus_fast.aio"),
     ("config (tomllib, zoneinfo, uuid...)", "zincati_py.config"),
     (
@@ -178,7 +182,7 @@ BREAKDOWN = [
         "zincati_py.dbus.logind, zincati_py.strategy.immediate",
     ),
     ("pyinotify (+ ctypes, tempfile)", "pyinotify"),
-    ("not at idle: OpenSSL (first TLS use, or a scrape)", "ssl"),
+    ("not at idle: OpenSSL (first TLS use, a scrape)", "ssl, _ssl"),
     ("not at idle: prometheus-client (1st scrape)", "prometheus_client"),
     ("not at idle: httpx (fleet_lock)", "httpx"),
 ]
@@ -277,6 +281,10 @@ def run_agent(args: argparse.Namespace, fleet_lock: bool) -> dict[str, Any]:
         double = RpmOstreeDouble(bus.address, root, script, idle_timeout=0).start()
         logind = LogindDouble(bus.address, Path(tmp) / "logind.log").start()
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+        # The health gate after each reboot round asks systemd whether the boot completed.
+        manager = UserManager(None).start() if versions else None
+        if manager is not None:
+            env["ZINCATI_PY_SYSTEMD_BUS"] = manager.bus_address
         env.pop("NOTIFY_SOCKET", None)
         notify = None
         pings: list[float] = []
@@ -342,6 +350,8 @@ def run_agent(args: argparse.Namespace, fleet_lock: bool) -> dict[str, Any]:
                 lock_server.wait(10)
             logind.stop()
             double.stop()
+            if manager is not None:
+                manager.stop()
             if notify is not None:
                 notify.close()
     return result
