@@ -93,6 +93,7 @@ class HealthKeeper:
         self.rollback: Rollback | None = None  # carries out a decided rollback, once connected
         self._missing: set[str] = set()  # required units logged as not found
         self._no_manager_logged = False
+        self._halt_asked = False  # the halt was lifted once for the pending check request
         self.problems: list[str] = []
 
     def connect(self, bus: MessageBus, rpm: RpmOstree, logind: Logind) -> None:
@@ -366,8 +367,22 @@ class HealthKeeper:
             log.info("reported %s to the strategy (%s)", REPORT[rec.phase], rec.label)
 
     def halted(self) -> tuple[str, ...]:
-        """The staged release while the lock server halted its rollout (see ``report``)."""
-        return report.halted(self.deployments.staged, self.settings.strategy)
+        """The staged release while the lock server halted its rollout (see ``report``).
+
+        The halt is what the server said at the last pre-reboot, and a halted release is not
+        finalized, so nothing would ask again: a check request (the check timer, ``zincati-py
+        check``) lifts it for one evaluation, which asks the server once more. A release an
+        administrator resumed (``fleetlock resume-version``) is then taken without an agent
+        restart; a refusal sets the halt again and the next evaluation runs the check (a newer
+        release may replace the halted one)."""
+        out = report.halted(self.deployments.staged, self.settings.strategy)
+        if not self.deployments.check_requested:
+            self._halt_asked = False
+        elif out and not self._halt_asked:
+            self._halt_asked = True
+            log.info("asking the lock server again about halted %s", self.deployments.staged.label)
+            return ()
+        return out
 
     def facts(self) -> dict[str, str]:
         """What the strategy tells the lock server (see ``report``)."""
