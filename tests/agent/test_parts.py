@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -368,3 +369,75 @@ def test_job_metrics_load_at_the_first_scrape(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_waits_interruptible_and_claims() -> None:
+    """agent.core.Waits: a claim or an interrupt gives up the running wait (Interrupted, and
+    the loop is told to ask again); a claim made before the wait starts refuses it; the
+    evaluation's own cancellation (shutdown) stays a cancellation."""
+    from zincati_py.agent.core import Interrupted, Waits
+
+    async def scenario() -> None:
+        lock = asyncio.Lock()
+        again: list[str] = []
+        waits = Waits(lock, again.append)
+        cancelled: list[bool] = []
+
+        async def slot(seconds: float) -> str:
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+            return "granted"
+
+        async def evaluation(seconds: float, came: str | None = None) -> str:
+            async with lock:
+                try:
+                    return await waits.interruptible(slot(seconds), came)
+                except Interrupted as exc:
+                    return f"interrupted: {exc}"
+
+        assert await evaluation(0) == "granted" and again == []
+        # A claim while the evaluation waits: given up at once, then the claimer has the lock.
+        running = asyncio.get_running_loop().create_task(evaluation(30))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        async with waits.claim("RebootNow"):
+            assert time.monotonic() - t0 < 1
+            assert running.done() and running.result() == "interrupted: RebootNow"
+        assert cancelled == [True] and again == ["RebootNow"]
+        # Work that came before the wait started: it does not start.
+        assert await evaluation(30, came="wake: window") == "interrupted: wake: window"
+        assert again == ["RebootNow", "wake: window"] and cancelled == [True]
+        # A claim waiting for the lock before the wait starts refuses it too.
+        await lock.acquire()  # an evaluation, not waiting yet
+        claim = waits.claim("reload")
+        claimer = asyncio.get_running_loop().create_task(claim.__aenter__())
+        await asyncio.sleep(0)  # the claim waits for the lock
+        try:
+            await waits.interruptible(slot(30), None)
+        except Interrupted as exc:
+            assert str(exc) == "reload"
+        else:
+            raise AssertionError("the wait started while a claim was pending")
+        assert again[-1] == "reload"
+        lock.release()
+        await claimer
+        assert lock.locked()
+        await claim.__aexit__(None, None, None)
+        assert not lock.locked()
+        # Interrupting when nothing waits does nothing.
+        assert waits.interrupt("timer") is False
+        # The evaluation itself cancelled (shutdown): a cancellation, not an interruption.
+        running = asyncio.get_running_loop().create_task(evaluation(30))
+        await asyncio.sleep(0.05)
+        running.cancel()
+        try:
+            await running
+        except asyncio.CancelledError:
+            pass
+        else:
+            raise AssertionError(running.result())
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))

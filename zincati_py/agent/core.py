@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
@@ -71,8 +71,10 @@ class Waits:
     """The interruptible wait of the running evaluation (``Host.interruptible``) and the
     claims of the lock that give it up (``Host.claim``)."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
+    def __init__(self, lock: asyncio.Lock, again: Callable[[str], None]) -> None:
         self.lock = lock
+        # Told (why) when a wait is given up: the loop asks again once that work is done.
+        self.again = again
         self._waiting: asyncio.Task[Any] | None = None
         self._interrupted: str | None = None
         self._claims: list[str] = []  # why each collaborator waiting for the lock wants it
@@ -95,6 +97,7 @@ class Waits:
         why = self._claims[0] if self._claims else came
         if why is not None:
             coro.close()
+            self.again(why)
             raise Interrupted(why)
         task: asyncio.Task[T] = asyncio.get_running_loop().create_task(coro)
         self._waiting, self._interrupted = task, None
@@ -116,6 +119,7 @@ class Waits:
         log.info("%s: the strategy's wait is interrupted (asked again afterwards)", why)
         self._interrupted = why
         task.cancel()
+        self.again(why)
         return True
 
 

@@ -125,7 +125,7 @@ class Agent:
         self._timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.waits = Waits(self.lock)  # the evaluation's interruptible wait
+        self.waits = Waits(self.lock, self._ask_again)  # the evaluation's interruptible wait
 
     # -- Host -----------------------------------------------------------------------------
     def wake(self, reason: str) -> None:
@@ -149,10 +149,12 @@ class Agent:
         return await self.waits.interruptible(coro, came[0] if came else None)
 
     def _interrupt(self, why: str) -> None:
-        if self.waits.interrupt(why):
-            # Whatever interrupted may not wake the loop itself (a claim): evaluate again.
-            self._wake_reasons.append(f"asking the strategy again ({why})")
-            self._wake.set()
+        self.waits.interrupt(why)
+
+    def _ask_again(self, why: str) -> None:
+        # Whatever interrupted may not wake the loop itself (a claim): evaluate again after it.
+        self._wake_reasons.append(f"asking the strategy again ({why})")
+        self._wake.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
