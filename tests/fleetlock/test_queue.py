@@ -402,3 +402,49 @@ def test_a_change_with_many_ledger_events(serve: Callable[..., Any]) -> None:
             assert kinds[-1] == "grant"
 
     run(scenario())
+
+
+def test_sqlite_group_commit_shares_transactions_and_answers_after_commit(
+    tmp_path: Any,
+) -> None:
+    """Issue 17: concurrent changes share fsynced transactions; every answered grant is in
+    the file (a fresh reader sees it)."""
+    import functools
+
+    from zincati_py.fleetlock.backends.sqlite import SqliteBackend
+    from zincati_py.fleetlock.decide import LockRequest, Policy, decide_lock
+
+    policy = Policy(slots=100, lease_seconds=600)
+
+    async def scenario() -> tuple[int, int, set[str], set[str]]:
+        backend = SqliteBackend(str(tmp_path / "gc.db"))
+        now = time.time()
+        outcomes = await asyncio.gather(
+            *(
+                backend.apply(
+                    "g",
+                    functools.partial(
+                        decide_lock,
+                        request=LockRequest(f"n{i}"),
+                        policy=policy,
+                        lease_seconds=600,
+                        now=now,
+                    ),
+                )
+                for i in range(60)
+            )
+        )
+        granted = {o.holder.id for o in outcomes if o.granted and o.holder is not None}
+        commits, changes = backend.commits, backend.changes
+        await backend.close()
+        fresh = SqliteBackend(str(tmp_path / "gc.db"))
+        try:
+            stored = set((await fresh.state("g")).holders)
+        finally:
+            await fresh.close()
+        return commits, changes, granted, stored
+
+    commits, changes, granted, stored = run(scenario())
+    assert changes == 60 and len(granted) == 60
+    assert commits < changes  # several changes per transaction
+    assert stored == granted
