@@ -441,3 +441,22 @@ def test_waits_interruptible_and_claims() -> None:
             raise AssertionError(running.result())
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_the_agent_command_builds_only_its_own_parser() -> None:
+    """``zincati-py [-v] agent`` imports no other command's module (they would stay resident
+    in the daemon); any other command line builds them all."""
+    code = (
+        "import sys\n"
+        "from zincati_py.cli import COMMAND_MODULES, build_parser\n"
+        "def cmds():\n"
+        "    return {m for m in sys.modules if m.startswith('zincati_py.cli.') and '_cmd' in m}\n"
+        "p = build_parser(['-v', 'agent', '--root', '/'])\n"
+        "assert cmds() == {'zincati_py.cli.agent_cmd'}, cmds()\n"
+        "assert p.parse_args(['-v', 'agent']).func.__name__ == 'cmd_agent'\n"
+        "build_parser(['status'])\n"
+        "assert cmds() == {f'zincati_py.cli.{m}' for m in COMMAND_MODULES}, cmds()\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
