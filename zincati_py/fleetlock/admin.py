@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -32,10 +32,8 @@ from zincati_py.fleetlock.decide import (
     decide_admin,
     decide_unlock,
 )
+from zincati_py.fleetlock.host import ServerHost
 from zincati_py.fleetlock.protocol import Kind, ProtocolError
-
-if TYPE_CHECKING:
-    from zincati_py.fleetlock.server import FleetLockServer
 
 audit = logging.getLogger("zincati_py.fleetlock.audit")
 
@@ -60,7 +58,7 @@ def holder_view(h: Holder, now: float) -> dict[str, Any]:
     }
 
 
-def group_view(server: FleetLockServer, name: str, state: GroupState, now: float) -> dict[str, Any]:
+def group_view(server: ServerHost, name: str, state: GroupState, now: float) -> dict[str, Any]:
     gc = server.config.group(name)
     live = sorted(
         (h for h in state.holders.values() if not h.expired(now)),
@@ -96,7 +94,7 @@ def group_view(server: FleetLockServer, name: str, state: GroupState, now: float
     }
 
 
-def add_routes(server: FleetLockServer, r: web.UrlDispatcher, p: str) -> None:
+def add_routes(server: ServerHost, r: web.UrlDispatcher, p: str) -> None:
     async def groups(request: web.Request) -> web.Response:
         server.authorize_admin(request)
         states = await server.backend_call(server.backend.all_states())

@@ -4,21 +4,18 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from zincati_py.fleetlock.backends import BackendUnavailable
-
-if TYPE_CHECKING:
-    from zincati_py.fleetlock.server import FleetLockServer
+from zincati_py.fleetlock.host import ServerHost
 
 
 def _json_ok() -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def add_routes(server: FleetLockServer, r: web.UrlDispatcher, p: str) -> None:
+def add_routes(server: ServerHost, r: web.UrlDispatcher, p: str) -> None:
     async def _healthz(request: web.Request) -> web.Response:
         return _json_ok()
 

@@ -13,17 +13,14 @@ import functools
 import json
 import logging
 import math
-import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from zincati_py.fleetlock import admin, auth, probes, protocol
+from zincati_py.fleetlock import admin, auth, listen, probes, protocol
 from zincati_py.fleetlock.backends import Backend, BackendUnavailable, Holder, open_backend
 from zincati_py.fleetlock.config import GroupSettings, ServerSettings
 from zincati_py.fleetlock.decide import (
@@ -34,13 +31,7 @@ from zincati_py.fleetlock.decide import (
     decide_tick,
     decide_unlock,
 )
-from zincati_py.fleetlock.guard import (
-    GuardedRunner,
-    GuardedServer,
-    GuardedSite,
-    Listener,
-    fd_budget,
-)
+from zincati_py.fleetlock.guard import GuardedServer, Listener
 from zincati_py.fleetlock.metrics import ServerMetrics
 from zincati_py.fleetlock.protocol import ClientParams, Kind, ProtocolError
 from zincati_py.fleetlock.waiters import RECHECK_SECS, Waiters
@@ -421,13 +412,6 @@ class FleetLockServer:
         )
         self.config = kept
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if self.config.tls_cert_file is None or self.config.tls_key_file is None:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
-        return ctx
-
     def _log_start_warnings(self) -> None:
         for warning in self.config.warnings:
             log.warning("%s", warning)
@@ -440,46 +424,13 @@ class FleetLockServer:
 
     async def start(self) -> list[str]:
         """Listen on every configured address; returns them as bound (TCP port 0 resolved)."""
-        ctx = self._ssl_context()
-        limits = self.config.limits
-        limit, backlog = fd_budget(limits.connections_per_listener, len(self.config.listen))
-        if limit < limits.connections_per_listener:
-            log.warning(
-                "open-file limit too low for %d connections per listener: %d each "
-                "(raise LimitNOFILE=)",
-                limits.connections_per_listener,
-                limit,
-            )
-        runner = GuardedRunner(
-            self.app,
-            access_log=None,
-            handle_signals=False,
-            header_timeout=limits.header_timeout_secs,
-        )
-        await runner.setup()
-        self._runner = runner
-        self.listeners = []
         try:
-            for listen in self.config.listen:
-                listener = Listener(str(listen), limit)
-                self.listeners.append(listener)
-                if listen.path is not None:
-                    remove_stale_socket(listen.path)
-                    listen.path.parent.mkdir(parents=True, exist_ok=True)
-                site = GuardedSite(
-                    runner,
-                    listener,
-                    host=listen.host,
-                    port=listen.port,
-                    path=listen.path,
-                    ssl_context=None if listen.path is not None else ctx,
-                    backlog=backlog,
-                )
-                await site.start()
+            runner, self.listeners = await listen.start(self.app, self.config)
         except BaseException:
             await self.stop()
             raise
-        self.addresses = [format_address(a) for a in runner.addresses]
+        self._runner = runner
+        self.addresses = [listen.format_address(a) for a in runner.addresses]
         self._log_start_warnings()
         self._sweeper = asyncio.create_task(self._sweep_forever())
         return self.addresses
@@ -499,23 +450,3 @@ class FleetLockServer:
                 if listen.path is not None and listen.path.is_socket():
                     listen.path.unlink()
         await self.backend.close()
-
-
-def format_address(addr: Any) -> str:
-    if isinstance(addr, str):
-        return f"unix:{addr}"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def remove_stale_socket(path: Path) -> None:
-    """A SIGKILLed server leaves its socket file behind; remove it unless someone listens."""
-    if not path.is_socket():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
-            path.unlink()
-            return
-    raise OSError(f"{path}: another server is listening there")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from zincati_py.fleetlock.decide import (
@@ -28,6 +29,7 @@ __all__ = [
     "Event",
     "GroupState",
     "Holder",
+    "LedgerQuery",
     "LockOutcome",
     "UnlockOutcome",
     "events_of",
@@ -52,19 +54,26 @@ def events_of(result: Any) -> tuple[Event, ...]:
     return tuple(events) if isinstance(events, tuple) else ()
 
 
-def history_filter(
-    doc: dict[str, Any],
-    group: str | None,
-    node: str | None,
-    version: str | None,
-    since: float | None,
-) -> bool:
-    return (
-        (group is None or doc.get("group") == group)
-        and (node is None or doc.get("node") == node)
-        and (version is None or version in (doc.get("to_version"), doc.get("from_version")))
-        and (since is None or doc.get("at", 0) >= since)
-    )
+@dataclass(frozen=True)
+class LedgerQuery:
+    """Which ledger events ``Backend.history`` returns: the newest ``limit`` matching."""
+
+    group: str | None = None
+    node: str | None = None
+    version: str | None = None
+    since: float | None = None
+    limit: int = 1000
+
+    def matches(self, doc: dict[str, Any]) -> bool:
+        return (
+            (self.group is None or doc.get("group") == self.group)
+            and (self.node is None or doc.get("node") == self.node)
+            and (
+                self.version is None
+                or self.version in (doc.get("to_version"), doc.get("from_version"))
+            )
+            and (self.since is None or doc.get("at", 0) >= self.since)
+        )
 
 
 class Backend(ABC):
@@ -82,7 +91,6 @@ class Backend(ABC):
     async def all_states(self) -> dict[str, GroupState]:
         """Every group that has a stored state."""
 
-    @abstractmethod
     async def history(
         self,
         *,
@@ -93,6 +101,11 @@ class Backend(ABC):
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
         """Ledger events, oldest first (the newest ``limit`` of those matching)."""
+        return await self._history(LedgerQuery(group, node, version, since, limit))
+
+    @abstractmethod
+    async def _history(self, query: LedgerQuery) -> list[dict[str, Any]]:
+        """What :meth:`history` returns, for one query."""
 
     @abstractmethod
     async def ping(self) -> None:

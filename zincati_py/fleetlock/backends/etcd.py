@@ -35,8 +35,8 @@ from zincati_py.fleetlock.backends import (
     BackendUnavailable,
     Decide,
     GroupState,
+    LedgerQuery,
     events_of,
-    history_filter,
 )
 
 T = TypeVar("T")
@@ -297,23 +297,15 @@ class EtcdBackend(Backend):
         found = await self._call("get_prefix", base)
         return {kv.key[len(base) :].decode(): self._decode(kv.value) for kv in found}
 
-    async def history(
-        self,
-        *,
-        group: str | None = None,
-        node: str | None = None,
-        version: str | None = None,
-        since: float | None = None,
-        limit: int = 1000,
-    ) -> list[dict[str, Any]]:
+    async def _history(self, query: LedgerQuery) -> list[dict[str, Any]]:
         found = await self._call("get_prefix", self.prefix + b"ledger/")
         # Keys sort by time, then by the order of events within one change.
         events = []
         for kv in sorted(found, key=lambda kv: kv.key):
             value = json.loads(kv.value)
             events.extend(value if isinstance(value, list) else [value])
-        matching = [e for e in events if history_filter(e, group, node, version, since)]
-        return matching[-limit:]
+        matching = [e for e in events if query.matches(e)]
+        return matching[-query.limit :]
 
     async def ping(self) -> None:
         await self._call("get", self.prefix + b"ping")

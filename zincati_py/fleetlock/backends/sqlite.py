@@ -31,8 +31,8 @@ from zincati_py.fleetlock.backends import (
     Decide,
     GroupState,
     Holder,
+    LedgerQuery,
     events_of,
-    history_filter,
 )
 from zincati_py.fleetlock.state import Waiter
 
@@ -288,27 +288,19 @@ class SqliteBackend(Backend):
 
         return await self._run(op)
 
-    async def history(
-        self,
-        *,
-        group: str | None = None,
-        node: str | None = None,
-        version: str | None = None,
-        since: float | None = None,
-        limit: int = 1000,
-    ) -> list[dict[str, Any]]:
+    async def _history(self, query: LedgerQuery) -> list[dict[str, Any]]:
         def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             sql = "SELECT doc FROM ledger WHERE at >= ?"
-            args: list[object] = [since or 0.0]
-            if group is not None:
+            args: list[object] = [query.since or 0.0]
+            if query.group is not None:
                 sql += " AND grp = ?"
-                args.append(group)
+                args.append(query.group)
             out: list[dict[str, Any]] = []
             for (doc,) in conn.execute(sql + " ORDER BY seq DESC", args):
                 event = json.loads(doc)
-                if history_filter(event, group, node, version, since):
+                if query.matches(event):
                     out.append(event)
-                    if len(out) >= limit:
+                    if len(out) >= query.limit:
                         break
             return out[::-1]
 
