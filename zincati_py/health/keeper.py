@@ -161,6 +161,7 @@ class HealthKeeper:
             )
             await self._save(new)
             self.gate_results = []
+            self._missing.clear()
             log.info(
                 "booted %s, the update this agent staged: health gate until it passes or %d s",
                 new.label,
