@@ -179,12 +179,17 @@ def _handoff(
     return offered, tuple(granted), changed
 
 
-def _next_change(state: GroupState, policy: Policy) -> float | None:
-    """When time alone next changes who may be granted."""
+def _next_change(state: GroupState, policy: Policy, now: float) -> float | None:
+    """When time alone next changes who may be granted (an offer that lapsed already
+    changes nothing more: a past time would have the server re-evaluate in a loop)."""
     times = [h.expires_at for h in state.holders.values() if h.expires_at is not None]
     cooldown = _cooldown(state, policy)
     times += [t + cooldown for t in state.released]
-    times += [w.offered + policy.grace_secs for w in state.queue if w.offered is not None]
+    times += [
+        w.offered + policy.grace_secs
+        for w in state.queue
+        if w.offered is not None and w.offered + policy.grace_secs > now
+    ]
     return min(times) if times else None
 
 
@@ -213,7 +218,7 @@ def decide_lock(
             holders=len(new.holders),
             written=write,
             offered=offered,
-            next_change=_next_change(new, policy),
+            next_change=_next_change(new, policy, now),
             events=tuple(events),
             queue_length=len(new.queue),
             handed=handed,
@@ -339,7 +344,7 @@ def decide_unlock(
         gone,
         write,
         offered,
-        _next_change(new, policy),
+        _next_change(new, policy, now),
         tuple(events),
         holder,
         handed,
@@ -356,7 +361,9 @@ def decide_tick(
     gone = tuple(h for h in state.holders.values() if h.expired(now))
     offered, handed, offer_changed = _handoff(new, policy, now, present, events)
     write = changed or offer_changed
-    outcome = TickOutcome(gone, offered, _next_change(new, policy), tuple(events), write, handed)
+    outcome = TickOutcome(
+        gone, offered, _next_change(new, policy, now), tuple(events), write, handed
+    )
     return (new if write else None), outcome
 
 
@@ -377,4 +384,6 @@ def decide_admin(
     _housekeep(new, policy, now, events)
     gone = tuple(h for h in state.holders.values() if h.expired(now))
     offered, handed, _ = _handoff(new, policy, now, present, events)
-    return new, TickOutcome(gone, offered, _next_change(new, policy), tuple(events), True, handed)
+    return new, TickOutcome(
+        gone, offered, _next_change(new, policy, now), tuple(events), True, handed
+    )

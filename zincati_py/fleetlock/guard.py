@@ -12,7 +12,9 @@ connections: 1,100 half-open connections each sending a header line per second e
   being handled, such as a long poll, is never cut); if every one is busy, the new one is
   closed at once;
 - the limit is lowered at start to fit the process's open-file limit
-  (:func:`fd_budget`), so accepting never fails for lack of descriptors.
+  (:func:`fd_budget`), so accepting never fails for lack of descriptors;
+- a long poll learns at once that its client went away (:func:`closed`): aiohttp does not
+  cancel a handler whose connection is lost, it only drops the transport.
 """
 
 from __future__ import annotations
@@ -83,8 +85,30 @@ class Listener:
 
 
 class _Handler(RequestHandler):
-    __slots__ = ("listener",)
+    __slots__ = ("listener", "lost")
     listener: Listener
+    # Made by closed(): done once the connection is lost.
+    lost: asyncio.Future[None] | None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+
+def closed(request: web.BaseRequest) -> asyncio.Future[None] | None:
+    """A future done once the client of ``request`` is gone: its connection closed, reset or
+    half-closed (aiohttp closes a connection whose client shut its sending side down, so no
+    answer can be sent either). None for a connection not accepted through a
+    :class:`GuardedSite` (check ``request.transport`` then)."""
+    handler = request.protocol
+    if not isinstance(handler, _Handler):
+        return None
+    if handler.lost is None:
+        handler.lost = asyncio.get_running_loop().create_future()
+        if handler.transport is None:  # lost before anyone asked
+            handler.lost.set_result(None)
+    return handler.lost
 
 
 class GuardedServer(web.Server):
@@ -103,6 +127,7 @@ class GuardedServer(web.Server):
             # protocols before it calls any connection_made.
             handler = _Handler(self, loop=self._loop, **self._kwargs)
             handler.listener = listener
+            handler.lost = None
             return handler
 
         return make

@@ -31,7 +31,7 @@ from zincati_py.fleetlock.decide import (
     decide_tick,
     decide_unlock,
 )
-from zincati_py.fleetlock.guard import GuardedServer, Listener
+from zincati_py.fleetlock.guard import GuardedServer, Listener, closed
 from zincati_py.fleetlock.metrics import ServerMetrics
 from zincati_py.fleetlock.protocol import ClientParams, Kind, ProtocolError
 from zincati_py.fleetlock.waiters import RECHECK_SECS, Waiters
@@ -78,7 +78,7 @@ class FleetLockServer:
         self.config = config
         self.backend = backend or open_backend(config.backend, **config.backend_options())
         self.metrics = ServerMetrics()
-        self.waiters = Waiters(self.tick)
+        self.waiters = Waiters(self.tick, self)
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -308,6 +308,8 @@ class FleetLockServer:
             left = deadline - time.monotonic()
             waitable = outcome.refusal in (Kind.GROUP_FULL, Kind.GROUP_PAUSED)
             if not waitable or left <= 0 or _client_gone(request):
+                if waitable and wait > 0 and _client_gone(request):
+                    await self.waiters.abandon(params.group, params.id)
                 raise self._refusal(params.group, policy, outcome, extended=wait > 0)
             handed = await self.waiters.wait(
                 params.group,
@@ -315,6 +317,7 @@ class FleetLockServer:
                 min(left, RECHECK_SECS),
                 outcome.next_change,
                 alive=lambda: not _client_gone(request),
+                closed=closed(request),
             )
             if isinstance(handed, Holder):
                 # Granted in the write that freed the slot.
@@ -322,13 +325,13 @@ class FleetLockServer:
                 outcome = LockOutcome(True, handed)
                 if _client_gone(request):
                     # Nobody to tell: give the slot back rather than idle it for a lease.
-                    give_back = functools.partial(
-                        decide_unlock, node=params.id, policy=policy, now=now
-                    )
-                    self.after(params.group, await self._backend(
-                        self.backend.apply(params.group, give_back), change=True
-                    ))  # fmt: skip
+                    await self.waiters.abandon(params.group, params.id, handed)
                 break
+            if _client_gone(request):
+                # Never ask again for a client that went away: it would be granted a slot
+                # nobody hears of. Its queue entry stops holding slots (waiters.abandon).
+                await self.waiters.abandon(params.group, params.id)
+                raise self._refusal(params.group, policy, outcome, extended=True)
         lease = outcome.lease_seconds(now)
         return _json({} if lease is None else {"lease_seconds": lease})
 
