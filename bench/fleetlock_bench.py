@@ -29,7 +29,9 @@ import math
 import random
 import resource
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +45,7 @@ import httpx
 
 from testbed.etcd import PrivateEtcd, free_port
 from testbed.lockserver import LockServerProcess
+from testbed.proc import stop_process, wait_ready
 from zincati_py.fleetlock.client import (
     FleetLockAdminClient,
     FleetLockClient,
@@ -75,6 +78,47 @@ def server(backend: str, groups: dict[str, int], etcd: PrivateEtcd | None) -> It
         yield proc.start(timeout=20).url
     finally:
         proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def airlock_server(binary: str, groups: dict[str, int], etcd: PrivateEtcd) -> Iterator[str]:
+    """coreos/airlock (``airlock serve``) on the same etcd, its own key space (airlock keeps
+    its semaphores under ``com.coreos.airlock/``); yields its base URL."""
+    workdir = Path(tempfile.mkdtemp(prefix="zpy-airlock-"))
+    port = free_port()
+    lines = [
+        "[status]",
+        "enabled = false",
+        "[service]",
+        'address = "127.0.0.1"',
+        f"port = {port}",
+        "tls = false",
+        "[etcd3]",
+        f'endpoints = ["{etcd.url}"]',
+        "[lock]",
+        'default_group_name = "default"',
+        "default_slots = 1",
+    ]
+    for name, slots in groups.items():
+        lines += ["[[lock.groups]]", f'name = "{name}"', f"slots = {slots}"]
+    config = workdir / "config.toml"
+    config.write_text("\n".join(lines) + "\n")
+    log = workdir / "airlock.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "serve", "--config", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_ready(proc, listening, what="airlock", timeout=20, log=log)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -304,6 +348,12 @@ def main() -> int:
         "--modes", default="fleet,naive", help="rollout clients: fleet (long-poll), naive"
     )
     parser.add_argument("--quick", action="store_true", help="small counts (smoke test)")
+    parser.add_argument(
+        "--airlock",
+        metavar="BINARY",
+        help="also run coreos/airlock (this binary) on the same etcd: throughput rows and "
+        "the etcd/airlock ratio (README: how to build it)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sequential, args.clients, args.cycles = 100, 10, 5
@@ -314,8 +364,10 @@ def main() -> int:
 
     throughput_rows: list[str] = []
     rollout_rows: list[str] = []
+    pairs: dict[str, float] = {}  # backend -> sequential lock+unlock pairs/s
     met = True
-    etcd = PrivateEtcd().start() if "etcd" in backends else None
+    need_etcd = "etcd" in backends or args.airlock is not None
+    etcd = PrivateEtcd().start() if need_etcd else None
     try:
         for backend in backends:
             groups = {"seq": 1, "conc": args.clients, "fleet": args.slots, "naive": args.slots}
@@ -323,6 +375,7 @@ def main() -> int:
                 if "throughput" in scenarios:
                     seq = asyncio.run(lock_release(url, "seq", 1, args.sequential))
                     throughput_rows.append(seq.row(backend, "sequential, 1 client"))
+                    pairs[backend] = seq.requests / 2 / seq.seconds
                     conc = asyncio.run(lock_release(url, "conc", args.clients, args.cycles))
                     throughput_rows.append(
                         conc.row(backend, f"concurrent, {args.clients} clients, one group")
@@ -347,6 +400,18 @@ def main() -> int:
                         rollout_rows.append(result.row(backend))
                         print(rollout_rows[-1], file=sys.stderr)
                 print(f"done: {backend}", file=sys.stderr)
+        if args.airlock is not None and "throughput" in scenarios:
+            assert etcd is not None
+            groups = {"seq": 1, "conc": args.clients}
+            with airlock_server(args.airlock, groups, etcd) as url:
+                seq = asyncio.run(lock_release(url, "seq", 1, args.sequential))
+                throughput_rows.append(seq.row("airlock (etcd)", "sequential, 1 client"))
+                pairs["airlock"] = seq.requests / 2 / seq.seconds
+                conc = asyncio.run(lock_release(url, "conc", args.clients, args.cycles))
+                throughput_rows.append(
+                    conc.row("airlock (etcd)", f"concurrent, {args.clients} clients, one group")
+                )
+            print("done: airlock", file=sys.stderr)
     finally:
         if etcd is not None:
             etcd.stop()
@@ -355,6 +420,13 @@ def main() -> int:
         print("| backend | scenario | requests | req/s | p50 ms | p99 ms | errors |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         print("\n".join(throughput_rows))
+        print()
+        for name, rate in pairs.items():
+            print(f"sequential {name}: {rate:.0f} lock+unlock pairs/s")
+        if "sqlite" in pairs:
+            print(f"sqlite / 560 pairs/s (before group commit): {pairs['sqlite'] / 560:.2f}x")
+        if "etcd" in pairs and "airlock" in pairs:
+            print(f"etcd / airlock on the same etcd: {pairs['etcd'] / pairs['airlock']:.2f}x")
         print()
     if rollout_rows:
         print(

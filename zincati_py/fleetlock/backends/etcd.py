@@ -41,6 +41,7 @@ from zincati_py.fleetlock.backends import (
 
 T = TypeVar("T")
 
+
 CAS_ATTEMPTS = 32
 LEDGER_KEYS_PER_TXN = 100
 RPC_TIMEOUT = 5
@@ -120,8 +121,10 @@ class EtcdBackend(Backend):
         # group -> (state, mod_revision) as this process last saw them; a hint only: every
         # write is a compare-and-swap against the revision, so a stale entry costs a retry.
         self._cache: dict[str, tuple[GroupState, int]] = {}
-        # Compare-and-swaps lost (and retried), for tests and diagnostics.
+        # Compare-and-swaps lost (and retried), and round trips to etcd (calls, failovers
+        # included), for tests and diagnostics.
         self.conflicts = 0
+        self.calls = 0
 
     def _key(self, group: str) -> bytes:
         return self.prefix + b"groups/" + group.encode()
@@ -143,6 +146,7 @@ class EtcdBackend(Backend):
         last: Exception | None = None
         for step in range(len(self._endpoints)):
             index = (self._current + step) % len(self._endpoints)
+            self.calls += 1
             try:
                 result = await getattr(self._client(index), method)(*args, **kwargs)
             except _UNAVAILABLE as exc:
@@ -166,6 +170,34 @@ class EtcdBackend(Backend):
         self._cache[group] = found
         return found
 
+    def _current_of(self, responses: Any) -> tuple[GroupState, int]:
+        """The group's value carried by a transaction's failure branch (``[get key]``)."""
+        current = responses[0] if responses else []
+        if current:
+            value, meta = current[0]
+            return self._decode(value), int(meta.mod_revision)
+        return GroupState(), 0
+
+    async def _confirm(self, group: str) -> tuple[GroupState, int]:
+        """The group's current state, read linearizably but transferred and parsed only when
+        it changed since this process last saw it: one transaction comparing the key's
+        ``mod_revision`` with the cached one (success: nothing to return; failure: the value).
+        A queue of a thousand nodes is a 60 KB document: a plain get of it for every request
+        that changes nothing (a long-poll waiter re-asking) cost more than the writes."""
+        cached = self._cache.get(group)
+        if cached is None:
+            return await self._read(group)
+        tx = self._client(self._current).transactions
+        key = self._key(group)
+        ok, responses = await self._call(
+            "transaction", compare=[tx.mod(key) == cached[1]], success=[], failure=[tx.get(key)]
+        )
+        if ok:
+            return cached
+        found = self._current_of(responses)
+        self._cache[group] = found
+        return found
+
     async def _swap(self, group: str, decide: Decide[T]) -> T:
         """Apply ``decide`` (holders -> (new holders or None, result)) to the group atomically.
 
@@ -176,14 +208,16 @@ class EtcdBackend(Backend):
         """
         cached = self._cache.get(group)
         if cached is None:
-            holders, _ = await self._read(group)
+            state, _ = await self._read(group)
             confirmed = True
         else:
-            holders, confirmed = cached[0], False
-        new, result = decide(holders)
+            state, confirmed = cached[0], False
+        new, result = decide(state)
         if new is None and not confirmed:
-            holders, _ = await self._read(group)
-            new, result = decide(holders)
+            fresh, _ = await self._confirm(group)
+            if fresh is not state:  # someone else wrote: decide on what is there now
+                state = fresh
+                new, result = decide(state)
         if new is None:
             return result
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -235,7 +269,7 @@ class EtcdBackend(Backend):
             if state is None:
                 if confirmed:
                     return results
-                (holders, revision), confirmed = await self._read(group), True
+                (holders, revision), confirmed = await self._confirm(group), True
                 continue
             tx = self._client(self._current).transactions
             keep = not state.empty()
@@ -270,12 +304,7 @@ class EtcdBackend(Backend):
                 return results
             # Lost to a stale view: the failure branch carries the current value.
             self.conflicts += 1
-            current = responses[0] if responses else []
-            if current:
-                value, meta = current[0]
-                holders, revision = self._decode(value), int(meta.mod_revision)
-            else:
-                holders, revision = GroupState(), 0
+            holders, revision = self._current_of(responses)
             self._cache[group], confirmed = (holders, revision), True
             # A first loss is usually a stale cache; more mean another server instance keeps
             # writing: back off with jitter.
