@@ -7,6 +7,11 @@ the start) and python-dbusmock's logind; its own root (``etc/machine-id``, fragm
 manager that runs our generator on that root and whose environment points its units at the
 node's system bus (so ``zincati-py-check.timer`` reaches that node's agent); and ``zincati-py
 agent`` as a process. One ``zincati-py fleetlock serve`` (SQLite) gives group ``demo`` one slot.
+One Cincinnati graph server double (:mod:`testbed.cincinnati`, real HTTP on loopback) is the
+fleet's update graph: every node's ``[cincinnati] base_url`` points at it, so updates follow the
+graph as on Fedora CoreOS. Publishing a release makes its commit available to every node's
+rpm-ostree double (``PublishRelease``) and then adds it to the graph, with an edge from the
+booted release.
 Every node runs ``strategy = ["periodic", "fleet_lock"]`` with a maintenance window (a cron
 window, to the second) opening shortly after the start.
 
@@ -27,10 +32,12 @@ grant, one that disappears is a release, or a lease expiry when it disappears af
 
 ``--json`` prints one object per event: ``t`` (seconds since the start), ``node`` (null for
 the fleet), ``event``, ``message`` (the text line) and event fields. Events: ``start``
-(``workdir``), ``lock_server``, ``node_up``, ``timers`` (``lines`` as ``systemctl --user
-list-timers`` prints them; ``timers``; ``details``: ``unit``, ``activates``, ``next``, ``last``),
-``agent_started``/``agent_ready``/``agent_killed``/``agent_exited``, ``release_published``,
-``timer_fired`` (``unit``, ``count``), ``check``, ``staged`` (``finalization_locked``),
+(``workdir``), ``lock_server``, ``graph_server`` (``url``, ``releases``), ``node_up``,
+``timers`` (``lines`` as ``systemctl --user list-timers`` prints them; ``timers``;
+``details``: ``unit``, ``activates``, ``next``, ``last``),
+``agent_started``/``agent_ready``/``agent_killed``/``agent_exited``, ``release_published``
+(``version``, ``graph_edge``), ``timer_fired`` (``unit``, ``count``), ``check``, ``staged``
+(``finalization_locked``),
 ``agent_state``/``agent_waiting`` (``state``, ``reason``), ``config``,
 ``slot_taken``/``slot_released`` (``holders``, ``expired``), ``finalization_unlocked``,
 ``reboot_call``, ``booted``, ``rebooted``, ``steady``, ``systemd_reloaded`` (then ``timers``
@@ -66,6 +73,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from testbed.bus import PrivateBus
+from testbed.cincinnati import GraphRelease, GraphServer
 from testbed.logind import LogindDouble
 from testbed.proc import agent_argv, zincati_py_argv
 from testbed.rpmostree import RpmOstreeDouble
@@ -329,6 +337,8 @@ class Fleet:
         self.lock_log = self.dir / "fleetlock.log"
         self.lock_server: subprocess.Popen[bytes] | None = None
         self.lock_expect_exit = False
+        # The fleet's update graph: only the booted release until the demo publishes one.
+        self.graph: GraphServer | None = None
         # The admin API needs this token: the demo configures [auth] as a fleet should.
         self.admin_token = secrets.token_urlsafe(24)
         # Slot holders (node id -> when first listed) as the admin API lists them, with the
@@ -412,6 +422,10 @@ class Fleet:
     def lock_url(self) -> str:
         return f"http://127.0.0.1:{self.lock_port}/"
 
+    @property
+    def graph_url(self) -> str:
+        return "" if self.graph is None else self.graph.base_url
+
     def _fragment(self) -> str:
         w = self.window_start
         # Six fields, seconds last (croniter's order): opens once, at that second.
@@ -422,6 +436,7 @@ class Fleet:
             f"[agent.timing]\nsteady_interval_secs = {self.timing.steady_interval_secs}\n\n"
             '[updates]\nstrategy = ["periodic", "fleet_lock"]\n\n'
             f'[updates.fleet_lock]\nbase_url = "{self.lock_url}"\n\n'
+            f'[cincinnati]\nbase_url = "{self.graph_url}"\n\n'
             '[updates.periodic]\ntime_zone = "UTC"\n\n'
             f'[[updates.periodic.window]]\ncron = "{cron}"\n'
             f"length_minutes = {self.timing.window_minutes}\n"
@@ -459,6 +474,14 @@ class Fleet:
             f'[auth]\nadmin_token_file = "{token_file.name}"\n'
         )
         await self.start_lock_server()
+        self.graph = GraphServer([GraphRelease(OLD_VERSION)]).start()
+        self.event(
+            None,
+            "graph_server",
+            f"Cincinnati graph server double on {self.graph.base_url} (graph: {OLD_VERSION})",
+            url=self.graph.base_url,
+            releases=[OLD_VERSION],
+        )
         import aiohttp
 
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
@@ -472,6 +495,9 @@ class Fleet:
         node.dir.mkdir(parents=True, exist_ok=True)
         (node.root / "etc").mkdir(parents=True, exist_ok=True)
         (node.root / "etc/machine-id").write_text(node.machine_id + "\n")
+        # The platform the graph is asked for (``ignition.platform.id``), as on a real host.
+        (node.root / "proc").mkdir(parents=True, exist_ok=True)
+        (node.root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz ignition.platform.id=qemu\n")
         node.write_config("50-demo.toml", self._fragment())
         for name, text in self.fragments.items():
             node.write_config(name, text)
@@ -571,16 +597,21 @@ class Fleet:
 
         # The scenario's clock, not a poll: the release appears at a fixed point in the story.
         await asyncio.sleep(max(0.0, self.timing.publish_after - self.now()))
+        # The commit first (every node can deploy it), then the graph edge that offers it.
         for node in self.nodes:
             await control(node.watch_bus, "PublishRelease", "s", NEW_VERSION)
+        assert self.graph is not None
+        self.graph.set_releases([GraphRelease(OLD_VERSION), GraphRelease(NEW_VERSION)])
         w = self.window_start
         self.event(
             None,
             "release_published",
-            f"{NEW_VERSION} published on the update stream; the maintenance window opens at "
+            f"release {NEW_VERSION} published to the update graph ({OLD_VERSION} → "
+            f"{NEW_VERSION}); the maintenance window opens at "
             f"{w:%H:%M:%S} UTC (+{(w - self.start_wall).total_seconds():.0f}s) for "
             f"{self.timing.window_minutes} min",
             version=NEW_VERSION,
+            graph_edge=[OLD_VERSION, NEW_VERSION],
             window_start=w.isoformat(),
         )
 
@@ -1292,6 +1323,9 @@ class Fleet:
                 with contextlib.suppress(Exception):
                     stop()
         self.lock_server = None
+        if self.graph is not None:
+            self.graph.stop()
+            self.graph = None
 
     async def __aenter__(self) -> Fleet:
         try:
