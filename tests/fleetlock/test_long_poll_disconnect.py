@@ -193,8 +193,11 @@ def test_hand_over_racing_the_disconnect_gives_the_slot_back(
                 sock.sendall(raw_pre_reboot("b", 60))
                 assert await until(lambda: _waiting(s, srv.url, 1), 5)
             assert await until(lambda: _waiting(s, srv.url, 0), 3)
-            # Its entry stops holding slots; as the store saw it before that (b asks again
-            # without waiting, which restarts its entry's offer):
+            # Its entry stops holding slots (the lapse is in the store once its ledger event
+            # is: b's ask must come after it, or the lapse lands after the restarted offer);
+            assert await until(lambda: _abandoned(s, srv.url, "b"), 3)
+            # as the store saw it before that (b asks again without waiting, which restarts
+            # its entry's offer):
             assert (await post(s, pre, "b"))[0] == 409
             policy = server.policy("default")
             # a's release, decided while b's request was (said to be) waiting here.
@@ -242,6 +245,13 @@ def test_long_poll_is_still_answered(serve: Callable[..., Any]) -> None:
                 writer.close()
 
     run(scenario())
+
+
+async def _abandoned(s: aiohttp.ClientSession, base: str, node: str) -> bool:
+    async with s.get(base + f"v1/history?node={node}") as r:
+        assert r.status == 200
+        doc: dict[str, Any] = await r.json()
+    return any(e["kind"] == "wait_abandoned" for e in doc["events"])
 
 
 async def _waiting(s: aiohttp.ClientSession, base: str, n: int) -> bool:
