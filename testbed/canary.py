@@ -2,7 +2,10 @@
 
 Five sandboxed nodes (each its own private system bus, rpm-ostree double, dbusmock logind and
 ``zincati-py agent``, as in ``testbed/demo.py``; a reboot is the double's, on logind's
-``Reboot``) and one ``zincati-py fleetlock serve`` (SQLite, one slot, ``max_failures = 1``).
+``Reboot``), one ``zincati-py fleetlock serve`` (SQLite, one slot, ``max_failures = 1``) and
+one Cincinnati graph server double (``testbed/cincinnati.py``) that every node's ``[cincinnati]
+base_url`` points at: publishing a release makes its commit available to the rpm-ostree doubles
+and adds it to the update graph (edges from every older release).
 Every node has the same ``health.d/required.d`` check, which fails on :data:`BAD`:
 
 1. :data:`BAD` is published and the first node checks (the canary): it stages, takes the slot,
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.bus import PrivateBus
+from testbed.cincinnati import GraphRelease, GraphServer
 from testbed.logind import LogindDouble
 from testbed.proc import agent_argv, zincati_py_argv
 from testbed.rpmostree import RpmOstreeDouble
@@ -45,7 +49,7 @@ class Story(Exception):
 
 
 class CanaryNode:
-    def __init__(self, base: Path, index: int, lock_url: str) -> None:
+    def __init__(self, base: Path, index: int, lock_url: str, graph_url: str) -> None:
         self.name = f"node{index}"
         self.dir = base / self.name
         self.dir.mkdir()
@@ -70,7 +74,11 @@ class CanaryNode:
             "[agent.timing]\nsteady_interval_secs = 2\n"
             '[updates]\nstrategy = "fleet_lock"\n'
             f'[updates.fleet_lock]\nbase_url = "{lock_url}"\n'
+            f'[cincinnati]\nbase_url = "{graph_url}"\n'
         )
+        # The platform the graph is asked for (``ignition.platform.id``), as on a real host.
+        (self.root / "proc").mkdir(parents=True, exist_ok=True)
+        (self.root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz ignition.platform.id=qemu\n")
         check = self.root / "etc/zincati-py/health.d/required.d/10-app"
         check.parent.mkdir(parents=True, exist_ok=True)
         check.write_text(
@@ -153,6 +161,7 @@ class Canary:
         self.dir = Path(tempfile.mkdtemp(prefix="zpy-canary-"))
         self.nodes: list[CanaryNode] = []
         self.server: subprocess.Popen[bytes] | None = None
+        self.graph: GraphServer | None = None
 
     def say(self, text: str) -> None:
         self.out(f"{time.monotonic() - self.t0:6.1f}s  {text}")
@@ -185,17 +194,19 @@ class Canary:
             )
         self.say(f"lock server on 127.0.0.1:{port}: 1 slot, a version halts after 1 failure")
         url = f"http://127.0.0.1:{port}/"
+        self.graph = GraphServer([GraphRelease(OLD)]).start()
+        self.say(f"Cincinnati graph server double on {self.graph.base_url} (graph: {OLD})")
         for i in range(1, NODES + 1):
-            self.nodes.append(CanaryNode(self.dir, i, url))
+            self.nodes.append(CanaryNode(self.dir, i, url, self.graph.base_url))
         self.wait("every agent steady", lambda: all(
             n.status().get("state") == "reported steady" for n in self.nodes))  # fmt: skip
         self.say(f"{NODES} nodes steady on {OLD}; each runs health.d/required.d/10-app")
 
     def run(self) -> None:
         canary, rest = self.nodes[0], self.nodes[1:]
-        for n in self.nodes:
-            n.publish(BAD)
-        self.say(f"release {BAD} published; {canary.name} checks first (the canary)")
+        self.publish(BAD)
+        self.say(f"release {BAD} published to the update graph; {canary.name} checks first "
+                 "(the canary)")  # fmt: skip
         canary.check()
         self.wait(f"{canary.name} rebooting into {BAD}", lambda: canary.reboots() >= 1)
         self.say(f"{canary.name}: slot taken, rebooted into {BAD}; health gate running")
@@ -217,9 +228,10 @@ class Canary:
         time.sleep(2.0)
         if any(n.reboots() for n in rest):
             raise Story(f"a node rebooted into the halted {BAD}")
-        self.say(f"nobody else took {BAD}; release {GOOD} published, every node checks")
+        self.publish(GOOD)
+        self.say(f"nobody else took {BAD}; release {GOOD} published to the update graph, every "
+                 "node checks")  # fmt: skip
         for n in self.nodes:
-            n.publish(GOOD)
             n.check()
         done: set[str] = set()
 
@@ -238,12 +250,28 @@ class Canary:
         reboots = [n.reboots() for n in self.nodes]
         if reboots != [3] + [1] * (NODES - 1):
             raise Story(f"unexpected reboots per node: {reboots}")
+        assert self.graph is not None
+        asked = {r.params.get("node_uuid") for r in self.graph.requests}
+        missing = [n.name for i, n in enumerate(self.nodes, 1) if f"{i:032x}" not in asked]
+        if missing:
+            raise Story(f"never asked the update graph: {', '.join(missing)}")
         self.say(f"done: {BAD} stopped at its canary, {GOOD} on all {NODES} nodes "
-                 f"(reboots {reboots})")  # fmt: skip
+                 f"(reboots {reboots}); every node followed the update graph "
+                 f"({len(self.graph.requests)} graph requests)")  # fmt: skip
+
+    def publish(self, version: str) -> None:
+        """The commit to every node's rpm-ostree double, then the release into the graph."""
+        for n in self.nodes:
+            n.publish(version)
+        assert self.graph is not None
+        listed = [r.version for r in self.graph.releases]
+        self.graph.set_releases([GraphRelease(v) for v in [*listed, version]])
 
     def stop(self, keep: bool) -> None:
         for n in self.nodes:
             n.stop()
+        if self.graph is not None:
+            self.graph.stop()
         if self.server is not None and self.server.poll() is None:
             self.server.terminate()
             try:

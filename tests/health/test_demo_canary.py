@@ -18,3 +18,5 @@ def test_demo_canary_runs_from_the_readme(fleet_factory: object) -> None:
     assert lines.count("slot refused: the server halted its rollout") == 4
     assert lines.count("health gate passed (healthy)") == 5
     assert "reboots [3, 1, 1, 1, 1]" in lines
+    assert lines.count("published to the update graph") == 2
+    assert "every node followed the update graph" in lines
