@@ -44,7 +44,11 @@ def test_steady_only_after_boot_complete_and_required_units(
     node.wait_state("reported steady", agent=agent)
     node.control("Stage", "sb", NEW, True)
     wait_for(lambda: gate(node).get("phase") == "gate", 15, "gate running")
-    # Neither boot-complete.target nor app.service is active: the gate waits.
+    # Neither boot-complete.target nor app.service is active: the gate waits. The gate record is
+    # saved before the status document says so, which under load can take a moment.
+    wait_for(
+        lambda: "health gate of" in str((node.status() or {}).get("reason")), 15, "gate in status"
+    )
     time.sleep(1.0)
     doc = node.status() or {}
     assert doc["state"] == "initialized" and "health gate of" in doc["reason"], doc
