@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from testbed.systemd import UserManager
 from tests.agent.agent_harness import Node, wait_for
@@ -209,7 +210,14 @@ def test_a_required_unit_missing_after_the_update_is_waited_for(
     manager.daemon_reload()
     missing = "required unit app.service does not exist on this release"
     wait_for(lambda: missing in agent.log(), 20, "the missing unit named in the log")
-    checks = {c["name"]: c for c in (node.status() or {})["health"]["checks"]}
+
+    def app_check() -> dict[str, Any]:
+        doc = node.status() or {}
+        return {c["name"]: c for c in (doc.get("health") or {}).get("checks") or []}
+
+    # The status document is written when the evaluation that logged it ends.
+    wait_for(lambda: "not-found" in str(app_check().get("app.service")), 10, "status names it")
+    checks = app_check()
     assert checks["app.service"]["pending"], checks
     assert checks["app.service"]["detail"] == "no such unit (not-found)", checks
     assert gate(node)["phase"] == "gate" and reboots(node) == 1

@@ -280,8 +280,11 @@ class Agent:
             now = time.time()
             await self._reconcile(now)
             step = machine.next_step(self._facts(now))
-            if step.action in (Action.REPORT_STEADY, Action.CHECK, Action.FINALIZE):
-                # Visible while it runs (a check can take minutes), not only afterwards.
+            if step.action in (Action.CHECK, Action.FINALIZE) or (
+                step.action is Action.REPORT_STEADY and not self.health.gating()
+            ):
+                # Visible while it runs (a check can take minutes), not only afterwards; a
+                # running health gate keeps showing its own reason, never "reporting steady".
                 self.publish.publish(step, step.reason, None)
             detail = await self._act(step, now)
             if detail is not None:

@@ -123,6 +123,11 @@ class HealthKeeper:
     def record(self) -> GateRecord | None:
         return GateRecord.from_dict(self.store.record.extra.get(GATE_KEY))
 
+    def gating(self) -> bool:
+        """A gate (or its rollback) stands between this boot and the steady-state report."""
+        rec = self.record()
+        return rec is not None and rec.phase in (Phase.GATE, Phase.ROLLBACK)
+
     def rolled_back(self) -> list[str]:
         return [str(c) for c in self.store.record.extra.get(ROLLED_BACK_KEY) or ()]
 
