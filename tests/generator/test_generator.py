@@ -9,48 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.generator.corpus import JOBS, PERIODIC
 from tests.generator.helpers import run_generator, write_fragment
 from zincati_py.config import load
 from zincati_py.generator import quote_exec_arg
 from zincati_py.schedule import translate
-
-PERIODIC = """
-[identity]
-rollout_wariness = 0.5
-[updates]
-strategy = "periodic"
-[updates.periodic]
-time_zone = "Europe/Berlin"
-[[updates.periodic.window]]
-days = ["Mon", "wednesday"]
-start_time = "03:00"
-length_minutes = 60
-[[updates.periodic.window]]
-cron = "30 4 * * 1-5"
-length_minutes = 30
-"""
-
-JOBS = """
-[[schedule]]
-name = "backup"
-cron = "H 2 * * *"
-command = "tar -C /srv -cf /backup/srv.tar ."
-time_zone = "UTC"
-randomized_delay_secs = 30
-timeout_secs = 600
-
-[[schedule]]
-name = "no-catch-up"
-cron = "*/15 * * * *"
-command = "true"
-catch_up = false
-
-[[schedule]]
-name = "off"
-cron = "0 0 * * *"
-command = "true"
-enabled = false
-"""
 
 
 def _units(out: Path) -> dict[str, str]:
