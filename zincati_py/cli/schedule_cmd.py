@@ -154,6 +154,64 @@ def _register_modify(sub: _Subparsers) -> None:
     _add_change_arguments(parser)
 
 
+# The job options that map one to one onto a TOML key: (flag, key, kind, metavar, help);
+# kind "secs"/"count" is a whole number >= 0, "bool" a --x/--no-x pair, "text" as given.
+_JOB_OPTIONS: tuple[tuple[str, str, str, str, str], ...] = (
+    (
+        "--catch-up",
+        "catch_up",
+        "bool",
+        "",
+        "run once at boot if a run was missed while the machine was off (default: yes)",
+    ),
+    (
+        "--randomized-delay",
+        "randomized_delay_secs",
+        "secs",
+        "SECS",
+        "random delay up to SECS (default: 0)",
+    ),
+    ("--timeout", "timeout_secs", "secs", "SECS", "stop the run after SECS (default and 0: none)"),
+    ("--retries", "retries", "count", "N", "run a failed run again up to N times (default: 0)"),
+    (
+        "--retry-delay",
+        "retry_delay_secs",
+        "secs",
+        "SECS",
+        "wait SECS before each retry (default: 0)",
+    ),
+    (
+        "--on-failure",
+        "on_failure",
+        "text",
+        "CMD",
+        "shell line (or a unit name) run when a run fails for good ('': none)",
+    ),
+    ("--run-as", "user", "text", "USER", "run the command as USER (User=; '': root)"),
+    (
+        "--dynamic-user",
+        "dynamic_user",
+        "bool",
+        "",
+        "run as a transient user systemd allocates (DynamicUser=)",
+    ),
+    (
+        "--exclusive-group",
+        "exclusive_group",
+        "text",
+        "GROUP",
+        "run only while holding a slot of this FleetLock group ('': not exclusive)",
+    ),
+    (
+        "--exclusive-wait",
+        "exclusive_wait_secs",
+        "secs",
+        "SECS",
+        "wait up to SECS for a slot, else skip (0)",
+    ),
+)
+
+
 def _add_job_options(parser: argparse.ArgumentParser, *, create: bool) -> None:
     parser.add_argument("--cron", required=create, metavar="EXPR", help="when (cron syntax)")
     parser.add_argument(
@@ -162,46 +220,13 @@ def _add_job_options(parser: argparse.ArgumentParser, *, create: bool) -> None:
     parser.add_argument(
         "--tz", metavar="ZONE", help="'UTC', an IANA zone or 'localtime' (default: localtime)"
     )
-    parser.add_argument(
-        "--catch-up",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="run once at boot if a run was missed while the machine was off (default: yes)",
-    )
-    parser.add_argument(
-        "--randomized-delay", metavar="SECS", help="random delay up to SECS (default: 0)"
-    )
-    parser.add_argument(
-        "--timeout", metavar="SECS", help="stop the run after SECS (default and 0: none)"
-    )
-    parser.add_argument(
-        "--retries", metavar="N", help="run a failed run again up to N times (default: 0)"
-    )
-    parser.add_argument(
-        "--retry-delay", metavar="SECS", help="wait SECS before each retry (default: 0)"
-    )
-    parser.add_argument(
-        "--on-failure",
-        metavar="CMD",
-        help="shell line (or a unit name) run when a run fails for good ('': none)",
-    )
-    parser.add_argument(
-        "--run-as", metavar="USER", help="run the command as USER (User=; '': root)"
-    )
-    parser.add_argument(
-        "--dynamic-user",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="run as a transient user systemd allocates (DynamicUser=)",
-    )
-    parser.add_argument(
-        "--exclusive-group",
-        metavar="GROUP",
-        help="run only while holding a slot of this FleetLock group ('': not exclusive)",
-    )
-    parser.add_argument(
-        "--exclusive-wait", metavar="SECS", help="wait up to SECS for a slot, else skip (0)"
-    )
+    for flag, _key, kind, metavar, text in _JOB_OPTIONS:
+        if kind == "bool":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+        else:
+            parser.add_argument(flag, metavar=metavar, help=text)
     parser.add_argument(
         "--argv",
         nargs=argparse.REMAINDER,
@@ -236,26 +261,14 @@ def _job_options(args: argparse.Namespace, paths: Paths) -> dict[str, Any]:
             )
         except CronError as exc:
             raise CliError(f"--tz: {exc}") from None
-    if args.catch_up is not None:
-        keys["catch_up"] = args.catch_up
-    if args.randomized_delay is not None:
-        keys["randomized_delay_secs"] = positive_int("--randomized-delay", args.randomized_delay, 0)
-    if args.timeout is not None:
-        keys["timeout_secs"] = positive_int("--timeout", args.timeout, 0)
-    if args.retries is not None:
-        keys["retries"] = positive_int("--retries", args.retries, 0, unit="retries")
-    if args.retry_delay is not None:
-        keys["retry_delay_secs"] = positive_int("--retry-delay", args.retry_delay, 0)
-    if args.on_failure is not None:
-        keys["on_failure"] = args.on_failure
-    if args.run_as is not None:
-        keys["user"] = args.run_as
-    if args.dynamic_user is not None:
-        keys["dynamic_user"] = args.dynamic_user
-    if args.exclusive_group is not None:
-        keys["exclusive_group"] = args.exclusive_group
-    if args.exclusive_wait is not None:
-        keys["exclusive_wait_secs"] = positive_int("--exclusive-wait", args.exclusive_wait, 0)
+    for flag, key, kind, _metavar, _text in _JOB_OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if kind in ("secs", "count"):
+            unit = "seconds" if kind == "secs" else key
+            value = positive_int(flag, value, 0, unit=unit)
+        keys[key] = value
     if "cron" in keys:
         tz = keys.get("time_zone")
         node = load(paths).config.identity.node_uuid
