@@ -1,7 +1,16 @@
 """FleetLock server benchmark: a real ``zincati-py fleetlock serve`` process per backend.
 
 Measures, on loopback:
-- sequential lock+release by one client: requests/s, p50/p99 latency per request;
+- sequential lock+release by one client, in paired rounds: every server of the run (each
+  backend, and coreos/airlock on the same etcd with ``--airlock BINARY``) is started once, then
+  the rounds alternate between them (A B B A A B ...: machine noise and drift hit all alike),
+  each round in a fresh one-slot group. The client is lean so it is never the bottleneck: one
+  keep-alive connection, a blocking socket, pre-encoded requests, a Content-Length read; it
+  still checks every answer (status, body, ``fleet-lock-released`` where the server says it)
+  and alternates two node ids, so a release that did not happen fails the next lock. Prints
+  pairs/s per server (median, min, max over rounds), the per-round ratios etcd/airlock and
+  sqlite/560 (min/median/max), and per request: the client's own CPU, the server's CPU,
+  etcd's CPU and etcd's unary gRPC calls (from etcd's /metrics);
 - concurrent lock+release by C clients in one group with C slots (every lock granted, so all
   writes hit the same group record: the worst case for etcd compare-and-swap);
 - a fleet rollout (issue 15): N nodes (default 1000) start at once, S slots, each "reboots"
@@ -13,9 +22,11 @@ Measures, on loopback:
   connections, so that the benchmark, not the server, is never the bottleneck.
 
     .venv-3.11/bin/python bench/fleetlock_bench.py [--backends sqlite,etcd]
-        [--scenarios throughput,rollout] [--nodes 1000] [--quick]
+        [--scenarios throughput,rollout] [--sequential 1000] [--rounds 10]
+        [--airlock BINARY] [--nodes 1000] [--quick]
 
-Exits 1 when a long-poll rollout misses a target.
+Exits 1 when a long-poll rollout misses a target (the throughput targets are printed, MET or
+NOT MET, without changing the exit status).
 
 Prints markdown tables on stdout. Every loop is bounded (request counts, a time budget).
 """
@@ -26,6 +37,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import resource
 import shutil
@@ -36,8 +48,9 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +69,17 @@ from zincati_py.fleetlock.client import (
 BUDGET = 300.0  # seconds for any one scenario
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running server: its base URL and process id (for its CPU time)."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def server(backend: str, groups: dict[str, int], etcd: PrivateEtcd | None) -> Iterator[str]:
-    """A server process with ``groups``; yields its base URL."""
+def server(backend: str, groups: dict[str, int], etcd: PrivateEtcd | None) -> Iterator[Served]:
+    """A server process with ``groups``."""
     workdir = Path(tempfile.mkdtemp(prefix="zpy-flbench-"))
     port = free_port()
     lines = [f'listen = "127.0.0.1:{port}"']
@@ -75,16 +96,18 @@ def server(backend: str, groups: dict[str, int], etcd: PrivateEtcd | None) -> It
     config.write_text("\n".join(lines) + "\n")
     proc = LockServerProcess(config, port, workdir / "server.log")
     try:
-        yield proc.start(timeout=20).url
+        url = proc.start(timeout=20).url
+        assert proc.process is not None
+        yield Served(url, proc.process.pid)
     finally:
         proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager
-def airlock_server(binary: str, groups: dict[str, int], etcd: PrivateEtcd) -> Iterator[str]:
+def airlock_server(binary: str, groups: dict[str, int], etcd: PrivateEtcd) -> Iterator[Served]:
     """coreos/airlock (``airlock serve``) on the same etcd, its own key space (airlock keeps
-    its semaphores under ``com.coreos.airlock/``); yields its base URL."""
+    one semaphore key per group, ``com.coreos.airlock/groups/GROUP/v1/semaphore``)."""
     workdir = Path(tempfile.mkdtemp(prefix="zpy-airlock-"))
     port = free_port()
     lines = [
@@ -116,10 +139,241 @@ def airlock_server(binary: str, groups: dict[str, int], etcd: PrivateEtcd) -> It
 
     try:
         wait_ready(proc, listening, what="airlock", timeout=20, log=log)
-        yield f"http://127.0.0.1:{port}/"
+        yield Served(f"http://127.0.0.1:{port}/", proc.pid)
     finally:
         stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime
+
+
+def etcd_unary_calls(etcd: PrivateEtcd) -> int:
+    """Every unary gRPC call etcd has answered so far (Range, Txn, Put, LeaseGrant, ...:
+    the round trips its clients paid), from its Prometheus metrics."""
+    with urllib.request.urlopen(f"{etcd.url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("grpc_server_handled_total{") and 'grpc_type="unary"' in line:
+            total += int(float(line.rpartition(" ")[2]))
+    return total
+
+
+class LeanClient:
+    """The sequential client: one keep-alive HTTP/1.1 connection on a blocking socket, the
+    requests encoded once, an answer read by its Content-Length. Every answer is checked:
+    ``pre-reboot`` must be 200 (with ``lease_seconds`` in the body when ``ours``, an empty
+    body for airlock), ``steady-state`` 200 (with ``fleet-lock-released: true`` when
+    ``ours``, empty for airlock). Pairs alternate two node ids in a one-slot group, so a
+    release that did not happen makes the other node's next lock fail."""
+
+    def __init__(self, url: str, *, ours: bool) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.ours = ours
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def requests(self, group: str) -> list[tuple[bytes, bytes]]:
+        """Per node id: pre-encoded (lock, release) requests."""
+        out = []
+        for node in ("bench-a", "bench-b"):
+            body = json.dumps({"client_params": {"id": node, "group": group}}).encode()
+            head = (
+                "POST {path} HTTP/1.1\r\nHost: {host}\r\nfleet-lock-protocol: true\r\n"
+                "Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+            )
+            lock, release = (
+                head.format(path=f"{self.prefix}/v1/{op}", host=self.host, n=len(body)).encode()
+                + body
+                for op in ("pre-reboot", "steady-state")
+            )
+            out.append((lock, release))
+        return out
+
+    def connect(self) -> None:
+        self.close()
+        self.sock = socket.create_connection((self.host, self.port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+    def _exchange(self, request: bytes) -> tuple[int, bytes, bytes]:
+        """Send one request, read one answer: (status, header block, body)."""
+        if self.sock is None:
+            self.connect()
+        sock = self.sock
+        assert sock is not None
+        sock.sendall(request)
+        buf = self.buf
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        head = buf[:end].lower()
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0:
+            raise ConnectionError("answer without Content-Length")
+        stop = head.find(b"\r\n", at + 2)
+        length = int(head[at + 17 : stop if stop > 0 else None])
+        need = end + 4 + length
+        while len(buf) < need:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        self.buf = buf[need:]
+        return int(head[9:12]), head, buf[end + 4 : need]
+
+    def lock(self, request: bytes) -> bool:
+        status, _, body = self._exchange(request)
+        return status == 200 and (b'"lease_seconds"' in body if self.ours else body == b"")
+
+    def release(self, request: bytes) -> bool:
+        status, head, body = self._exchange(request)
+        if self.ours:
+            return status == 200 and b"\r\nfleet-lock-released: true" in head
+        return status == 200 and body == b""
+
+
+@dataclass
+class SeqRound:
+    """One server's sequential round."""
+
+    pairs: int
+    seconds: float
+    latencies: list[float]
+    errors: int
+    client_cpu: float
+    server_cpu: float
+    etcd_cpu: float | None
+    etcd_calls: int | None
+
+    @property
+    def rate(self) -> float:
+        return self.pairs / self.seconds
+
+
+def sequential_round(
+    client: LeanClient, group: str, pairs: int, pid: int, etcd: PrivateEtcd | None
+) -> SeqRound:
+    """``pairs`` lock+release pairs by ``client`` in the fresh one-slot ``group``."""
+    reqs = client.requests(group)
+    client.connect()  # outside the clock; the other server's round may have idled it out
+    latencies: list[float] = []
+    errors = 0
+    calls = etcd_unary_calls(etcd) if etcd is not None else 0
+    etcd_cpu = cpu_seconds(etcd.process.pid) if etcd is not None and etcd.process else 0.0
+    server_cpu = cpu_seconds(pid)
+    client_cpu = time.process_time()
+    clock = time.perf_counter
+    start = clock()
+    deadline = start + BUDGET
+    for i in range(pairs):
+        lock, release = reqs[i & 1]
+        for send, request in ((client.lock, lock), (client.release, release)):
+            t = clock()
+            try:
+                ok = send(request)
+            except (OSError, ValueError):  # counted; the next request reconnects
+                ok = False
+                client.close()
+            latencies.append(clock() - t)
+            errors += not ok
+        if clock() > deadline:
+            break
+    seconds = clock() - start
+    client_cpu = time.process_time() - client_cpu
+    server_cpu = cpu_seconds(pid) - server_cpu
+    client.close()
+    if etcd is not None and etcd.process is not None:
+        return SeqRound(
+            len(latencies) // 2,
+            seconds,
+            latencies,
+            errors,
+            client_cpu,
+            server_cpu,
+            cpu_seconds(etcd.process.pid) - etcd_cpu,
+            etcd_unary_calls(etcd) - calls,
+        )
+    return SeqRound(
+        len(latencies) // 2, seconds, latencies, errors, client_cpu, server_cpu, None, None
+    )
+
+
+def paired_sequential(
+    servers: dict[str, tuple[Served, bool]],
+    etcd_of: dict[str, PrivateEtcd | None],
+    pairs: int,
+    rounds: int,
+) -> dict[str, list[SeqRound]]:
+    """``rounds`` rounds of ``pairs`` pairs on every server, interleaved A B B A A B ...
+    (a warm-up round first, not counted, in group ``seq-w``); round N uses group ``seq-rN``."""
+    names = list(servers)
+    clients = {name: LeanClient(s.url, ours=ours) for name, (s, ours) in servers.items()}
+    results: dict[str, list[SeqRound]] = {name: [] for name in names}
+    for name in names:
+        sequential_round(clients[name], "seq-w", min(pairs, 50), servers[name][0].pid, None)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            result = sequential_round(
+                clients[name], f"seq-r{r}", pairs, servers[name][0].pid, etcd_of[name]
+            )
+            results[name].append(result)
+            print(
+                f"round {r} {name}: {result.rate:.0f} pairs/s, {result.errors} errors",
+                file=sys.stderr,
+            )
+    return results
+
+
+def spread(values: list[float], fmt: str = ".2f", unit: str = "") -> str:
+    """``MEDIAN (min MIN, max MAX)``."""
+    med, low, high = statistics.median(values), min(values), max(values)
+    return f"{med:{fmt}}{unit} (min {low:{fmt}}{unit}, max {high:{fmt}}{unit})"
+
+
+def sequential_report(results: dict[str, list[SeqRound]], rounds: int, pairs: int) -> list[str]:
+    """The sequential table and the paired ratios, as lines."""
+    lines = [
+        f"sequential lock+release, 1 client, {rounds} paired rounds of {pairs} pairs "
+        "(median (min, max) over rounds; CPU and etcd calls per request, all rounds):",
+        "",
+        "| server | pairs/s | p50 ms | p99 ms | client CPU µs | server CPU µs | etcd CPU µs "
+        "| etcd calls | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, rs in results.items():
+        lat = sorted(x for r in rs for x in r.latencies)
+        n = len(lat)
+        p50 = statistics.median(lat) * 1000
+        p99 = lat[min(n - 1, math.ceil(0.99 * n) - 1)] * 1000
+        client = sum(r.client_cpu for r in rs) / n * 1e6
+        srv = sum(r.server_cpu for r in rs) / n * 1e6
+        etcd_cpu = [r.etcd_cpu for r in rs if r.etcd_cpu is not None]
+        calls = [r.etcd_calls for r in rs if r.etcd_calls is not None]
+        lines.append(
+            f"| {name} | {spread([r.rate for r in rs], '.0f')} | {p50:.2f} | {p99:.2f} "
+            f"| {client:.0f} | {srv:.0f} "
+            f"| {f'{sum(etcd_cpu) / n * 1e6:.0f}' if etcd_cpu else '—'} "
+            f"| {f'{sum(calls) / n:.2f}' if calls else '—'} | {sum(r.errors for r in rs)} |"
+        )
+    lines.append("")
+    return lines
 
 
 @dataclass
@@ -330,14 +584,27 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def _machine() -> str:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return f"{stamp}, {os.cpu_count()} CPUs, load average {load}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="sqlite,etcd")
     parser.add_argument(
         "--scenarios", default="throughput,rollout", help="throughput, rollout or both"
     )
-    parser.add_argument("--sequential", type=int, default=1000, help="lock+release cycles")
-    parser.add_argument("--clients", type=int, default=100, help="concurrent clients")
+    parser.add_argument(
+        "--sequential", type=int, default=1000, help="lock+release pairs per server, all rounds"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="paired sequential rounds (servers alternate)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=100, help="concurrent clients (0: no concurrent rows)"
+    )
     parser.add_argument("--cycles", type=int, default=20, help="cycles per concurrent client")
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--slots", type=int, default=10)
@@ -351,36 +618,76 @@ def main() -> int:
     parser.add_argument(
         "--airlock",
         metavar="BINARY",
-        help="also run coreos/airlock (this binary) on the same etcd: throughput rows and "
-        "the etcd/airlock ratio (README: how to build it)",
+        help="also run coreos/airlock (this binary) on the same etcd, in the same paired "
+        "sequential rounds: its rows and the etcd/airlock ratio (README: how to build it)",
     )
     args = parser.parse_args()
     if args.quick:
-        args.sequential, args.clients, args.cycles = 100, 10, 5
+        args.sequential, args.rounds, args.clients, args.cycles = 200, 4, 10, 5
         args.nodes, args.slots, args.reboot = 100, 5, 0.2
+    rounds = max(1, args.rounds)
+    per_round = max(1, args.sequential // rounds)
     backends = [b for b in args.backends.split(",") if b]
     scenarios = set(args.scenarios.split(","))
     _raise_fd_limit()
+    print(f"machine at start: {_machine()}", file=sys.stderr)
 
     throughput_rows: list[str] = []
     rollout_rows: list[str] = []
-    pairs: dict[str, float] = {}  # backend -> sequential lock+unlock pairs/s
+    seq_lines: list[str] = []
+    rates: dict[str, list[float]] = {}  # server -> sequential pairs/s per round
+    etcd_calls: dict[str, float] = {}  # server -> etcd unary calls per request
     met = True
-    need_etcd = "etcd" in backends or args.airlock is not None
+    airlock = args.airlock is not None and "throughput" in scenarios
+    need_etcd = "etcd" in backends or airlock
     etcd = PrivateEtcd().start() if need_etcd else None
     try:
-        for backend in backends:
-            groups = {"seq": 1, "conc": args.clients, "fleet": args.slots, "naive": args.slots}
-            with server(backend, groups, etcd) as url:
-                if "throughput" in scenarios:
-                    seq = asyncio.run(lock_release(url, "seq", 1, args.sequential))
-                    throughput_rows.append(seq.row(backend, "sequential, 1 client"))
-                    pairs[backend] = seq.requests / 2 / seq.seconds
-                    conc = asyncio.run(lock_release(url, "conc", args.clients, args.cycles))
-                    throughput_rows.append(
-                        conc.row(backend, f"concurrent, {args.clients} clients, one group")
+        with ExitStack() as stack:
+            seq_groups = {"seq-w": 1, **{f"seq-r{r}": 1 for r in range(rounds)}}
+            servers: dict[str, tuple[Served, bool]] = {}
+            for backend in backends:
+                groups = {
+                    **seq_groups,
+                    "conc": max(1, args.clients),
+                    "fleet": args.slots,
+                    "naive": args.slots,
+                }
+                servers[backend] = (stack.enter_context(server(backend, groups, etcd)), True)
+            if airlock:
+                assert etcd is not None
+                groups = {**seq_groups, "conc": max(1, args.clients)}
+                served = stack.enter_context(airlock_server(args.airlock, groups, etcd))
+                servers["airlock"] = (served, False)
+            if "throughput" in scenarios:
+                etcd_of = {n: etcd if n in ("etcd", "airlock") else None for n in servers}
+                seq = paired_sequential(servers, etcd_of, per_round, rounds)
+                seq_lines = sequential_report(seq, rounds, per_round)
+                for name, rs in seq.items():
+                    label = "airlock (etcd)" if name == "airlock" else name
+                    total = Throughput(
+                        sum(len(r.latencies) for r in rs),
+                        sum(r.seconds for r in rs),
+                        [x for r in rs for x in r.latencies],
+                        sum(r.errors for r in rs),
                     )
-                if "rollout" in scenarios:
+                    throughput_rows.append(total.row(label, "sequential, 1 client"))
+                    rates[name] = [r.rate for r in rs]
+                    calls = [r.etcd_calls for r in rs if r.etcd_calls is not None]
+                    if calls:
+                        etcd_calls[name] = sum(calls) / len(total.latencies)
+                if args.clients > 0:
+                    for name, (served, _) in servers.items():
+                        label = "airlock (etcd)" if name == "airlock" else name
+                        conc = asyncio.run(
+                            lock_release(served.url, "conc", args.clients, args.cycles)
+                        )
+                        throughput_rows.append(
+                            conc.row(label, f"concurrent, {args.clients} clients, one group")
+                        )
+                        print(f"done: {name} concurrent", file=sys.stderr)
+            if "rollout" in scenarios:
+                for backend in backends:
+                    url = servers[backend][0].url
                     modes = [("fleet", args.wait), ("naive", None)]
                     for group, wait in [m for m in modes if m[0] in args.modes.split(",")]:
                         try:
@@ -399,34 +706,44 @@ def main() -> int:
                             met = met and result.meets_targets()
                         rollout_rows.append(result.row(backend))
                         print(rollout_rows[-1], file=sys.stderr)
-                print(f"done: {backend}", file=sys.stderr)
-        if args.airlock is not None and "throughput" in scenarios:
-            assert etcd is not None
-            groups = {"seq": 1, "conc": args.clients}
-            with airlock_server(args.airlock, groups, etcd) as url:
-                seq = asyncio.run(lock_release(url, "seq", 1, args.sequential))
-                throughput_rows.append(seq.row("airlock (etcd)", "sequential, 1 client"))
-                pairs["airlock"] = seq.requests / 2 / seq.seconds
-                conc = asyncio.run(lock_release(url, "conc", args.clients, args.cycles))
-                throughput_rows.append(
-                    conc.row("airlock (etcd)", f"concurrent, {args.clients} clients, one group")
-                )
-            print("done: airlock", file=sys.stderr)
+                    print(f"done: {backend} rollout", file=sys.stderr)
     finally:
         if etcd is not None:
             etcd.stop()
 
+    print(f"machine at the end: {_machine()}")
+    print()
     if throughput_rows:
+        print("\n".join(seq_lines))
         print("| backend | scenario | requests | req/s | p50 ms | p99 ms | errors |")
         print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         print("\n".join(throughput_rows))
         print()
-        for name, rate in pairs.items():
-            print(f"sequential {name}: {rate:.0f} lock+unlock pairs/s")
-        if "sqlite" in pairs:
-            print(f"sqlite / 560 pairs/s (before group commit): {pairs['sqlite'] / 560:.2f}x")
-        if "etcd" in pairs and "airlock" in pairs:
-            print(f"etcd / airlock on the same etcd: {pairs['etcd'] / pairs['airlock']:.2f}x")
+        for name, per in rates.items():
+            print(
+                f"sequential {name}: {statistics.median(per):.0f} lock+unlock pairs/s "
+                f"(median of {len(per)} rounds, min {min(per):.0f}, max {max(per):.0f})"
+            )
+        if "sqlite" in rates:
+            ratios = [r / 560 for r in rates["sqlite"]]
+            verdict = "MET" if statistics.median(ratios) >= 1.5 else "NOT MET"
+            print(
+                f"sqlite / 560 pairs/s (before group commit): {spread(ratios, '.2f', 'x')} "
+                f"(median; target >= 1.5x: {verdict})"
+            )
+        if "etcd" in rates and "airlock" in rates:
+            ratios = [e / a for e, a in zip(rates["etcd"], rates["airlock"], strict=True)]
+            verdict = "MET" if statistics.median(ratios) >= 3 else "NOT MET"
+            print(
+                f"etcd / airlock on the same etcd, paired rounds: {spread(ratios, '.2f', 'x')} "
+                f"(median; target >= 3x: {verdict})"
+            )
+        for name, per_request in etcd_calls.items():
+            target = " (target <= 1.2: " + ("MET)" if per_request <= 1.2 else "NOT MET)")
+            print(
+                f"etcd calls per request, {name}: {per_request:.2f}"
+                + (target if name == "etcd" else "")
+            )
         print()
     if rollout_rows:
         print(
