@@ -630,7 +630,8 @@ def main() -> int:
     backends = [b for b in args.backends.split(",") if b]
     scenarios = set(args.scenarios.split(","))
     _raise_fd_limit()
-    print(f"machine at start: {_machine()}", file=sys.stderr)
+    at_start = _machine()
+    print(f"machine at start: {at_start}", file=sys.stderr)
 
     throughput_rows: list[str] = []
     rollout_rows: list[str] = []
@@ -711,7 +712,7 @@ def main() -> int:
         if etcd is not None:
             etcd.stop()
 
-    print(f"machine at the end: {_machine()}")
+    print(f"machine at start: {at_start}; at the end: {_machine()}")
     print()
     if throughput_rows:
         print("\n".join(seq_lines))
