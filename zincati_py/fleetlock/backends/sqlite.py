@@ -12,16 +12,27 @@ file are serialised by ``BEGIN IMMEDIATE``.
 Group commit: changes that arrive while the thread is busy are applied together, in arrival
 order, in the next transaction (one fsync for all of them); each caller hears its answer only
 once that transaction committed, so "answered" still means "durable".
+
+A change costs one transaction and one fsync (the WAL's, at COMMIT): ``BEGIN IMMEDIATE``,
+``PRAGMA data_version``, the rows that differ, the ledger rows, ``COMMIT``. States are decided
+on the parsed copy this connection keeps as of its last commit, valid while ``PRAGMA
+data_version`` says no other connection committed (else re-read and decided again under the
+write lock). A request that changes nothing (a holder asking again early in its lease, an
+unlock of a slot not held, a queued node asking again) costs one ``PRAGMA data_version`` and
+no transaction, hence no fsync. The SQLite thread and the event loop hand over once each way
+per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,13 +78,35 @@ _SCHEMA = (
 _HOLDER_COLUMNS = ("from_version", "to_version")
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return  # the caller gave up (timeout): the change is committed all the same
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+# A change waiting for the SQLite thread: (group, decide, the caller's future).
+_Change = tuple[str, Decide[Any], "asyncio.Future[Any]"]
+_Results = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
+
+
+@dataclass
+class _Plan:
+    """A batch decided: the states it started from and ended with, the ledger rows."""
+
+    loaded: dict[str, GroupState]
+    states: dict[str, GroupState]
+    ledger: list[tuple[float, str, str]] = field(default_factory=list)
+    results: _Results = field(default_factory=list)
+
+    def writes(self) -> bool:
+        return bool(self.ledger) or any(
+            state is not self.loaded[group] for group, state in self.states.items()
+        )
+
+
+def _settle_all(results: _Results) -> None:
+    for future, result, error in results:
+        if future.done():
+            continue  # the caller gave up (timeout): the change is committed all the same
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class SqliteBackend(Backend):
@@ -83,9 +116,10 @@ class SqliteBackend(Backend):
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetlock-sqlite")
         self._conn: sqlite3.Connection | None = None
-        # Changes waiting for the next transaction: (group, decide, future, loop).
-        self._pending: list[tuple[str, Decide[Any], asyncio.Future[Any]]] = []
+        # Changes waiting for the next transaction, and whether a drain is queued for them.
+        self._pending: list[_Change] = []
         self._pending_lock = threading.Lock()
+        self._scheduled = False
         # Transactions committed and changes they carried (group commit, for diagnostics).
         self.commits = 0
         self.changes = 0
@@ -151,36 +185,59 @@ class SqliteBackend(Backend):
 
     @staticmethod
     def _store(conn: sqlite3.Connection, group: str, old: GroupState, new: GroupState) -> None:
+        """Write what differs between ``old`` and ``new`` (no statement for what doesn't)."""
         gone = [(group, k) for k in old.holders.keys() - new.holders.keys()]
-        conn.executemany("DELETE FROM holders WHERE grp = ? AND id = ?", gone)
+        if gone:
+            conn.executemany("DELETE FROM holders WHERE grp = ? AND id = ?", gone)
         changed = [
             (group, h.id, h.acquired_at, h.expires_at, h.from_version, h.to_version)
             for h in new.holders.values()
             if old.holders.get(h.id) != h
         ]
-        conn.executemany(
-            "INSERT OR REPLACE INTO holders "
-            "(grp, id, acquired_at, expires_at, from_version, to_version) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            changed,
-        )
+        if changed:
+            conn.executemany(
+                "INSERT OR REPLACE INTO holders "
+                "(grp, id, acquired_at, expires_at, from_version, to_version) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                changed,
+            )
+        if new.queue != old.queue:
+            SqliteBackend._store_queue(conn, group, old.queue, new.queue)
+        extras = new.extras_json(queue=False)
+        if extras != old.extras_json(queue=False):
+            if extras:
+                conn.execute(
+                    "INSERT OR REPLACE INTO groups VALUES (?, ?)", (group, _ENCODE(extras))
+                )
+            else:
+                conn.execute("DELETE FROM groups WHERE grp = ?", (group,))
+
+    @staticmethod
+    def _store_queue(
+        conn: sqlite3.Connection, group: str, old: list[Waiter], new: list[Waiter]
+    ) -> None:
         # An entry that left and joined again (a new ``since``) goes to the back.
-        before = {w.id: w for w in old.queue}
-        rejoined = {w.id for w in new.queue if w.id in before and before[w.id].since != w.since}
-        left = (before.keys() - {w.id for w in new.queue}) | rejoined
-        conn.executemany("DELETE FROM queue WHERE grp = ? AND id = ?", [(group, k) for k in left])
+        before = {w.id: w for w in old}
+        rejoined = {w.id for w in new if w.id in before and before[w.id].since != w.since}
+        left = (before.keys() - {w.id for w in new}) | rejoined
+        if left:
+            conn.executemany(
+                "DELETE FROM queue WHERE grp = ? AND id = ?", [(group, k) for k in left]
+            )
         for node in left:
             del before[node]
-        conn.executemany(
-            "UPDATE queue SET since = ?, seen = ?, offered = ?, to_version = ? "
-            "WHERE grp = ? AND id = ?",
-            [
-                (w.since, w.seen, w.offered, w.to_version, group, w.id)
-                for w in new.queue
-                if w.id in before and before[w.id] != w
-            ],
-        )
-        joined = [w for w in new.queue if w.id not in before]
+        updated = [
+            (w.since, w.seen, w.offered, w.to_version, group, w.id)
+            for w in new
+            if w.id in before and before[w.id] != w
+        ]
+        if updated:
+            conn.executemany(
+                "UPDATE queue SET since = ?, seen = ?, offered = ?, to_version = ? "
+                "WHERE grp = ? AND id = ?",
+                updated,
+            )
+        joined = [w for w in new if w.id not in before]
         if joined:
             (last,) = conn.execute(
                 "SELECT coalesce(max(ord), 0) FROM queue WHERE grp = ?", (group,)
@@ -192,80 +249,111 @@ class SqliteBackend(Backend):
                     for i, w in enumerate(joined, 1)
                 ],
             )
-        extras = new.extras_json(queue=False)
-        if extras != old.extras_json(queue=False):
-            if extras:
-                conn.execute(
-                    "INSERT OR REPLACE INTO groups VALUES (?, ?)",
-                    (group, json.dumps(extras, separators=(",", ":"))),
-                )
-            else:
-                conn.execute("DELETE FROM groups WHERE grp = ?", (group,))
 
     async def apply(self, group: str, decide: Decide[T]) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        entry = (group, decide, future)
         with self._pending_lock:
-            self._pending.append((group, decide, future))
-        try:
-            await loop.run_in_executor(self._executor, self._drain, loop)
-        except (sqlite3.Error, OSError) as exc:
-            raise BackendUnavailable(f"sqlite {self.path}: {exc}") from exc
+            self._pending.append(entry)
+            submit, self._scheduled = not self._scheduled, True
+        if submit:
+            # One drain queued at a time; it takes every change pending when it starts. The
+            # answers come back in one call_soon_threadsafe per transaction (no executor
+            # future to chain: one thread hand-over each way per request).
+            try:
+                self._executor.submit(self._drain, loop)
+            except RuntimeError as exc:  # closed: the executor takes no more work
+                with self._pending_lock:
+                    self._scheduled = False
+                    if entry in self._pending:
+                        self._pending.remove(entry)
+                raise BackendUnavailable(f"sqlite {self.path}: closed") from exc
         return await future
+
+    def _version(self, conn: sqlite3.Connection) -> int:
+        """PRAGMA data_version: moves when another connection commits (not with ours)."""
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _decide(self, conn: sqlite3.Connection, batch: list[_Change]) -> _Plan:
+        """Every change of ``batch`` decided in arrival order, each on the state the previous
+        one left; states from the cache (valid as of ``self._data_version``), else read."""
+        groups = {group for group, _, _ in batch}
+        if not groups <= self._cache.keys():
+            version = self._version(conn)
+            if version != self._data_version:
+                self._cache.clear()  # another process wrote: read everything afresh
+                self._data_version = version
+        loaded = {
+            group: cached
+            if (cached := self._cache.get(group)) is not None
+            else self._load(conn, group)
+            for group in groups
+        }
+        states = dict(loaded)
+        plan = _Plan(loaded, states)
+        for group, decide, future in batch:
+            try:
+                new, result = decide(states[group])
+            except Exception as exc:  # a bug in one decision fails only its caller
+                plan.results.append((future, None, exc))
+                continue
+            if new is not None:
+                states[group] = new
+                plan.ledger += [(e.at, group, _ENCODE(e.to_json(group))) for e in events_of(result)]
+            plan.results.append((future, result, None))
+        return plan
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Change]) -> _Results:
+        """Decide ``batch`` and make it durable: one transaction, one fsync (the WAL's, at
+        COMMIT), or none at all when no change writes anything."""
+        plan = self._decide(conn, batch)
+        if not plan.writes() and self._version(conn) == self._data_version:
+            # Decided on what is stored now (nobody else wrote since): nothing to make
+            # durable, no transaction, no fsync.
+            self._cache.update(plan.loaded)
+            return plan.results
+        conn.execute("BEGIN IMMEDIATE")
+        version = self._version(conn)
+        if version != self._data_version:
+            # Another process committed since these states were read: decide again on
+            # what is stored, under the write lock.
+            self._cache.clear()
+            self._data_version = version
+            plan = self._decide(conn, batch)
+        # One write per group however many changes it took.
+        for group, state in plan.states.items():
+            if state is not plan.loaded[group]:
+                self._store(conn, group, plan.loaded[group], state)
+        if plan.ledger:
+            conn.executemany("INSERT INTO ledger (at, grp, doc) VALUES (?, ?, ?)", plan.ledger)
+        conn.execute("COMMIT")
+        self._cache.update(plan.states)
+        self.commits += 1
+        return plan.results
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the SQLite thread: every change queued so far, in one transaction."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
+            self._scheduled = False
         if not batch:
-            return  # an earlier drain took this call's change
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            return
+        results: _Results
         try:
-            conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:
-                self._cache.clear()  # another process wrote: read everything afresh
-                self._data_version = version
-            loaded: dict[str, GroupState] = {}
-            states: dict[str, GroupState] = {}
-            ledger: list[tuple[float, str, str]] = []
-            for group, decide, future in batch:
-                if group not in states:
-                    cached = self._cache.get(group)
-                    loaded[group] = cached if cached is not None else self._load(conn, group)
-                    states[group] = loaded[group]
-                old = states[group]
-                try:
-                    new, result = decide(old)
-                except Exception as exc:  # a bug in one decision fails only its caller
-                    results.append((future, None, exc))
-                    continue
-                if new is not None:
-                    states[group] = new
-                    ledger += [
-                        (e.at, group, json.dumps(e.to_json(group), separators=(",", ":")))
-                        for e in events_of(result)
-                    ]
-                results.append((future, result, None))
-            # One write per group however many changes it took (each is decided on the
-            # state the previous one left).
-            for group, state in states.items():
-                if state is not loaded[group]:
-                    self._store(conn, group, loaded[group], state)
-            conn.executemany("INSERT INTO ledger (at, grp, doc) VALUES (?, ?, ?)", ledger)
-            conn.execute("COMMIT")
-            self._cache.update(states)
-            self.commits += 1
+            results = self._commit(self._connect(), batch)
             self.changes += len(batch)
-        except (sqlite3.Error, OSError) as exc:
+        except BaseException as exc:  # every caller hears of it, whatever it is
             self._cache.clear()
             if self._conn is not None and self._conn.in_transaction:
-                self._conn.rollback()
-            failure = BackendUnavailable(f"sqlite {self.path}: {exc}")
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.rollback()
+            failure: BaseException = exc
+            if isinstance(exc, sqlite3.Error | OSError):
+                failure = BackendUnavailable(f"sqlite {self.path}: {exc}")
             results = [(future, None, failure) for _, _, future in batch]
-        for future, result, error in results:
-            loop.call_soon_threadsafe(_settle, future, result, error)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_settle_all, results)
 
     async def state(self, group: str) -> GroupState:
         def op(conn: sqlite3.Connection) -> GroupState:
