@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from zincati_py.fleetlock.client import FleetLockAdminClient, FleetLockClient, FleetLockError
@@ -412,3 +417,135 @@ def test_waits_in_the_queue_and_is_granted_when_freed(
             await s.stop()
 
     asyncio.run(scenario())
+
+
+def test_release_before_any_ask_is_made_by_a_child(
+    node: Any, lock_server: Callable[..., Any], tmp_path: Any
+) -> None:
+    """Issue 17: an agent in a steady state never loads the HTTP stack. Until the strategy's
+    first pre-reboot, a release (the steady-state report at start) is made by a child process:
+    the slot this node held (say, before a crash) is released, the child's error keeps its
+    status, and the token reaches it (stdin)."""
+    server = lock_server(
+        f'[groups]\ndefault = 1\n[auth]\nadmin_token = "adm"\n'
+        f'[auth.nodes]\n"{node.node_id}" = "mine"\n'
+    )
+    token = tmp_path / "fleetlock.token"
+    token.write_text("mine\n")
+    token.chmod(0o600)
+
+    async def holders_as_admin() -> list[str]:
+        admin = FleetLockAdminClient(server.url, token="adm")
+        try:
+            return [h["id"] for h in (await admin.group("default"))["holders"]]
+        finally:
+            await admin.close()
+
+    async def scenario() -> None:
+        before = FleetLockClient(server.url, node.node_id, "default", token="mine")
+        try:
+            await before.pre_reboot()
+        finally:
+            await before.close()
+        assert await holders_as_admin() == [node.node_id]
+        node.write(
+            f'[updates.fleet_lock]\ntoken_file = "{tmp_path / "missing"}"\n', "60-token.toml"
+        )
+        s = fleet_lock(node, server.url)
+        steady = await s.report_steady()
+        assert not steady.allowed and "cannot read the FleetLock token" in steady.reason
+        node.write("", "60-token.toml")  # no token: the child's 401 comes back as such
+        s = fleet_lock(node, server.url)
+        steady = await s.report_steady()
+        assert not steady.allowed and "(HTTP 401)" in steady.reason, steady.reason
+        assert await holders_as_admin() == [node.node_id]
+        node.write(f'[updates.fleet_lock]\ntoken_file = "{token}"\n', "60-token.toml")
+        s = fleet_lock(node, server.url)
+        steady = await s.report_steady()
+        assert steady.allowed, steady.reason
+        assert s._client is None  # no HTTP client in this process
+        assert await holders_as_admin() == []
+        # A pre-reboot makes the client; a later release uses it.
+        assert (await s.can_finalize(NOW)).allowed
+        await s.abort()
+        assert s._client is not None
+        assert await holders_as_admin() == []
+        await s.stop()
+
+    asyncio.run(scenario())
+
+
+CHILD_ONLY = """
+import asyncio, sys
+from zincati_py.fleetlock.client import FleetLockError, steady_state_once
+
+async def main():
+    released = await steady_state_once(sys.argv[1], sys.argv[2], "default")
+    try:
+        await steady_state_once(sys.argv[1], sys.argv[2], "no such group")
+    except FleetLockError as exc:
+        error = (exc.kind, exc.status)
+    return released, error
+
+released, error = asyncio.run(main())
+loaded = sorted(m for m in ("httpx", "httpcore", "anyio", "h11", "idna") if m in sys.modules)
+print(released, error, loaded)
+"""
+
+
+def test_release_by_a_child_loads_no_http_stack(node: Any, lock_server: Callable[..., Any]) -> None:
+    server = lock_server("")
+
+    async def take() -> None:
+        client = FleetLockClient(server.url, node.node_id, "default")
+        try:
+            await client.pre_reboot()
+        finally:
+            await client.close()
+
+    asyncio.run(take())
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD_ONLY, server.url, node.node_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "('invalid_body',", "400)", "[]"], proc.stdout
+    assert asyncio.run(holders(server)) == []
+
+
+def test_cancelled_release_kills_its_child(node: Any) -> None:
+    """A server that never answers: cancelling the report (the agent stopping) ends the child."""
+
+    def children() -> set[int]:
+        return {
+            int(pid)
+            for task in Path("/proc/self/task").iterdir()
+            for pid in (task / "children").read_text().split()
+        }
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        async def scenario() -> int:
+            before = children()
+            s = fleet_lock(node, url)
+            task = asyncio.create_task(s.report_steady())
+            deadline = time.monotonic() + 10
+            while not (children() - before) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            (child,) = children() - before
+            await asyncio.sleep(0.5)  # the child is waiting for the answer
+            assert not task.done()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert task.cancelled()
+            return child
+
+        child = asyncio.run(scenario())
+        assert not Path(f"/proc/{child}").exists()
