@@ -26,13 +26,15 @@ asyncio and httpx after it.
 
 from __future__ import annotations
 
-import importlib.abc
+import importlib
 import importlib.machinery
-import importlib.util
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 _ASYNCIO_MODULES = ("asyncio.base_events", "asyncio.selector_events", "asyncio.sslproto")
 
@@ -47,8 +49,12 @@ def defer() -> bool:
         sys.modules[name] = None  # type: ignore[assignment]  # "import X" raises ImportError
     # hashlib loads its six builtin hash modules when imported (0.2 MiB): the agent at idle
     # uses none (dbus-fast hashes only introspection data it parses, the config only derives
-    # a node id with it), so it is imported when first used (:class:`_LazyHashlib`).
-    sys.modules["hashlib"] = _LazyHashlib("hashlib")
+    # a node id with it), so it is imported when first used (:class:`_OnFirstUse`).
+    sys.modules["hashlib"] = _OnFirstUse("hashlib", without=("_hashlib",))
+    # urllib.parse (dbus-fast parses bus addresses with it) imports ipaddress since Python 3.12
+    # (0.25 MiB), only to check a bracketed IPv6 host: imported when first used.
+    if "ipaddress" not in sys.modules:
+        sys.modules["ipaddress"] = _OnFirstUse("ipaddress")
     try:
         import asyncio  # noqa: F401  (with ssl = None)
         import hmac  # noqa: F401  (pure Python, over hashlib)
@@ -59,27 +65,33 @@ def defer() -> bool:
     return True
 
 
-class _LazyHashlib(ModuleType):
-    """What ``import hashlib`` gives after :func:`defer`: the real module (with Python's own
-    hash implementations, not OpenSSL's) on first use."""
+class _OnFirstUse(ModuleType):
+    """What ``import NAME`` gives after :func:`defer`: a stand-in that imports the real module
+    on the first use of one of its attributes and takes them all on (``importlib.util``'s
+    LazyLoader would not do: an ``import NAME`` statement alone loads it on Python 3.13).
+    ``without``: modules kept unimportable meanwhile (hashlib's OpenSSL backend)."""
+
+    def __init__(self, name: str, without: tuple[str, ...] = ()) -> None:
+        super().__init__(name)
+        self._without = without
 
     def __getattr__(self, name: str) -> Any:  # only for attributes not set (yet)
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        real = sys.modules.get("hashlib")
-        if real is None or isinstance(real, _LazyHashlib):
-            del sys.modules["hashlib"]
-            block = "_hashlib" not in sys.modules
-            if block:
-                sys.modules["_hashlib"] = None  # type: ignore[assignment]
+        real = sys.modules.get(self.__name__)
+        if real is None or isinstance(real, _OnFirstUse):
+            del sys.modules[self.__name__]
+            block = [m for m in self._without if m not in sys.modules]
+            for m in block:
+                sys.modules[m] = None  # type: ignore[assignment]
             try:
-                real = importlib.import_module("hashlib")
+                real = importlib.import_module(self.__name__)
             except BaseException:
-                sys.modules["hashlib"] = self
+                sys.modules[self.__name__] = self
                 raise
             finally:
-                if block:
-                    del sys.modules["_hashlib"]
+                for m in block:
+                    del sys.modules[m]
         self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
         return getattr(real, name)
 
@@ -163,7 +175,10 @@ class _Deferred:
         return f"<ssl.{self._name}, loaded on first use>"
 
 
-class _StandInLoader(importlib.abc.Loader):
+# The loader and finder below are plain classes (what the import system calls is all they
+# need): importlib.abc would import importlib.resources, tempfile, shutil, bz2 and lzma
+# (0.3 MiB) that the agent uses nowhere else.
+class _StandInLoader:
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return _LazySsl(spec.name)
 
@@ -171,7 +186,7 @@ class _StandInLoader(importlib.abc.Loader):
         pass
 
 
-class _SslFinder(importlib.abc.MetaPathFinder):
+class _SslFinder:
     """The first ``import ssl`` gives the stand-in; the real one is found the normal way."""
 
     def find_spec(
@@ -180,4 +195,4 @@ class _SslFinder(importlib.abc.MetaPathFinder):
         if fullname != "ssl":
             return None
         sys.meta_path.remove(self)  # one use: the real import must not find us again
-        return importlib.util.spec_from_loader("ssl", _StandInLoader())
+        return importlib.machinery.ModuleSpec("ssl", cast("Loader", _StandInLoader()))

@@ -16,13 +16,20 @@ from tests.agent.agent_harness import Node
 
 IDLE = """
 import sys
+early = "ipaddress" in sys.modules  # a dev venv's editable-install hook imports it at start
 from zincati_py import lazytls
 assert lazytls.defer() is True
 import asyncio, hashlib, hmac
 import zincati_py.agent.service, zincati_py.dbus.rpmostree, zincati_py.dbus.logind
 loaded = [m for m in ("ssl", "_ssl", "_hashlib", "_md5", "_sha1", "_blake2") if m in sys.modules]
 assert not loaded, loaded
-assert type(sys.modules["hashlib"]).__name__ == "_LazyHashlib"  # loaded on first use
+assert type(sys.modules["hashlib"]).__name__ == "_OnFirstUse"  # loaded on first use
+# ipaddress too (urllib.parse imports it on Python >= 3.12, dbus-fast imports urllib.parse)
+import ipaddress, urllib.parse
+assert early or type(sys.modules["ipaddress"]).__name__ == "_OnFirstUse"
+assert urllib.parse.urlsplit("http://[::1]:80/").hostname == "::1"
+assert ipaddress.ip_address("::1").version == 6 and ipaddress.IPv4Address("1.2.3.4").packed
+assert type(sys.modules["ipaddress"]).__name__ == "module"
 # Python's own hash implementations: the same digests.
 assert hashlib.sha256(b"zincati").hexdigest().startswith("6b1edc84")
 assert hashlib.md5(b"").hexdigest() == "d41d8cd98f00b204e9800998ecf8427e"
