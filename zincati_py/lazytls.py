@@ -20,6 +20,11 @@ given as a stand-in that loads the real class on any use. A fleet-lock client fo
 URL then never loads OpenSSL (``zincati_py.fleetlock.client.new_session``). ``hashlib`` keeps
 Python's own implementations (``hmac`` its pure-Python one): same digests.
 
+The same stand-in (:class:`_OnFirstUse`) defers two more modules the idle agent imports but
+does not use: ``ipaddress`` (urllib.parse's, for bracketed IPv6 hosts) and dbus-fast's
+``xml.etree.ElementTree`` (introspection documents, parsed or written only when a peer
+introspects the agent's API), about 0.3 MiB together.
+
 Only for the agent process (``zincati-py agent``); tests/agent/test_lazytls.py runs TLS through
 asyncio and httpx after it.
 """
@@ -29,7 +34,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -55,6 +60,15 @@ def defer() -> bool:
     # (0.25 MiB), only to check a bracketed IPv6 host: imported when first used.
     if "ipaddress" not in sys.modules:
         sys.modules["ipaddress"] = _OnFirstUse("ipaddress")
+    # dbus-fast imports xml.etree.ElementTree (0.25 MiB with ElementPath) to parse and write
+    # introspection XML, which the agent neither reads nor writes until a peer introspects
+    # it; at import time it reads only ``Element``, in annotations.
+    if "xml.etree.ElementTree" not in sys.modules:
+        import xml.etree
+
+        tree = _OnFirstUse("xml.etree.ElementTree", annotations=frozenset({"Element"}))
+        sys.modules["xml.etree.ElementTree"] = tree
+        xml.etree.ElementTree = tree  # type: ignore[attr-defined]  # what "import ..." reads
     try:
         import asyncio  # noqa: F401  (with ssl = None)
         import hmac  # noqa: F401  (pure Python, over hashlib)
@@ -69,15 +83,26 @@ class _OnFirstUse(ModuleType):
     """What ``import NAME`` gives after :func:`defer`: a stand-in that imports the real module
     on the first use of one of its attributes and takes them all on (``importlib.util``'s
     LazyLoader would not do: an ``import NAME`` statement alone loads it on Python 3.13).
-    ``without``: modules kept unimportable meanwhile (hashlib's OpenSSL backend)."""
+    ``without``: modules kept unimportable meanwhile (hashlib's OpenSSL backend);
+    ``annotations``: names read at import time only to annotate with, given as a
+    :class:`_Deferred` until the module is loaded."""
 
-    def __init__(self, name: str, without: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, name: str, without: tuple[str, ...] = (), annotations: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__(name)
         self._without = without
+        self._annotations = annotations
 
     def __getattr__(self, name: str) -> Any:  # only for attributes not set (yet)
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
+        if name in self._annotations and isinstance(sys.modules.get(self.__name__), _OnFirstUse):
+            return _Deferred(self.take, name)
+        return self.take(name)
+
+    def take(self, name: str) -> Any:
+        """``NAME.name`` from the real module (imported now if need be)."""
         real = sys.modules.get(self.__name__)
         if real is None or isinstance(real, _OnFirstUse):
             del sys.modules[self.__name__]
@@ -135,7 +160,7 @@ class _LazySsl(ModuleType):
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)  # the import system probing (__path__, __file__...)
         if name in _ANNOTATION_ONLY and "_ssl" not in sys.modules:
-            return _Deferred(self, name)
+            return _Deferred(self.take, name)
         return self.take(name)
 
     def take(self, name: str) -> Any:
@@ -146,15 +171,16 @@ class _LazySsl(ModuleType):
 
 
 class _Deferred:
-    """Stands for ``ssl.NAME`` until it is used: then it is the real thing (calls, isinstance,
-    subclassing and attributes go to it; only an identity test would tell them apart)."""
+    """Stands for ``MODULE.NAME`` (``ssl.SSLContext``, ``ElementTree.Element``) until it is
+    used: then it is the real thing (calls, isinstance, subclassing and attributes go to it;
+    only an identity test would tell them apart). ``take``: the stand-in module's loader."""
 
-    def __init__(self, module: _LazySsl, name: str) -> None:
-        self._module = module
+    def __init__(self, take: Callable[[str], Any], name: str) -> None:
+        self._take = take
         self._name = name
 
     def _real(self) -> Any:
-        return self._module.take(self._name)
+        return self._take(self._name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._real()(*args, **kwargs)
@@ -172,7 +198,7 @@ class _Deferred:
         return (self._real(),)
 
     def __repr__(self) -> str:
-        return f"<ssl.{self._name}, loaded on first use>"
+        return f"<{self._name}, loaded on first use>"
 
 
 # The loader and finder below are plain classes (what the import system calls is all they

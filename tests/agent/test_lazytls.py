@@ -30,6 +30,17 @@ assert early or type(sys.modules["ipaddress"]).__name__ == "_OnFirstUse"
 assert urllib.parse.urlsplit("http://[::1]:80/").hostname == "::1"
 assert ipaddress.ip_address("::1").version == 6 and ipaddress.IPv4Address("1.2.3.4").packed
 assert type(sys.modules["ipaddress"]).__name__ == "module"
+# dbus-fast's introspection XML: ElementTree loaded when a document is first parsed or written
+import dbus_fast, dbus_fast.aio
+assert type(sys.modules["xml.etree.ElementTree"]).__name__ == "_OnFirstUse"
+assert "xml.etree.ElementPath" not in sys.modules
+from dbus_fast import introspection as intr
+doc = '<node><interface name="a.b"><method name="M"><arg type="s" name="x"/></method>'
+doc += '</interface></node>'
+node = intr.Node.parse(doc)
+assert node.interfaces[0].methods[0].in_args[0].signature == "s"
+import xml.etree.ElementTree as ET
+assert isinstance(node.to_xml(), ET.Element) and '<method name="M">' in node.tostring()
 # Python's own hash implementations: the same digests.
 assert hashlib.sha256(b"zincati").hexdigest().startswith("6b1edc84")
 assert hashlib.md5(b"").hexdigest() == "d41d8cd98f00b204e9800998ecf8427e"
