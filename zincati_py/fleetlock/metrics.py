@@ -81,6 +81,32 @@ class ServerMetrics:
         self.backend_up = Gauge(
             "fleetlock_backend_up", "1 if the last backend read for /metrics succeeded.", registry=r
         )
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._grants: dict[str, tuple[Counter, Histogram]] = {}
+
+    def request_done(self, endpoint: str, kind: str, seconds: float) -> None:
+        """Count one answered request (labelled children kept: ``labels()`` per request
+        costs a lock and a tuple; endpoints and kinds are a short fixed list)."""
+        key = (endpoint, kind)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(endpoint, kind)
+        counter.inc()
+        latency = self._latency.get(endpoint)
+        if latency is None:
+            latency = self._latency[endpoint] = self.latency.labels(endpoint)
+        latency.observe(seconds)
+
+    def granted(self, group: str, waited_secs: float) -> None:
+        children = self._grants.get(group)
+        if children is None:
+            children = self._grants[group] = (
+                self.grants.labels(group),
+                self.queue_wait.labels(group),
+            )
+        children[0].inc()
+        children[1].observe(waited_secs)
 
     def set_groups(
         self,
