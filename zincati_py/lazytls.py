@@ -22,8 +22,8 @@ Python's own implementations (``hmac`` its pure-Python one): same digests.
 
 The same stand-in (:class:`_OnFirstUse`) defers two more modules the idle agent imports but
 does not use: ``ipaddress`` (urllib.parse's, for bracketed IPv6 hosts) and dbus-fast's
-``xml.etree.ElementTree`` (introspection documents, parsed or written only when a peer
-introspects the agent's API), about 0.3 MiB together.
+``xml.etree.ElementTree`` and ``xml.parsers.expat`` (introspection documents, parsed or
+written only when a peer introspects the agent's API), about 0.5 MiB together.
 
 Only for the agent process (``zincati-py agent``); tests/agent/test_lazytls.py runs TLS through
 asyncio and httpx after it.
@@ -63,12 +63,17 @@ def defer() -> bool:
     # dbus-fast imports xml.etree.ElementTree (0.25 MiB with ElementPath) to parse and write
     # introspection XML, which the agent neither reads nor writes until a peer introspects
     # it; at import time it reads only ``Element``, in annotations.
-    if "xml.etree.ElementTree" not in sys.modules:
+    # dbus-fast imports xml.parsers.expat (pyexpat) for the same documents.
+    if "xml.etree.ElementTree" not in sys.modules and "pyexpat" not in sys.modules:
         import xml.etree
+        import xml.parsers
 
         tree = _OnFirstUse("xml.etree.ElementTree", annotations=frozenset({"Element"}))
         sys.modules["xml.etree.ElementTree"] = tree
         xml.etree.ElementTree = tree  # type: ignore[attr-defined]  # what "import ..." reads
+        expat = _OnFirstUse("xml.parsers.expat")
+        sys.modules["xml.parsers.expat"] = expat
+        xml.parsers.expat = expat
     try:
         import asyncio  # noqa: F401  (with ssl = None)
         import hmac  # noqa: F401  (pure Python, over hashlib)

@@ -33,10 +33,14 @@ assert type(sys.modules["ipaddress"]).__name__ == "module"
 # dbus-fast's introspection XML: ElementTree loaded when a document is first parsed or written
 import dbus_fast, dbus_fast.aio
 assert type(sys.modules["xml.etree.ElementTree"]).__name__ == "_OnFirstUse"
-assert "xml.etree.ElementPath" not in sys.modules
+assert "xml.etree.ElementPath" not in sys.modules and "pyexpat" not in sys.modules
 from dbus_fast import introspection as intr
 doc = '<node><interface name="a.b"><method name="M"><arg type="s" name="x"/></method>'
 doc += '</interface></node>'
+try:
+    intr.Node.parse("<node><bad")
+except Exception as exc:  # expat's error, as dbus-fast reports it
+    assert type(exc).__name__ == "ParseError" and "unclosed token" in str(exc), exc
 node = intr.Node.parse(doc)
 assert node.interfaces[0].methods[0].in_args[0].signature == "s"
 import xml.etree.ElementTree as ET
