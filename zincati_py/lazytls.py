@@ -45,8 +45,9 @@ _ASYNCIO_MODULES = ("asyncio.base_events", "asyncio.selector_events", "asyncio.s
 
 
 def defer() -> bool:
-    """Import asyncio and hmac without OpenSSL, hashlib on first use; True if done (False:
-    too late, one of them or ``ssl`` is loaded already, and nothing changed)."""
+    """Import asyncio without OpenSSL, hashlib and hmac on first use (without it too); True
+    if done (False: too late, one of them or ``ssl`` is loaded already, and nothing
+    changed)."""
     if any(m in sys.modules for m in ("asyncio", "ssl", "_ssl", "hashlib", "hmac")):
         return False
     blocked = ("ssl", "_ssl", "_hashlib")
@@ -56,6 +57,7 @@ def defer() -> bool:
     # uses none (dbus-fast hashes only introspection data it parses, the config only derives
     # a node id with it), so it is imported when first used (:class:`_OnFirstUse`).
     sys.modules["hashlib"] = _OnFirstUse("hashlib", without=("_hashlib",))
+    sys.modules["hmac"] = _OnFirstUse("hmac", without=("_hashlib",))  # its pure-Python one
     # urllib.parse (dbus-fast parses bus addresses with it) imports ipaddress since Python 3.12
     # (0.25 MiB), only to check a bracketed IPv6 host: imported when first used.
     if "ipaddress" not in sys.modules:
@@ -76,7 +78,6 @@ def defer() -> bool:
         xml.parsers.expat = expat
     try:
         import asyncio  # noqa: F401  (with ssl = None)
-        import hmac  # noqa: F401  (pure Python, over hashlib)
     finally:
         for name in blocked:
             del sys.modules[name]

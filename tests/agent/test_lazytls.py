@@ -24,6 +24,7 @@ import zincati_py.agent.service, zincati_py.dbus.rpmostree, zincati_py.dbus.logi
 loaded = [m for m in ("ssl", "_ssl", "_hashlib", "_md5", "_sha1", "_blake2") if m in sys.modules]
 assert not loaded, loaded
 assert type(sys.modules["hashlib"]).__name__ == "_OnFirstUse"  # loaded on first use
+assert type(sys.modules["hmac"]).__name__ == "_OnFirstUse"
 # ipaddress too (urllib.parse imports it on Python >= 3.12, dbus-fast imports urllib.parse)
 import ipaddress, urllib.parse
 assert early or type(sys.modules["ipaddress"]).__name__ == "_OnFirstUse"
