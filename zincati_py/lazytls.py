@@ -76,8 +76,14 @@ def defer() -> bool:
         expat = _OnFirstUse("xml.parsers.expat")
         sys.modules["xml.parsers.expat"] = expat
         xml.parsers.expat = expat
+    # asyncio's TLS protocol (0.1 MiB): base_events and selector_events use it only to make a
+    # TLS transport; it is imported then (with the real ssl, see _give_asyncio).
+    sslproto = _OnFirstUse("asyncio.sslproto")
+    sys.modules["asyncio.sslproto"] = sslproto
     try:
-        import asyncio  # noqa: F401  (with ssl = None)
+        import asyncio  # (with ssl = None)
+
+        asyncio.sslproto = sslproto  # type: ignore[attr-defined]  # "import asyncio.sslproto"
     finally:
         for name in blocked:
             del sys.modules[name]

@@ -62,10 +62,11 @@ import sys
 from zincati_py import lazytls
 assert lazytls.defer() is True
 import asyncio, asyncio.sslproto, asyncio.base_events, asyncio.selector_events
-assert asyncio.sslproto.ssl is None and "ssl" not in sys.modules
+assert asyncio.base_events.ssl is None and "ssl" not in sys.modules
+assert type(asyncio.sslproto).__name__ == "_OnFirstUse"  # imported for a TLS transport
 import httpx, httpcore, anyio.streams.tls  # the HTTP stack binds ssl: still no OpenSSL
 import ssl
-assert "_ssl" not in sys.modules and asyncio.sslproto.ssl is None
+assert "_ssl" not in sys.modules and asyncio.selector_events.ssl is None
 ssl.PROTOCOL_TLS_CLIENT  # first use: the real module, handed to asyncio
 assert "_ssl" in sys.modules
 real = sys.modules["ssl"]
