@@ -16,8 +16,9 @@ dbusmock logind) and reports:
 * idle RSS split into anonymous and file-backed (shared library text) pages.
 
 With ``--fleet-lock`` the agent runs ``strategy = "fleet_lock"`` against a local
-``zincati-py fleetlock serve`` (SQLite, one slot): the idle RSS then includes the HTTP client
-the strategy keeps after reporting steady state, and each round takes and releases the slot.
+``zincati-py fleetlock serve`` (SQLite, one slot), and each round takes and releases the slot.
+The steady-state report at start goes through a one-shot child process, so the idle agent
+holds no HTTP client (httpx is imported at the first pre-reboot, which precedes a reboot).
 
 The reboot rounds need a systemd user manager (``testbed.systemd``: root, unshare), whose
 ``boot-complete.target`` the agent's health gate asks for after each reboot.
@@ -173,8 +174,8 @@ def import_cost() -> dict[str, int]:
 # What the idle agent loads, in import order, grouped by what pulls it in (issue 17).
 BREAKDOWN = [
     ("interpreter + CLI dispatch", "zincati_py.cli, zincati_py.cli.agent_cmd"),
-    ("asyncio, hmac (no OpenSSL, hashlib later: lazytls)", "zincati_py.lazytls.defer()"),
-    ("dbus-fast (+ xml.etree)", "dbus_fast, dbus_fast.aio"),
+    ("asyncio (OpenSSL, hashlib, hmac, sslproto later)", "zincati_py.lazytls.defer()"),
+    ("dbus-fast (xml.etree, expat later: lazytls)", "dbus_fast, dbus_fast.aio"),
     ("config (tomllib, zoneinfo, uuid...)", "zincati_py.config"),
     (
         "agent modules and adapters",
@@ -184,7 +185,7 @@ BREAKDOWN = [
     ("pyinotify (+ ctypes, tempfile)", "pyinotify"),
     ("not at idle: OpenSSL (first TLS use, a scrape)", "ssl, _ssl"),
     ("not at idle: prometheus-client (1st scrape)", "prometheus_client"),
-    ("not at idle: httpx (fleet_lock)", "httpx"),
+    ("not at idle: httpx (fleet_lock's 1st pre-reboot)", "httpx"),
 ]
 
 
