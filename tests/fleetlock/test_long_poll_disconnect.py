@@ -218,6 +218,62 @@ def test_hand_over_racing_the_disconnect_gives_the_slot_back(
     run(scenario())
 
 
+def test_hand_over_to_a_request_whose_client_just_went_away_gives_the_slot_back(
+    serve: Callable[..., Any],
+) -> None:
+    """The narrow window: ``b``'s connection is lost (its request no longer alive) but the
+    waiting request has not left the wait yet when the write that freed ``a``'s slot,
+    decided while ``b`` still waited here, hands the slot to it. The slot is given back at
+    once (before: nobody gave it back, since the request was still parked; it woke to ask
+    again, found itself gone and only lapsed a queue entry it no longer had: ``b`` held the
+    slot for the whole lease, and ``c`` was refused)."""
+
+    async def scenario() -> None:
+        async with serve(CONFIG) as srv, aiohttp.ClientSession() as s:
+            pre = srv.url + "v1/pre-reboot"
+            server = srv.server
+            host, port = srv.url.split("//")[1].split("/")[0].rsplit(":", 1)
+            assert (await post(s, pre, "a"))[0] == 200
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(raw_pre_reboot("b", 60))
+                assert await until(lambda: _waiting(s, srv.url, 1), 5)
+                # b's connection, as the server sees it.
+                (transport,) = [
+                    c.transport
+                    for listener in server.listeners
+                    for c in listener.conns.values()
+                    if c.transport.get_extra_info("peername") == sock.getsockname()
+                ]
+                policy = server.policy("default")
+                decide = functools.partial(
+                    decide_unlock,
+                    node="a",
+                    policy=policy,
+                    now=time.time(),
+                    present=frozenset({"b"}),
+                )
+                outcome = await server.backend.apply("default", decide)
+                assert [h.id for h in outcome.handed] == ["b"]
+                # In one step of the event loop: the connection is lost (the request's
+                # transport goes), then the outcome is handed over; b's request is still
+                # parked (it runs its wake-up only later).
+                transport.abort()
+                assert server.waiters.waiting("default") == 1
+                server.after("default", outcome)
+
+            async def free() -> bool:
+                return (await group(s, srv.url))["holders"] == []
+
+            assert await until(free, 3), await group(s, srv.url)
+            status, doc = await post(s, pre, "c", wait=2)
+            assert status == 200, doc
+            history = await s.get(srv.url + "v1/history?node=b")
+            kinds = [e["kind"] for e in (await history.json())["events"]]
+            assert kinds[-2:] == ["grant", "release"], kinds
+
+    run(scenario())
+
+
 def test_long_poll_is_still_answered(serve: Callable[..., Any]) -> None:
     """A client that keeps its connection gets the slot as soon as the holder releases,
     over a raw socket and over aiohttp."""

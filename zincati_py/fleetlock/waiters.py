@@ -186,12 +186,17 @@ class Waiters:
 
     def hand_over(self, group: str, holder: Holder) -> bool:
         """Give a slot granted in a decision to a live request waiting for it; False if
-        there is none. If the node's request left because its client went away since the
-        decision asked who waits here, the slot is given back (with a host) rather than
-        idled for a lease. (A request that left the wait for another reason asks the store
-        again and is told it holds the slot.)"""
+        there is none. If the node's client went away since the decision asked who waits
+        here, the slot is given back (with a host) rather than idled for a lease: by its
+        request if still parked, else here. (A request that left the wait for another reason
+        asks the store again and is told it holds the slot.)"""
         waiters = self._events.get(group, {}).get(holder.id, [])
         waiter = next((w for w in waiters if w.alive()), None)
+        if waiter is None and waiters:
+            # Its client went away but the request has not left the wait yet (it wakes in
+            # a later step of the loop): it takes the slot, finds its client gone and gives
+            # the slot back (the server's pre-reboot, through abandon()).
+            waiter = waiters[0]
         if waiter is None:
             went = self._gone.get(group, {}).pop(holder.id, None)
             recent = went is not None and time.monotonic() - went <= GONE_SECS
