@@ -212,15 +212,19 @@ def decide_lock(
     def done(outcome: LockOutcome) -> tuple[GroupState | None, LockOutcome]:
         offered, handed, offer_changed = _handoff(new, policy, now, present, events, node)
         write = changed or offer_changed or outcome.written
-        outcome = replace(
-            outcome,
+        # Built, not dataclasses.replace()d: this runs for every request.
+        outcome = LockOutcome(
+            outcome.granted,
+            outcome.holder,
             expired=gone,
             holders=len(new.holders),
             written=write,
+            refusal=outcome.refusal,
+            position=outcome.position,
+            queue_length=len(new.queue),
             offered=offered,
             next_change=_next_change(new, policy, now),
             events=tuple(events),
-            queue_length=len(new.queue),
             handed=handed,
         )
         return (new if write else None), outcome
