@@ -1,18 +1,21 @@
 """etcd v3 backend (for HA: several servers can share one etcd cluster).
 
-One key per group, ``{key_prefix}groups/{group}``, holding the group's state
-(``{"holders": [...], "queue": [...], ...}``). A change is one transaction comparing the key's
-``mod_revision`` with the one seen (compare-and-swap), which also puts the change's ledger
-events (``{key_prefix}ledger/{microseconds}-{random}-{index}``); a request that changes nothing
-(re-lock early in the lease, unlock of a slot not held, a queued node asking again) writes
-nothing. The etcd client (aetcd, gRPC) is created once and reused.
+A group is a small document, ``{key_prefix}groups/{group}``, plus its queue in pages of 64
+entries (:mod:`~zincati_py.fleetlock.backends.etcd_layout`). A change is one transaction
+comparing the document's ``mod_revision`` with the one seen (compare-and-swap) that puts
+the document, the queue pages the change touched and the change's ledger events
+(``{key_prefix}ledger/{microseconds}-{random}-{index}``); its failure branch reads the group
+back. A request that changes nothing (re-lock early in the lease, unlock of a slot not held,
+a queued node asking again) writes nothing: it is confirmed by one compare of the
+document's revision, which transfers the group only if another instance changed it. The etcd
+client (aetcd, gRPC) is created once and reused (:mod:`.etcd_client`).
 
 Writes of this process for one group are group-committed: while one transaction is in flight,
-further changes queue and then go into the next transaction together (decided in order on the
-same state), so concurrent requests do not race each other and throughput does not collapse
-to one round trip per request. A CAS can then only lose to a stale view or to another server
-instance; it takes the current value from the failed transaction and retries, a bounded number
-of times with jittered backoff. A client never sees the race.
+further requests queue and then go into the next transaction together (decided in order on
+the same state), so concurrent requests do not race each other and throughput does not
+collapse to one round trip per request. A CAS can then only lose to a stale view or to another
+server instance; it takes the current value from the failed transaction and retries, a
+bounded number of times with jittered backoff. A client never sees the race.
 """
 
 from __future__ import annotations
@@ -23,12 +26,10 @@ import json
 import os
 import random
 from collections import defaultdict
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple, TypeVar
 
-import aetcd
-import aetcd.exceptions
-import grpc  # type: ignore[import-untyped]
+from aetcd import transactions as tx
 
 from zincati_py.fleetlock.backends import (
     Backend,
@@ -38,40 +39,24 @@ from zincati_py.fleetlock.backends import (
     LedgerQuery,
     events_of,
 )
+from zincati_py.fleetlock.backends.etcd_client import Endpoints
+from zincati_py.fleetlock.backends.etcd_layout import (
+    Layout,
+    decode,
+    encode_doc,
+    encode_page,
+    group_of_queue_key,
+    page_key,
+    plan,
+    queue_base,
+    range_end,
+)
 
 T = TypeVar("T")
 
-
 CAS_ATTEMPTS = 32
-LEDGER_KEYS_PER_TXN = 100
-RPC_TIMEOUT = 5
-
-_UNAVAILABLE = (
-    aetcd.exceptions.ConnectionFailedError,
-    aetcd.exceptions.ConnectionTimeoutError,
-    aetcd.exceptions.InternalError,
-)
-
-
-class _TlsClient(aetcd.Client):  # type: ignore[misc]
-    """aetcd 1.0 opens only plaintext channels; this opens a TLS one, the rest is aetcd's."""
-
-    def __init__(self, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._credentials = credentials
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        target = f"{self._host}:{self._port}"
-        self.channel = aetcd.rpc.secure_channel(
-            target, self._credentials, options=self._options.items()
-        )
-        self.kvstub = aetcd.rpc.KVStub(self.channel)
-        self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
-        self.leasestub = aetcd.rpc.LeaseStub(self.channel)
-        self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
-        self._connected.set()
+# etcd refuses transactions of more than 128 operations (--max-txn-ops).
+MAX_TXN_OPS = 128
 
 
 def _micros(value: Any) -> int:
@@ -80,11 +65,23 @@ def _micros(value: Any) -> int:
     return int(first["at"] * 1e6)
 
 
-def _read_bytes(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
+@dataclass(frozen=True)
+class _Seen:
+    """A group as this process last saw it: ``revision`` is its document's ``mod_revision``
+    (0: no document), which every change of the group moves."""
+
+    state: GroupState
+    revision: int
+    layout: Layout
+
+
+class _Change(NamedTuple):
+    decide: Decide[Any]
+    future: asyncio.Future[Any]
+    # The decision already made on ``base`` (the state seen when the request came): the
+    # transaction reuses it if it starts from that same state.
+    base: GroupState | None = None
+    decided: tuple[GroupState | None, Any] | None = None
 
 
 class EtcdBackend(Backend):
@@ -98,214 +95,184 @@ class EtcdBackend(Backend):
         key_prefix: str | None = None,
     ) -> None:
         self.prefix = (key_prefix or "/zincati-py/fleetlock/").encode()
-        self._endpoints: list[tuple[str, int, bool]] = []
-        for url in urls.split(","):
-            parts = urlsplit(url.strip())
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"not an etcd URL: {url!r}")
-            self._endpoints.append((parts.hostname, parts.port or 2379, parts.scheme == "https"))
-        self._credentials: grpc.ChannelCredentials | None = None
-        if ca_file or cert_file or any(tls for _, _, tls in self._endpoints):
-            self._credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read_bytes(ca_file),
-                private_key=_read_bytes(key_file),
-                certificate_chain=_read_bytes(cert_file),
-            )
-        self._clients: dict[int, Any] = {}
-        self._current = 0
-        # Changes waiting for the group's next transaction, and the task committing them.
-        self._pending: defaultdict[str, list[tuple[Decide[Any], asyncio.Future[Any]]]] = (
-            defaultdict(list)
-        )
+        self._etcd = Endpoints(urls, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        # Requests waiting for the group's next transaction, and the task committing them.
+        self._pending: defaultdict[str, list[_Change]] = defaultdict(list)
         self._flushers: dict[str, asyncio.Task[None]] = {}
-        # group -> (state, mod_revision) as this process last saw them; a hint only: every
-        # write is a compare-and-swap against the revision, so a stale entry costs a retry.
-        self._cache: dict[str, tuple[GroupState, int]] = {}
-        # Compare-and-swaps lost (and retried), and round trips to etcd (calls, failovers
-        # included), for tests and diagnostics.
+        # Reads of groups this process had not seen, in flight (a burst waits for one).
+        self._reading: dict[str, asyncio.Future[_Seen]] = {}
+        # A hint only: every write is a compare-and-swap against the revision, so a stale
+        # entry costs a retry.
+        self._cache: dict[str, _Seen] = {}
+        # Compare-and-swaps lost (and retried), for tests and diagnostics.
         self.conflicts = 0
-        self.calls = 0
+
+    @property
+    def calls(self) -> int:
+        """Round trips to etcd so far (failovers included)."""
+        return self._etcd.calls
 
     def _key(self, group: str) -> bytes:
         return self.prefix + b"groups/" + group.encode()
 
-    def _client(self, index: int) -> Any:
-        client = self._clients.get(index)
-        if client is None:
-            host, port, tls = self._endpoints[index]
-            if tls or self._credentials is not None:
-                assert self._credentials is not None
-                client = _TlsClient(self._credentials, host=host, port=port, timeout=RPC_TIMEOUT)
-            else:
-                client = aetcd.Client(host=host, port=port, timeout=RPC_TIMEOUT)
-            self._clients[index] = client
-        return client
+    def _reads(self, group: str) -> list[Any]:
+        """Reading a group: its document and its queue pages (at one revision in a
+        transaction)."""
+        base = queue_base(self.prefix, group)
+        return [tx.Get(self._key(group)), tx.Get(base, range_end(base))]
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call an aetcd method on the current endpoint, failing over to the next ones."""
-        last: Exception | None = None
-        for step in range(len(self._endpoints)):
-            index = (self._current + step) % len(self._endpoints)
-            self.calls += 1
-            try:
-                result = await getattr(self._client(index), method)(*args, **kwargs)
-            except _UNAVAILABLE as exc:
-                last = exc
-                continue
-            except aetcd.exceptions.ClientError as exc:
-                raise BackendUnavailable(f"etcd: {exc}") from exc
-            self._current = index
-            return result
-        raise BackendUnavailable(f"etcd unreachable: {last}")
+    def _seen_of(self, group: str, responses: Any) -> _Seen:
+        """The group carried by a transaction's :meth:`_reads`; what this process knows
+        already (same document revision: its own write) is not parsed again."""
+        known = self._cache.get(group)
+        docs, pages = responses[0], responses[1]
+        value, revision = None, 0
+        if docs:
+            value, meta = docs[0]
+            revision = int(meta.mod_revision)
+            if known is not None and known.revision == revision:
+                return known
+        base = queue_base(self.prefix, group)
+        found = [(int(meta.key[len(base) :]), v, int(meta.mod_revision)) for v, meta in pages]
+        state, layout = decode(value, found, None if known is None else known.layout)
+        return _Seen(state, revision, layout)
 
-    @staticmethod
-    def _decode(value: bytes) -> GroupState:
-        return GroupState.from_json(json.loads(value))
+    def _remember(self, group: str, seen: _Seen) -> _Seen:
+        """Keep ``seen`` unless this process already knows a newer revision (a read that
+        started before this process's own write may come back after it)."""
+        known = self._cache.get(group)
+        if known is None or seen.revision == 0 or seen.revision >= known.revision:
+            self._cache[group] = seen
+        return seen
 
-    async def _read(self, group: str) -> tuple[GroupState, int]:
-        got = await self._call("get", self._key(group))
-        found = (
-            (GroupState(), 0) if got is None else (self._decode(got.value), int(got.mod_revision))
+    async def _read(self, group: str) -> _Seen:
+        _, responses = await self._etcd.call(
+            "transaction", compare=[], success=self._reads(group), failure=[]
         )
-        self._cache[group] = found
-        return found
+        return self._remember(group, self._seen_of(group, responses))
 
-    def _current_of(self, responses: Any) -> tuple[GroupState, int]:
-        """The group's value carried by a transaction's failure branch (``[get key]``)."""
-        current = responses[0] if responses else []
-        if current:
-            value, meta = current[0]
-            return self._decode(value), int(meta.mod_revision)
-        return GroupState(), 0
+    async def _first_read(self, group: str) -> tuple[_Seen, bool]:
+        """The group read for a request finding nothing cached, and whether that read started
+        after the request came (a request that joins a read already in flight does not
+        answer "no change" from it without a compare: it may predate another's write)."""
+        reading = self._reading.get(group)
+        if reading is not None:
+            return await asyncio.shield(reading), False
+        task = asyncio.ensure_future(self._read(group))
+        # Its error reaches every request awaiting it; none left (cancelled): nobody to tell.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._reading[group] = task
+        try:
+            return await asyncio.shield(task), True
+        finally:
+            if self._reading.get(group) is task:
+                del self._reading[group]
 
-    async def _confirm(self, group: str) -> tuple[GroupState, int]:
+    async def _confirm(self, group: str) -> _Seen:
         """The group's current state, read linearizably but transferred and parsed only when
-        it changed since this process last saw it: one transaction comparing the key's
-        ``mod_revision`` with the cached one (success: nothing to return; failure: the value).
-        A queue of a thousand nodes is a 60 KB document: a plain get of it for every request
-        that changes nothing (a long-poll waiter re-asking) cost more than the writes."""
-        cached = self._cache.get(group)
-        if cached is None:
-            return await self._read(group)
-        tx = self._client(self._current).transactions
-        key = self._key(group)
-        ok, responses = await self._call(
-            "transaction", compare=[tx.mod(key) == cached[1]], success=[], failure=[tx.get(key)]
-        )
-        if ok:
-            return cached
-        found = self._current_of(responses)
-        self._cache[group] = found
-        return found
-
-    async def _swap(self, group: str, decide: Decide[T]) -> T:
-        """Apply ``decide`` (holders -> (new holders or None, result)) to the group atomically.
-
-        Decides first on the last state this process saw: when this server is the only writer
-        (the usual case) a change then costs one transaction and no read. An answer that
-        changes nothing is only given from state read during this request (linearizable).
-        Changes go through the group's batch (see :meth:`_flush`).
+        it changed since this process last saw it: one transaction comparing the document's
+        ``mod_revision`` with the cached one (success: nothing to return; failure: the group).
         """
         cached = self._cache.get(group)
         if cached is None:
-            state, _ = await self._read(group)
-            confirmed = True
+            return await self._read(group)
+        ok, responses = await self._etcd.call(
+            "transaction",
+            compare=[tx.Mod(self._key(group)) == cached.revision],
+            success=[],
+            failure=self._reads(group),
+        )
+        if ok:
+            return cached
+        return self._remember(group, self._seen_of(group, responses))
+
+    async def _swap(self, group: str, decide: Decide[T]) -> T:
+        """Apply ``decide`` (state -> (new state or None, result)) to the group atomically.
+
+        Decides first on the last state this process saw: when this server is the only writer
+        (the usual case) a change then costs one transaction and no read, and the transaction
+        reuses that decision. An answer that changes nothing is only given from state read
+        during this request (linearizable). While a transaction of the group is in flight,
+        the request goes into the next one without deciding now (it would decide on a state
+        about to change). Changes go through the group's batch (see :meth:`_flush`).
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if group in self._flushers:
+            self._pending[group].append(_Change(decide, future))
+            outcome: T = await future
+            return outcome
+        cached = self._cache.get(group)
+        if cached is None:
+            seen, confirmed = await self._first_read(group)
         else:
-            state, confirmed = cached[0], False
-        new, result = decide(state)
+            seen, confirmed = cached, False
+        new, result = decide(seen.state)
         if new is None and not confirmed:
-            fresh, _ = await self._confirm(group)
-            if fresh is not state:  # someone else wrote: decide on what is there now
-                state = fresh
-                new, result = decide(state)
+            fresh = await self._confirm(group)
+            if fresh.state is not seen.state:  # someone else wrote: decide on what is there
+                seen = fresh
+                new, result = decide(seen.state)
         if new is None:
             return result
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[group].append((decide, future))
+        self._pending[group].append(_Change(decide, future, seen.state, (new, result)))
         if group not in self._flushers:
             self._flushers[group] = asyncio.create_task(self._flush(group))
-        outcome: T = await future
+        outcome = await future
         return outcome
 
     async def _flush(self, group: str) -> None:
-        """Group commit: every change queued for the group while a transaction was in flight
+        """Group commit: every request queued for the group while a transaction was in flight
         goes into the next one, decided in arrival order, one compare-and-swap for all."""
-        batch: list[tuple[Decide[Any], asyncio.Future[Any]]] = []
+        batch: list[_Change] = []
         try:
             while self._pending.get(group):
                 batch = self._pending.pop(group)
                 try:
-                    results = await self._commit(group, [d for d, _ in batch])
+                    results = await self._commit(group, batch)
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for change in batch:
+                        if not change.future.done():
+                            change.future.set_exception(exc)
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+                for change, result in zip(batch, results, strict=True):
+                    if not change.future.done():
+                        change.future.set_result(result)
                 batch = []
         finally:
             del self._flushers[group]
             # Only on cancellation (shutdown) can requests be left waiting.
-            for _, future in batch + self._pending.pop(group, []):
-                if not future.done():
-                    future.set_exception(BackendUnavailable("etcd backend closed"))
+            for change in batch + self._pending.pop(group, []):
+                if not change.future.done():
+                    change.future.set_exception(BackendUnavailable("etcd backend closed"))
 
-    async def _commit(self, group: str, decides: list[Decide[Any]]) -> list[Any]:
-        key = self._key(group)
+    async def _commit(self, group: str, changes: list[_Change]) -> list[Any]:
         cached = self._cache.get(group)
         if cached is None:
-            (holders, revision), confirmed = await self._read(group), True
+            seen, confirmed = await self._first_read(group)
         else:
-            (holders, revision), confirmed = cached, False
+            seen, confirmed = cached, False
         for attempt in range(CAS_ATTEMPTS):
             state: GroupState | None = None
             results = []
-            for decide in decides:
-                new, result = decide(holders if state is None else state)
+            for change in changes:
+                base = seen.state if state is None else state
+                if change.base is base and change.decided is not None:
+                    new, result = change.decided
+                else:
+                    new, result = change.decide(base)
                 state = new if new is not None else state
                 results.append(result)
             if state is None:
                 if confirmed:
                     return results
-                (holders, revision), confirmed = await self._confirm(group), True
+                seen, confirmed = await self._confirm(group), True
                 continue
-            tx = self._client(self._current).transactions
-            keep = not state.empty()
-            if keep:
-                doc = state.to_json()
-                write = tx.put(key, json.dumps(doc, separators=(",", ":")).encode())
-            else:
-                write = tx.delete(key)
-            # Keys sort by time, then by order within this change. etcd refuses transactions
-            # of more than 128 operations (--max-txn-ops): a change with many events (a batch
-            # of grants, a queue expiring at once) stores them as one list under one key.
-            events = [e.to_json(group) for result in results for e in events_of(result)]
-            tag = os.urandom(4).hex()
-            values: list[Any] = [events] if len(events) > LEDGER_KEYS_PER_TXN else events
-            ledger = [
-                tx.put(
-                    self.prefix + f"ledger/{_micros(value):020d}-{tag}-{i:05d}".encode(),
-                    json.dumps(value, separators=(",", ":")).encode(),
-                )
-                for i, value in enumerate(values)
-            ]
-            ok, responses = await self._call(
-                "transaction",
-                compare=[tx.mod(key) == revision],
-                success=[write, *ledger],
-                failure=[tx.get(key)],
-            )
+            ok, responses = await self._write(group, seen, state, results)
             if ok:
-                # A deleted key compares as mod_revision 0.
-                rev = int(responses[0].response_put.header.revision) if keep else 0
-                self._cache[group] = (state, rev)
                 return results
-            # Lost to a stale view: the failure branch carries the current value.
+            # Lost to a stale view: the failure branch carries the current group.
             self.conflicts += 1
-            holders, revision = self._current_of(responses)
-            self._cache[group], confirmed = (holders, revision), True
+            seen, confirmed = self._remember(group, self._seen_of(group, responses)), True
             # A first loss is usually a stale cache; more mean another server instance keeps
             # writing: back off with jitter.
             if attempt > 0:
@@ -314,20 +281,86 @@ class EtcdBackend(Backend):
             f"etcd: group {group!r} still contended after {CAS_ATTEMPTS} tries"
         )
 
+    async def _write(
+        self, group: str, seen: _Seen, state: GroupState, results: list[Any]
+    ) -> tuple[bool, Any]:
+        """One compare-and-swap of the group from ``seen`` to ``state``; on success the cache
+        holds ``state``."""
+        key = self._key(group)
+        keep = not state.empty()
+        pages = plan(seen.layout, state.queue)
+        base = queue_base(self.prefix, group)
+        ops = [tx.Put(key, encode_doc(state, pages.layout)) if keep else tx.Delete(key)]
+        ops += [tx.Put(page_key(base, p.number), encode_page(p)) for p in pages.puts]
+        ops += [tx.Delete(page_key(base, n)) for n in pages.deletes]
+        if pages.delete_range is not None:
+            first, last = pages.delete_range
+            ops.append(tx.Delete(page_key(base, first), page_key(base, last + 1)))
+        # Keys sort by time, then by order within this change. A change with more events
+        # than the transaction has room for (a queue expiring at once) stores them as one
+        # list under one key.
+        events = [e.to_json(group) for result in results for e in events_of(result)]
+        tag = os.urandom(4).hex()
+        values: list[Any] = events if len(ops) + len(events) <= MAX_TXN_OPS else [events]
+        ops += [
+            tx.Put(
+                self.prefix + f"ledger/{_micros(value):020d}-{tag}-{i:05d}".encode(),
+                json.dumps(value, separators=(",", ":")).encode(),
+            )
+            for i, value in enumerate(values)
+        ]
+        ok, responses = await self._etcd.call(
+            "transaction",
+            compare=[tx.Mod(key) == seen.revision],
+            success=ops,
+            failure=self._reads(group),
+        )
+        if ok:
+            first_op = responses[0]
+            header = (first_op.response_put if keep else first_op.response_delete_range).header
+            written = int(header.revision)
+            layout = Layout(
+                tuple(
+                    p if p.mod_revision else replace(p, mod_revision=written)
+                    for p in pages.layout.pages
+                )
+            )
+            # A deleted key compares as mod_revision 0.
+            self._cache[group] = _Seen(state, written if keep else 0, layout)
+        return ok, responses
+
     async def apply(self, group: str, decide: Decide[T]) -> T:
         return await self._swap(group, decide)
 
     async def state(self, group: str) -> GroupState:
-        found, _ = await self._read(group)
-        return found
+        return (await self._read(group)).state
 
     async def all_states(self) -> dict[str, GroupState]:
-        base = self.prefix + b"groups/"
-        found = await self._call("get_prefix", base)
-        return {kv.key[len(base) :].decode(): self._decode(kv.value) for kv in found}
+        groups, queues = self.prefix + b"groups/", self.prefix + b"queues/"
+        _, (docs, pages) = await self._etcd.call(
+            "transaction",
+            compare=[],
+            success=[tx.Get(groups, range_end(groups)), tx.Get(queues, range_end(queues))],
+            failure=[],
+        )
+        by_group: defaultdict[str, list[tuple[int, bytes, int]]] = defaultdict(list)
+        for value, meta in pages:
+            found = group_of_queue_key(self.prefix, meta.key)
+            if found is not None:
+                by_group[found[0]].append((found[1], value, int(meta.mod_revision)))
+        states = {}
+        for value, meta in docs:
+            group = meta.key[len(groups) :].decode()
+            known = self._cache.get(group)
+            if known is not None and known.revision == int(meta.mod_revision):
+                states[group] = known.state
+            else:
+                layout = None if known is None else known.layout
+                states[group] = decode(value, by_group[group], layout)[0]
+        return states
 
     async def _history(self, query: LedgerQuery) -> list[dict[str, Any]]:
-        found = await self._call("get_prefix", self.prefix + b"ledger/")
+        found = await self._etcd.call("get_prefix", self.prefix + b"ledger/")
         # Keys sort by time, then by the order of events within one change.
         events = []
         for kv in sorted(found, key=lambda kv: kv.key):
@@ -337,13 +370,11 @@ class EtcdBackend(Backend):
         return matching[-query.limit :]
 
     async def ping(self) -> None:
-        await self._call("get", self.prefix + b"ping")
+        await self._etcd.call("get", self.prefix + b"ping")
 
     async def close(self) -> None:
         for task in list(self._flushers.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._etcd.close()

@@ -1,0 +1,113 @@
+"""The etcd backend's connection: aetcd clients (plaintext or TLS) for the endpoints listed
+in the backend URL, one call at a time on the current one, failing over to the next."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.exceptions
+import grpc  # type: ignore[import-untyped]
+
+from zincati_py.fleetlock.backends import BackendUnavailable
+
+RPC_TIMEOUT = 5
+
+_UNAVAILABLE = (
+    aetcd.exceptions.ConnectionFailedError,
+    aetcd.exceptions.ConnectionTimeoutError,
+    aetcd.exceptions.InternalError,
+)
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd 1.0 opens only plaintext channels; this opens a TLS one, the rest is aetcd's."""
+
+    def __init__(self, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        target = f"{self._host}:{self._port}"
+        self.channel = aetcd.rpc.secure_channel(
+            target, self._credentials, options=self._options.items()
+        )
+        self.kvstub = aetcd.rpc.KVStub(self.channel)
+        self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+        self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+        self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+        self._connected.set()
+
+
+def _read_bytes(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Endpoints:
+    """``urls``: comma-separated ``http(s)://HOST:PORT``; TLS files as configured."""
+
+    def __init__(
+        self,
+        urls: str,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> None:
+        self._endpoints: list[tuple[str, int, bool]] = []
+        for url in urls.split(","):
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an etcd URL: {url!r}")
+            self._endpoints.append((parts.hostname, parts.port or 2379, parts.scheme == "https"))
+        self._credentials: grpc.ChannelCredentials | None = None
+        if ca_file or cert_file or any(tls for _, _, tls in self._endpoints):
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_bytes(ca_file),
+                private_key=_read_bytes(key_file),
+                certificate_chain=_read_bytes(cert_file),
+            )
+        self._clients: dict[int, Any] = {}
+        self._current = 0
+        # Round trips to etcd (calls, failovers included), for tests and diagnostics.
+        self.calls = 0
+
+    def _client(self, index: int) -> Any:
+        client = self._clients.get(index)
+        if client is None:
+            host, port, tls = self._endpoints[index]
+            if tls or self._credentials is not None:
+                assert self._credentials is not None
+                client = _TlsClient(self._credentials, host=host, port=port, timeout=RPC_TIMEOUT)
+            else:
+                client = aetcd.Client(host=host, port=port, timeout=RPC_TIMEOUT)
+            self._clients[index] = client
+        return client
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call an aetcd method on the current endpoint, failing over to the next ones."""
+        last: Exception | None = None
+        for step in range(len(self._endpoints)):
+            index = (self._current + step) % len(self._endpoints)
+            self.calls += 1
+            try:
+                result = await getattr(self._client(index), method)(*args, **kwargs)
+            except _UNAVAILABLE as exc:
+                last = exc
+                continue
+            except aetcd.exceptions.ClientError as exc:
+                raise BackendUnavailable(f"etcd: {exc}") from exc
+            self._current = index
+            return result
+        raise BackendUnavailable(f"etcd unreachable: {last}")
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
