@@ -477,7 +477,8 @@ def test_release_before_any_ask_is_made_by_a_child(
 
 CHILD_ONLY = """
 import asyncio, sys
-from zincati_py.fleetlock.client import FleetLockError, steady_state_once
+from zincati_py.fleetlock.client import FleetLockError
+from zincati_py.fleetlock.oneshot import steady_state_once
 
 async def main():
     released = await steady_state_once(sys.argv[1], sys.argv[2], "default")

@@ -17,11 +17,9 @@ base URL without a trailing slash loses its last segment; we don't.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
-import sys
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -321,121 +319,3 @@ class FleetLockAdminClient:
 
     async def close(self) -> None:
         await self._http.close()
-
-
-# -- a steady-state report from a child process -----------------------------------------------
-
-# What the child runs: the request on stdin, the outcome on stdout, one JSON document each.
-_CHILD = "from zincati_py.fleetlock.client import _child_main; _child_main()"
-# How long the child may take to start, on top of the request's own timeout.
-_CHILD_START_SECS = 30.0
-
-log = logging.getLogger("zincati_py.fleetlock.client")
-
-
-async def steady_state_once(
-    base_url: str,
-    node_id: str,
-    group: str,
-    report: dict[str, str] | None = None,
-    *,
-    timeout: float = 10.0,
-    token: str | None = None,
-) -> bool | None:
-    """:meth:`FleetLockClient.steady_state` made by a child process (this interpreter, the same
-    environment), so the caller never loads the HTTP stack for it (httpx, httpcore, anyio, h11,
-    idna, email...: about 5.5 MiB that stays resident once imported, bench/agent_idle.py).
-
-    For the agent, whose one request in a steady state is this report at start: it then idles
-    without an HTTP client. Same request, same answer, same :class:`FleetLockError` (kind,
-    value, status); the token goes through the child's stdin, never its command line or
-    environment. If no child can be run or it answers nothing usable, the report is made here,
-    as before. Cancelling the call kills the child."""
-    request = json.dumps(
-        {
-            "base_url": base_url,
-            "node_id": node_id,
-            "group": group,
-            "report": report,
-            "timeout": timeout,
-            "token": token,
-        }
-    ).encode()
-    answer = await _run_child(request, timeout + _CHILD_START_SECS)
-    if answer is None:
-        client = FleetLockClient(base_url, node_id, group, timeout=timeout, token=token)
-        try:
-            return await client.steady_state(report)
-        finally:
-            await client.close()
-    if "error" in answer:
-        kind, value, status = answer["error"]
-        raise FleetLockError(str(kind), str(value), None if status is None else int(status))
-    released = answer.get("released")
-    return released if isinstance(released, bool) else None
-
-
-async def _run_child(request: bytes, bound: float) -> dict[str, Any] | None:
-    """The child's answer; None if it could not run or said nothing usable (logged)."""
-    if not sys.executable:
-        return None
-    try:
-        # -P: nothing imported from the working directory (which is "/" anyway).
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-P",
-            "-c",
-            _CHILD,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd="/",
-        )
-    except OSError as exc:
-        log.debug("steady-state report made in this process (no child: %s)", exc)
-        return None
-    try:
-        async with asyncio.timeout(bound):
-            out, err = await proc.communicate(request)
-    except BaseException as exc:  # timed out, or the caller gave up
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await asyncio.shield(proc.wait())
-        if isinstance(exc, TimeoutError):
-            raise FleetLockError(Kind.TRANSPORT, f"no answer in {bound:g} s", None) from None
-        raise
-    try:
-        answer = json.loads(out)
-        if isinstance(answer, dict) and ("error" in answer or "released" in answer):
-            return answer
-    except ValueError:
-        pass
-    lines = err.decode(errors="replace").strip().splitlines()
-    log.debug(
-        "steady-state report made in this process (the child exited %s: %s)",
-        proc.returncode,
-        lines[-1] if lines else "no output",
-    )
-    return None
-
-
-def _child_main() -> None:
-    """The child of :func:`steady_state_once`: one report, its outcome on stdout."""
-    req = json.loads(sys.stdin.buffer.read())
-
-    async def report() -> dict[str, Any]:
-        client = FleetLockClient(
-            req["base_url"],
-            req["node_id"],
-            req["group"],
-            timeout=float(req["timeout"]),
-            token=req["token"],
-        )
-        try:
-            return {"released": await client.steady_state(req["report"])}
-        except FleetLockError as exc:
-            return {"error": [exc.kind, exc.value, exc.status]}
-        finally:
-            await client.close()
-
-    sys.stdout.write(json.dumps(asyncio.run(report())))

@@ -40,12 +40,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from zincati_py.backoff import Backoff
-from zincati_py.fleetlock.client import (
-    FleetLockClient,
-    FleetLockError,
-    directory_url,
-    steady_state_once,
-)
+from zincati_py.fleetlock.client import FleetLockClient, FleetLockError, directory_url
+from zincati_py.fleetlock.oneshot import steady_state_once
 from zincati_py.fleetlock.protocol import Kind
 from zincati_py.fleetlock.secrets import (
     SecretError,
