@@ -6,12 +6,16 @@ another server instance wrote meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from pathlib import Path
+from typing import Any
 
 from testbed.etcd import PrivateEtcd
 from zincati_py.fleetlock.backends.etcd import EtcdBackend
 from zincati_py.fleetlock.client import FleetLockClient, FleetLockError, new_session
 from zincati_py.fleetlock.config import load
+from zincati_py.fleetlock.decide import LockRequest, Policy, decide_lock
 from zincati_py.fleetlock.server import FleetLockServer
 
 
@@ -94,3 +98,34 @@ def test_a_no_op_answer_sees_another_instances_write(etcd: PrivateEtcd, tmp_path
             await b.stop()
 
     assert asyncio.run(asyncio.wait_for(scenario(), 60)) == "group_full"
+
+
+def test_concurrent_answers_that_change_nothing_share_one_compare(
+    etcd: PrivateEtcd, tmp_path: Path
+) -> None:
+    """Long-poll waiters re-asking together (a queue of thousands re-checks at once): each
+    answer is confirmed by a compare sent after it came, one compare for all of them."""
+    policy = Policy(slots=1, lease_seconds=600)
+
+    def ask(node: str, now: float) -> Any:
+        return functools.partial(
+            decide_lock, request=LockRequest(node), policy=policy, lease_seconds=600, now=now
+        )
+
+    async def scenario() -> tuple[int, list[int | None]]:
+        backend = EtcdBackend(etcd.url, key_prefix=f"/shared-{tmp_path.name}/")
+        try:
+            now = time.time()
+            for i in range(50):
+                await backend.apply("g", ask(f"n{i:02d}", now))
+            before = backend.calls
+            again = await asyncio.gather(
+                *(backend.apply("g", ask(f"n{i:02d}", now + 1)) for i in range(1, 50))
+            )
+            return backend.calls - before, [o.position for o in again]
+        finally:
+            await backend.close()
+
+    calls, positions = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert positions == list(range(1, 50))
+    assert calls <= 2, calls

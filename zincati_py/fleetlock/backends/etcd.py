@@ -99,6 +99,8 @@ class EtcdBackend(Backend):
         # Requests waiting for the group's next transaction, and the task committing them.
         self._pending: defaultdict[str, list[_Change]] = defaultdict(list)
         self._flushers: dict[str, asyncio.Task[None]] = {}
+        # Groups whose transaction in flight writes (their cached state is about to change).
+        self._writing: set[str] = set()
         # Reads of groups this process had not seen, in flight (a burst waits for one).
         self._reading: dict[str, asyncio.Future[_Seen]] = {}
         # A hint only: every write is a compare-and-swap against the revision, so a stale
@@ -189,36 +191,35 @@ class EtcdBackend(Backend):
     async def _swap(self, group: str, decide: Decide[T]) -> T:
         """Apply ``decide`` (state -> (new state or None, result)) to the group atomically.
 
-        Decides first on the last state this process saw: when this server is the only writer
-        (the usual case) a change then costs one transaction and no read, and the transaction
-        reuses that decision. An answer that changes nothing is only given from state read
-        during this request (linearizable). While a transaction of the group is in flight,
-        the request goes into the next one without deciding now (it would decide on a state
-        about to change). Changes go through the group's batch (see :meth:`_flush`).
+        Decides first on the last state this process saw, then goes through the group's
+        batch (see :meth:`_flush`), whose transaction reuses that decision if it starts from
+        the same state: when this server is the only writer (the usual case) a change costs
+        one transaction and no read, and an answer that changes nothing one compare of the
+        document's revision, shared by every such answer waiting at the time (an answer is
+        only given from state confirmed after the request came: linearizable). While a write
+        of the group is in flight, the request goes into the next transaction undecided (a
+        decision now would be on a state about to change).
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if group in self._flushers:
-            self._pending[group].append(_Change(decide, future))
-            outcome: T = await future
-            return outcome
+        if group in self._writing:
+            undecided: T = await self._enqueue(group, _Change(decide, future))
+            return undecided
         cached = self._cache.get(group)
         if cached is None:
             seen, confirmed = await self._first_read(group)
         else:
             seen, confirmed = cached, False
         new, result = decide(seen.state)
-        if new is None and not confirmed:
-            fresh = await self._confirm(group)
-            if fresh.state is not seen.state:  # someone else wrote: decide on what is there
-                seen = fresh
-                new, result = decide(seen.state)
-        if new is None:
+        if new is None and confirmed:
             return result
-        self._pending[group].append(_Change(decide, future, seen.state, (new, result)))
+        outcome: T = await self._enqueue(group, _Change(decide, future, seen.state, (new, result)))
+        return outcome
+
+    async def _enqueue(self, group: str, change: _Change) -> Any:
+        self._pending[group].append(change)
         if group not in self._flushers:
             self._flushers[group] = asyncio.create_task(self._flush(group))
-        outcome = await future
-        return outcome
+        return await change.future
 
     async def _flush(self, group: str) -> None:
         """Group commit: every request queued for the group while a transaction was in flight
@@ -267,7 +268,11 @@ class EtcdBackend(Backend):
                     return results
                 seen, confirmed = await self._confirm(group), True
                 continue
-            ok, responses = await self._write(group, seen, state, results)
+            self._writing.add(group)
+            try:
+                ok, responses = await self._write(group, seen, state, results)
+            finally:
+                self._writing.discard(group)
             if ok:
                 return results
             # Lost to a stale view: the failure branch carries the current group.
