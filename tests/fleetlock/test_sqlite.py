@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -132,5 +133,54 @@ def test_a_failing_decision_fails_only_its_caller_and_a_closed_store_is_unavaila
         await backend.close()
         with pytest.raises(BackendUnavailable):
             await backend.apply("g", lock("c"))
+
+    run(scenario())
+
+
+def test_a_change_runs_on_the_loop_but_never_waits_there_for_another_writer(
+    tmp_path: Path,
+) -> None:
+    """Once the connection is open, a transaction runs on the event loop (no hand-over to
+    the SQLite thread and back). When another process holds the write lock, the loop does
+    not wait for it: the SQLite thread does (the loop keeps running meanwhile), and the
+    change commits once the lock is free; the next changes stay on the thread for a while."""
+    import sqlite3
+    import threading
+
+    where: list[str] = []
+
+    def probe(decide: Any) -> Any:
+        def run_it(state: GroupState) -> Any:
+            where.append(threading.current_thread().name)
+            return decide(state)
+
+        return run_it
+
+    async def scenario() -> None:
+        backend = SqliteBackend(str(tmp_path / "f.db"))
+        other = sqlite3.connect(tmp_path / "f.db", isolation_level=None)
+        try:
+            assert (await backend.apply("g", probe(lock("a")))).granted  # opens: thread
+            assert (await backend.apply("g", probe(unlock("a")))).released  # on the loop
+            assert where[1] == threading.current_thread().name != where[0]
+            other.execute("BEGIN IMMEDIATE")  # another process writing
+            change = asyncio.create_task(backend.apply("g", probe(lock("b"))))
+            started = time.monotonic()
+            for _ in range(20):  # the loop runs while the change waits for the lock
+                await asyncio.sleep(0.01)
+            assert time.monotonic() - started < 2  # the busy timeout is 5 s
+            assert not change.done()
+            other.execute("COMMIT")
+            assert (await asyncio.wait_for(change, 10)).granted
+            assert where[-1] == where[0]  # decided on the SQLite thread
+            assert (await backend.apply("g", probe(unlock("b")))).released
+            assert where[-1] == where[0]  # and the next one too, for a while
+            fresh = sqlite3.connect(tmp_path / "f.db")
+            kinds = [json.loads(d)["kind"] for (d,) in fresh.execute("SELECT doc FROM ledger")]
+            fresh.close()
+            assert kinds == ["grant", "release", "grant", "release"]
+        finally:
+            other.close()
+            await backend.close()
 
     run(scenario())
