@@ -75,6 +75,14 @@ class _Seen:
     layout: Layout
 
 
+class _Keys(NamedTuple):
+    """A group's document key, its pages' key prefix, and the operations reading both."""
+
+    doc: bytes
+    queue: bytes
+    reads: list[Any]
+
+
 class _Change(NamedTuple):
     decide: Decide[Any]
     future: asyncio.Future[Any]
@@ -103,6 +111,7 @@ class EtcdBackend(Backend):
         self._writing: set[str] = set()
         # Reads of groups this process had not seen, in flight (a burst waits for one).
         self._reading: dict[str, asyncio.Future[_Seen]] = {}
+        self._group_keys: dict[str, _Keys] = {}
         # A hint only: every write is a compare-and-swap against the revision, so a stale
         # entry costs a retry.
         self._cache: dict[str, _Seen] = {}
@@ -114,14 +123,21 @@ class EtcdBackend(Backend):
         """Round trips to etcd so far (failovers included)."""
         return self._etcd.calls
 
+    def _keys(self, group: str) -> _Keys:
+        keys = self._group_keys.get(group)
+        if keys is None:
+            doc, base = self.prefix + b"groups/" + group.encode(), queue_base(self.prefix, group)
+            keys = _Keys(doc, base, [tx.Get(doc), tx.Get(base, range_end(base))])
+            self._group_keys[group] = keys
+        return keys
+
     def _key(self, group: str) -> bytes:
-        return self.prefix + b"groups/" + group.encode()
+        return self._keys(group).doc
 
     def _reads(self, group: str) -> list[Any]:
         """Reading a group: its document and its queue pages (at one revision in a
         transaction)."""
-        base = queue_base(self.prefix, group)
-        return [tx.Get(self._key(group)), tx.Get(base, range_end(base))]
+        return self._keys(group).reads
 
     def _seen_of(self, group: str, responses: Any) -> _Seen:
         """The group carried by a transaction's :meth:`_reads`; what this process knows
@@ -134,7 +150,7 @@ class EtcdBackend(Backend):
             revision = int(meta.mod_revision)
             if known is not None and known.revision == revision:
                 return known
-        base = queue_base(self.prefix, group)
+        base = self._keys(group).queue
         found = [(int(meta.key[len(base) :]), v, int(meta.mod_revision)) for v, meta in pages]
         state, layout = decode(value, found, None if known is None else known.layout)
         return _Seen(state, revision, layout)
@@ -294,7 +310,7 @@ class EtcdBackend(Backend):
         key = self._key(group)
         keep = not state.empty()
         pages = plan(seen.layout, state.queue)
-        base = queue_base(self.prefix, group)
+        base = self._keys(group).queue
         ops = [tx.Put(key, encode_doc(state, pages.layout)) if keep else tx.Delete(key)]
         ops += [tx.Put(page_key(base, p.number), encode_page(p)) for p in pages.puts]
         ops += [tx.Delete(page_key(base, n)) for n in pages.deletes]
