@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zincati_py.health import discover, report
+from zincati_py.health import report
 from zincati_py.health.gate import (
     FINAL,
     REPORT,
@@ -43,8 +43,6 @@ from zincati_py.health.gate import (
     restarted,
 )
 from zincati_py.health.gate import reconcile as reconcile_gate
-from zincati_py.health.prereboot import PreReboot
-from zincati_py.health.rollback import Rollback, rollback_target, version_of, with_target
 from zincati_py.health.run import BOOT_COMPLETE, Result, run_command, unit_result
 
 if TYPE_CHECKING:
@@ -54,6 +52,8 @@ if TYPE_CHECKING:
     from zincati_py.dbus.logind import Logind
     from zincati_py.dbus.rpmostree import RpmOstree
     from zincati_py.health.hooks import Events
+    from zincati_py.health.prereboot import PreReboot
+    from zincati_py.health.rollback import Rollback
 
 log = logging.getLogger("zincati_py.agent")
 
@@ -89,7 +89,9 @@ class HealthKeeper:
         self.logind: Logind | None = None
         self.events: Events | None = None  # the event hooks, once connected
         self.gate_results: list[Result] = []
-        self.pre = PreReboot()
+        # What runs only around an update (pre-reboot checks, a rollback, the gate's health.d
+        # checks) is imported when first needed: an idle agent does not load it (issue 17).
+        self._pre: PreReboot | None = None
         self.rollback: Rollback | None = None  # carries out a decided rollback, once connected
         self._missing: set[str] = set()  # required units logged as not found
         self._no_manager_logged = False
@@ -104,7 +106,6 @@ class HealthKeeper:
 
         hooks = Hooks(self.settings, self._systemd, self.root / HOOKS_DIR_REL)
         self.events = Events(self.root, self.store, self.deployments, hooks)
-        self.rollback = Rollback(rpm, logind, self.events, self.boot_id, self._save)
 
     async def reboot_imminent(self, version: str, reason: str) -> None:
         """The agent is about to ask logind to reboot into ``version``: the "reboot" hooks run
@@ -155,6 +156,8 @@ class HealthKeeper:
         move = reconcile_gate(rec, booted.checksum, self.boot_id, landed)
         timeout = self.config.agent.health.timeout_secs
         if move is Move.START:
+            from zincati_py.health.rollback import version_of
+
             new = GateRecord(
                 checksum=booted.checksum,
                 version=booted.version,
@@ -218,7 +221,11 @@ class HealthKeeper:
         return None
 
     async def _carry_out(self, rec: GateRecord) -> Outcome:
-        assert self.rollback is not None
+        if self.rollback is None:
+            from zincati_py.health.rollback import Rollback
+
+            assert self.rpm is not None and self.logind is not None and self.events is not None
+            self.rollback = Rollback(self.rpm, self.logind, self.events, self.boot_id, self._save)
         return await self.rollback.carry_out(rec)
 
     async def _systemd(self) -> tuple[MessageBus | None, bool]:
@@ -270,6 +277,8 @@ class HealthKeeper:
             # N slow checks must not keep the gate N times timeout_secs past its deadline.
             env = self._env("gate", rec, "")
             self.problems = []
+            from zincati_py.health import discover
+
             for kind in discover.KINDS:
                 found, problems = discover.discover(self.root, kind)
                 self.problems += problems
@@ -309,6 +318,8 @@ class HealthKeeper:
 
     async def _decide(self, rec: GateRecord, why: str) -> GateRecord:
         """The gate failed: rollback (deny-listed and counted) or failed, durably."""
+        from zincati_py.health.rollback import rollback_target, with_target
+
         health = self.config.agent.health
         st = self.store.record
         failed = st.failed if rec.checksum in st.failed else (*st.failed, rec.checksum)
@@ -398,7 +409,11 @@ class HealthKeeper:
     async def pre_reboot(self) -> Outcome:
         """``[agent.health] pre_reboot`` (see :class:`PreReboot`): None when all pass."""
         staged = self.deployments.staged
-        return await self.pre.run(
+        if self._pre is None:
+            from zincati_py.health.prereboot import PreReboot
+
+            self._pre = PreReboot()
+        return await self._pre.run(
             self.config, staged.version if staged else None, self._systemd, self._env
         )
 
@@ -423,8 +438,8 @@ class HealthKeeper:
 
     def status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "pre_reboot": [r.as_dict() for r in self.pre.results],
-            "pre_reboot_reason": self.pre.reason,
+            "pre_reboot": [] if self._pre is None else [r.as_dict() for r in self._pre.results],
+            "pre_reboot_reason": None if self._pre is None else self._pre.reason,
             "rolled_back": self.rolled_back(),
             "problems": list(self.problems),
         }
