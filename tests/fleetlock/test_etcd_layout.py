@@ -69,12 +69,24 @@ def test_a_page_left_empty_is_deleted_and_its_number_not_reused_in_that_change()
     assert [(p.number, len(p.entries)) for p in step.puts] == [(1, 7)]
 
 
-def test_a_reordered_queue_is_rewritten_into_fresh_pages() -> None:
+def test_a_reordered_queue_is_still_stored_in_order() -> None:
+    """Not a change a decision makes, but the pages must hold whatever queue they get."""
     queue = _queue(100)
-    step = plan(_stored(queue), [queue[5], *queue[:5], *queue[6:]])
-    assert step.delete_range == (0, 1)
+    reordered = [queue[5], *queue[:5], *queue[6:]]
+    step = plan(_stored(queue), reordered)
+    assert [w for p in step.layout.pages for w in p.entries] == reordered
+    assert all(len(p.entries) <= 64 for p in step.layout.pages)
+    assert not {p.number for p in step.puts} & set(step.deletes)
+
+
+def test_pages_the_change_left_alone_are_not_written() -> None:
+    queue = _queue(300)
+    changed = list(queue)
+    changed[130] = changed[130]._replace(seen=99.0)  # on page 2
+    del changed[200]  # on page 3
+    step = plan(_stored(queue), changed)
     assert [p.number for p in step.puts] == [2, 3]
-    assert [w for p in step.layout.pages for w in p.entries] == [queue[5], *queue[:5], *queue[6:]]
+    assert [w for p in step.layout.pages for w in p.entries] == changed
 
 
 def test_too_many_page_operations_rewrite_into_fewer_larger_pages() -> None:

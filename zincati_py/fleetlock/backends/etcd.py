@@ -398,4 +398,6 @@ class EtcdBackend(Backend):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for reading in list(self._reading.values()):
+            reading.cancel()
         await self._etcd.close()

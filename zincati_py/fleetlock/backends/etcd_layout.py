@@ -139,25 +139,33 @@ def plan(
 ) -> Plan:
     """The page writes that turn ``layout`` into ``queue``. A queue changes by entries
     leaving, changing in place and joining at the end: those touch the pages they are on
-    (and the last page). Anything else (a reordering), stale pages, or more than
-    ``max_ops`` page operations: the queue is rewritten into fresh pages."""
-    new = {w.id: w for w in queue}
+    (and the last page); a page the change left alone is recognised by comparing it whole.
+    Stale pages, or more than ``max_ops`` page operations: the queue is rewritten into fresh
+    pages. (Walking the pages in order against the queue, an entry not next in the queue
+    has left; what is left of the queue after the pages joined. Even for a reordering the
+    pages then hold the queue in order, with more pages rewritten.)"""
     kept: list[Page] = []
     puts: list[Page] = []
     deletes: list[int] = []
-    on_pages: set[str] = set()
+    i, end = 0, len(queue)
     for page in layout.pages:
-        entries = tuple(new[w.id] for w in page.entries if w.id in new)
-        on_pages.update(w.id for w in page.entries)
+        count = len(page.entries)
+        if tuple(queue[i : i + count]) == page.entries:
+            kept.append(page)
+            i += count
+            continue
+        entries = []
+        for w in page.entries:
+            if i < end and queue[i].id == w.id:
+                entries.append(queue[i])
+                i += 1
         if not entries:
             deletes.append(page.number)
             continue
-        kept.append(page if entries == page.entries else Page(page.number, entries))
-        if entries != page.entries:
-            puts.append(kept[-1])
-    joined = [w for w in queue if w.id not in on_pages]
-    in_place = [w for p in kept for w in p.entries] + joined == queue
-    if in_place and not layout.stale:
+        kept.append(Page(page.number, tuple(entries)))
+        puts.append(kept[-1])
+    joined = queue[i:]
+    if not layout.stale:
         number = layout.next_number()
         while joined:
             if kept and len(kept[-1].entries) < page_size:
