@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agent event → reboot decision: median {a['median']:.1f} ms, max {a['max']:.1f} ms")
     print("what the imports cost (VmRSS added, in this order):")
     for what, kb in result["import_breakdown_kb"].items():
-        print(f"  {what:45s} {kb / 1024:5.1f} MiB")
+        print(f"  {what:50s} {kb / 1024:5.1f} MiB")
     h = result["http_client_import_kb"]
     print(
         f"import on top of the agent ({h['agent_modules_kb'] / 1024:.1f} MiB): "
