@@ -311,6 +311,8 @@ class SqliteBackend(Backend):
                 return
             results: _Results
             try:
+                if self._closed:  # submitted before close(): do not open the file again
+                    raise BackendUnavailable(f"sqlite {self.path}: closed")
                 with self._waiting() as conn:
                     results = self._commit(conn, batch)
             except BaseException as exc:  # every caller hears of it, whatever it is
