@@ -184,3 +184,41 @@ def test_a_change_runs_on_the_loop_but_never_waits_there_for_another_writer(
             await backend.close()
 
     run(scenario())
+
+
+def test_slow_commits_in_a_row_send_the_next_ones_to_the_thread(tmp_path: Path) -> None:
+    """A stalled disk must not hold the event loop up commit after commit: after three
+    inline transactions in a row slower than 50 ms (here: slow decisions), the next ones
+    run on the SQLite thread; one slow transaction alone (the loop preempted) does not."""
+    import threading
+
+    from zincati_py.fleetlock.backends import sqlite as module
+
+    where: list[str] = []
+
+    def slow(decide: Any, secs: float) -> Any:
+        def run_it(state: GroupState) -> Any:
+            where.append(threading.current_thread().name)
+            time.sleep(secs)
+            return decide(state)
+
+        return run_it
+
+    async def scenario() -> None:
+        backend = SqliteBackend(str(tmp_path / "f.db"))
+        here = threading.current_thread().name
+        over = module.INLINE_SLOW_SECS + 0.01
+        try:
+            await backend.apply("g", slow(lock("a"), 0))  # opens the connection: thread
+            await backend.apply("g", slow(unlock("a"), over))
+            await backend.apply("g", slow(lock("a"), 0))  # fast: the count starts again
+            assert where[1:] == [here, here]
+            for decide in (unlock("a"), lock("a"), unlock("a")):
+                await backend.apply("g", slow(decide, over))
+            assert where[3:] == [here, here, here]
+            await backend.apply("g", slow(lock("b"), 0))
+            assert where[-1] == where[0] != here  # on the SQLite thread now
+        finally:
+            await backend.close()
+
+    run(scenario())

@@ -12,8 +12,8 @@ cost more CPU than the transaction itself: server CPU per sequential request 600
 lock+unlock pairs/s +30 %, measured on this 2-core machine). The loop never waits on
 someone else, though: the first connection, reads for the admin API, a transaction that
 finds another process holding the write lock (busy timeout 0 on the loop; the thread waits
-up to 5 s), and every transaction for a minute after one that took over 50 ms (a slow or
-stalled disk) run on one dedicated SQLite thread instead. A disk that hangs in the middle
+up to 5 s), and every transaction for 30 s after three in a row took over 50 ms each (a slow
+or stalled disk) run on one dedicated SQLite thread instead. A disk that hangs in the middle
 of an fsync still holds the loop up for that one commit.
 
 Group commit: changes that arrive while a transaction is in flight, or in the same step of
@@ -59,11 +59,13 @@ T = TypeVar("T")
 log = logging.getLogger("zincati_py.fleetlock.server")
 
 BUSY_TIMEOUT_MS = 5000
-# An inline commit slower than this (a slow or saturated disk), or one that found another
-# process holding the write lock, sends the next transactions to the SQLite thread for a
-# while, so that the event loop is not held up again.
+# INLINE_SLOW_COMMITS inline commits in a row slower than INLINE_SLOW_SECS (a slow or
+# stalled disk; one alone may be the loop preempted on a busy machine), or one that found
+# another process holding the write lock, send the next transactions to the SQLite thread
+# for INLINE_PAUSE_SECS, so that the event loop is not held up again.
 INLINE_SLOW_SECS = 0.05
-INLINE_PAUSE_SECS = 60.0
+INLINE_SLOW_COMMITS = 3
+INLINE_PAUSE_SECS = 30.0
 
 
 # A change waiting for the SQLite thread: (group, decide, the caller's future).
@@ -111,6 +113,7 @@ class SqliteBackend(Backend):
         self._conn_lock = threading.Lock()
         # Transactions run on the SQLite thread until then (monotonic time).
         self._inline_after = 0.0
+        self._slow = 0  # inline commits in a row slower than INLINE_SLOW_SECS
         self._closed = False
         # Transactions committed and changes they carried (group commit, for diagnostics).
         self.commits = 0
@@ -222,12 +225,19 @@ class SqliteBackend(Backend):
                 if first:
                     self._to_thread(loop)
                 return
-            if time.monotonic() - started > INLINE_SLOW_SECS:
+            took = time.monotonic() - started
+            self._slow = self._slow + 1 if took > INLINE_SLOW_SECS else 0
+            if self._slow >= INLINE_SLOW_COMMITS:
+                self._slow = 0
                 self._inline_after = time.monotonic() + INLINE_PAUSE_SECS
                 log.info(
-                    "sqlite %s: a commit took %.0f ms; the next ones run on the SQLite thread",
+                    "sqlite %s: %d commits in a row took over %.0f ms (the last %.0f ms): the "
+                    "next ones run on the SQLite thread for %.0f s",
                     self.path,
-                    (time.monotonic() - started) * 1000,
+                    INLINE_SLOW_COMMITS,
+                    INLINE_SLOW_SECS * 1000,
+                    took * 1000,
+                    INLINE_PAUSE_SECS,
                 )
         except BaseException as exc:
             results = self._failed(batch, exc)
