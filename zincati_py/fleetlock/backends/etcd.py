@@ -272,6 +272,13 @@ class EtcdBackend(Backend):
             state: GroupState | None = None
             results = []
             for change in changes:
+                if change.base is seen.state and change.decided and change.decided[0] is None:
+                    # An answer that changes nothing, decided on the state this transaction
+                    # compares against: it holds at that compare, before this batch's writes
+                    # (its request and theirs were all pending then). Not decided again
+                    # after them: a queue's waiters re-check in bursts of hundreds.
+                    results.append(change.decided[1])
+                    continue
                 base = seen.state if state is None else state
                 if change.base is base and change.decided is not None:
                     new, result = change.decided
