@@ -8,7 +8,7 @@ every hash the agent uses. Together that is about 5 MiB of resident memory (benc
 in an agent whose configuration may use no https URL at all.
 
 :func:`defer`, called before asyncio is first imported, lets asyncio and hashlib load without
-them. Nothing is lost: an ``import ssl`` afterwards gives a stand-in module (:class:`_LazySsl`)
+them. Nothing is lost: an ``import ssl`` afterwards gives a stand-in module (:class:`_OnFirstUse`)
 that loads the real one the first time one of its attributes is used (by whatever needs TLS:
 the HTTP client of an https fleet-lock or update-graph URL, prometheus-client's exposition),
 takes on all of its attributes and hands it to asyncio where the stdlib keeps it
@@ -32,14 +32,10 @@ asyncio and httpx after it.
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, cast
-
-if TYPE_CHECKING:
-    from importlib.abc import Loader
+from typing import Any
 
 _ASYNCIO_MODULES = ("asyncio.base_events", "asyncio.selector_events", "asyncio.sslproto")
 
@@ -87,7 +83,10 @@ def defer() -> bool:
     finally:
         for name in blocked:
             del sys.modules[name]
-    sys.meta_path.insert(0, _SslFinder())
+    # The HTTP stack reads ``ssl.SSLContext`` at import time, only to annotate with.
+    sys.modules["ssl"] = _OnFirstUse(
+        "ssl", annotations=frozenset({"SSLContext"}), loaded=_give_asyncio
+    )
     return True
 
 
@@ -97,14 +96,20 @@ class _OnFirstUse(ModuleType):
     LazyLoader would not do: an ``import NAME`` statement alone loads it on Python 3.13).
     ``without``: modules kept unimportable meanwhile (hashlib's OpenSSL backend);
     ``annotations``: names read at import time only to annotate with, given as a
-    :class:`_Deferred` until the module is loaded."""
+    :class:`_Deferred` until the module is loaded; ``loaded``: called with the real module once
+    imported."""
 
     def __init__(
-        self, name: str, without: tuple[str, ...] = (), annotations: frozenset[str] = frozenset()
+        self,
+        name: str,
+        without: tuple[str, ...] = (),
+        annotations: frozenset[str] = frozenset(),
+        loaded: Callable[[ModuleType], None] | None = None,
     ) -> None:
         super().__init__(name)
         self._without = without
         self._annotations = annotations
+        self._loaded = loaded
 
     def __getattr__(self, name: str) -> Any:  # only for attributes not set (yet)
         if name.startswith("__") and name.endswith("__"):
@@ -129,6 +134,8 @@ class _OnFirstUse(ModuleType):
             finally:
                 for m in block:
                     del sys.modules[m]
+            if self._loaded is not None:
+                self._loaded(real)
         self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
         return getattr(real, name)
 
@@ -142,44 +149,6 @@ def _give_asyncio(ssl: ModuleType) -> None:
     sslproto = sys.modules.get("asyncio.sslproto")
     if sslproto is not None and not hasattr(sslproto, "SSLAgainErrors"):
         sslproto.SSLAgainErrors = (ssl.SSLWantReadError, ssl.SSLSyscallError)  # type: ignore[attr-defined]
-
-
-# Attributes the HTTP stack reads from ``ssl`` when it is imported, only to annotate with.
-_ANNOTATION_ONLY = frozenset({"SSLContext"})
-
-
-def _real_ssl() -> ModuleType:
-    """The real ``ssl``, imported now if need be (it replaces the stand-in in ``sys.modules``)
-    and handed to asyncio."""
-    current = sys.modules.get("ssl")
-    if current is not None and not isinstance(current, _LazySsl):
-        return current
-    stand_in = sys.modules.pop("ssl", None)
-    try:
-        real = importlib.import_module("ssl")
-    except BaseException:
-        if stand_in is not None:
-            sys.modules["ssl"] = stand_in
-        raise
-    _give_asyncio(real)
-    return real
-
-
-class _LazySsl(ModuleType):
-    """What ``import ssl`` gives after :func:`defer`: the real module on first use."""
-
-    def __getattr__(self, name: str) -> Any:  # only for attributes not set (yet)
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)  # the import system probing (__path__, __file__...)
-        if name in _ANNOTATION_ONLY and "_ssl" not in sys.modules:
-            return _Deferred(self.take, name)
-        return self.take(name)
-
-    def take(self, name: str) -> Any:
-        """``ssl.NAME`` from the real module, which this one becomes a copy of."""
-        real = _real_ssl()
-        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
-        return getattr(real, name)
 
 
 class _Deferred:
@@ -211,26 +180,3 @@ class _Deferred:
 
     def __repr__(self) -> str:
         return f"<{self._name}, loaded on first use>"
-
-
-# The loader and finder below are plain classes (what the import system calls is all they
-# need): importlib.abc would import importlib.resources, tempfile, shutil, bz2 and lzma
-# (0.3 MiB) that the agent uses nowhere else.
-class _StandInLoader:
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return _LazySsl(spec.name)
-
-    def exec_module(self, module: ModuleType) -> None:
-        pass
-
-
-class _SslFinder:
-    """The first ``import ssl`` gives the stand-in; the real one is found the normal way."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "ssl":
-            return None
-        sys.meta_path.remove(self)  # one use: the real import must not find us again
-        return importlib.machinery.ModuleSpec("ssl", cast("Loader", _StandInLoader()))
