@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar
 
-from aetcd import transactions as tx
+from aetcd import rpc
 
 from zincati_py.fleetlock.backends import (
     Backend,
@@ -76,11 +76,31 @@ class _Seen:
 
 
 class _Keys(NamedTuple):
-    """A group's document key, its pages' key prefix, and the operations reading both."""
+    """A group's document key, its pages' key prefix, and the operations reading both
+    (``aetcd.rpc`` messages, built once: a request copies them)."""
 
     doc: bytes
     queue: bytes
     reads: list[Any]
+
+
+def _put(key: bytes, value: bytes) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value))
+
+
+def _delete(key: bytes, end: bytes | None = None) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=end))
+
+
+def _get(key: bytes, end: bytes | None = None) -> Any:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key, range_end=end))
+
+
+def _mod_is(key: bytes, revision: int) -> Any:
+    """Compare: the key's ``mod_revision`` is ``revision`` (0: no such key)."""
+    return rpc.Compare(
+        key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=revision
+    )
 
 
 class _Change(NamedTuple):
@@ -127,7 +147,7 @@ class EtcdBackend(Backend):
         keys = self._group_keys.get(group)
         if keys is None:
             doc, base = self.prefix + b"groups/" + group.encode(), queue_base(self.prefix, group)
-            keys = _Keys(doc, base, [tx.Get(doc), tx.Get(base, range_end(base))])
+            keys = _Keys(doc, base, [_get(doc), _get(base, range_end(base))])
             self._group_keys[group] = keys
         return keys
 
@@ -140,18 +160,18 @@ class EtcdBackend(Backend):
         return self._keys(group).reads
 
     def _seen_of(self, group: str, responses: Any) -> _Seen:
-        """The group carried by a transaction's :meth:`_reads`; what this process knows
-        already (same document revision: its own write) is not parsed again."""
+        """The group carried by a transaction's :meth:`_reads` (its ``ResponseOp`` list);
+        what this process knows already (same document revision: its own write) is not
+        parsed again."""
         known = self._cache.get(group)
-        docs, pages = responses[0], responses[1]
+        docs, pages = responses[0].response_range.kvs, responses[1].response_range.kvs
         value, revision = None, 0
         if docs:
-            value, meta = docs[0]
-            revision = int(meta.mod_revision)
+            value, revision = docs[0].value, int(docs[0].mod_revision)
             if known is not None and known.revision == revision:
                 return known
         base = self._keys(group).queue
-        found = [(int(meta.key[len(base) :]), v, int(meta.mod_revision)) for v, meta in pages]
+        found = [(int(kv.key[len(base) :]), kv.value, int(kv.mod_revision)) for kv in pages]
         state, layout = decode(value, found, None if known is None else known.layout)
         return _Seen(state, revision, layout)
 
@@ -164,10 +184,8 @@ class EtcdBackend(Backend):
         return seen
 
     async def _read(self, group: str) -> _Seen:
-        _, responses = await self._etcd.call(
-            "transaction", compare=[], success=self._reads(group), failure=[]
-        )
-        return self._remember(group, self._seen_of(group, responses))
+        response = await self._etcd.txn(rpc.TxnRequest(success=self._reads(group)))
+        return self._remember(group, self._seen_of(group, response.responses))
 
     async def _first_read(self, group: str) -> tuple[_Seen, bool]:
         """The group read for a request finding nothing cached, and whether that read started
@@ -194,15 +212,14 @@ class EtcdBackend(Backend):
         cached = self._cache.get(group)
         if cached is None:
             return await self._read(group)
-        ok, responses = await self._etcd.call(
-            "transaction",
-            compare=[tx.Mod(self._key(group)) == cached.revision],
-            success=[],
-            failure=self._reads(group),
+        response = await self._etcd.txn(
+            rpc.TxnRequest(
+                compare=[_mod_is(self._key(group), cached.revision)], failure=self._reads(group)
+            )
         )
-        if ok:
+        if response.succeeded:
             return cached
-        return self._remember(group, self._seen_of(group, responses))
+        return self._remember(group, self._seen_of(group, response.responses))
 
     async def _swap(self, group: str, decide: Decide[T]) -> T:
         """Apply ``decide`` (state -> (new state or None, result)) to the group atomically.
@@ -318,12 +335,12 @@ class EtcdBackend(Backend):
         keep = not state.empty()
         pages = plan(seen.layout, state.queue)
         base = self._keys(group).queue
-        ops = [tx.Put(key, encode_doc(state, pages.layout)) if keep else tx.Delete(key)]
-        ops += [tx.Put(page_key(base, p.number), encode_page(p)) for p in pages.puts]
-        ops += [tx.Delete(page_key(base, n)) for n in pages.deletes]
+        ops = [_put(key, encode_doc(state, pages.layout)) if keep else _delete(key)]
+        ops += [_put(page_key(base, p.number), encode_page(p)) for p in pages.puts]
+        ops += [_delete(page_key(base, n)) for n in pages.deletes]
         if pages.delete_range is not None:
             first, last = pages.delete_range
-            ops.append(tx.Delete(page_key(base, first), page_key(base, last + 1)))
+            ops.append(_delete(page_key(base, first), page_key(base, last + 1)))
         # Keys sort by time, then by order within this change. A change with more events
         # than the transaction has room for (a queue expiring at once) stores them as one
         # list under one key.
@@ -331,22 +348,21 @@ class EtcdBackend(Backend):
         tag = os.urandom(4).hex()
         values: list[Any] = events if len(ops) + len(events) <= MAX_TXN_OPS else [events]
         ops += [
-            tx.Put(
+            _put(
                 self.prefix + f"ledger/{_micros(value):020d}-{tag}-{i:05d}".encode(),
                 json.dumps(value, separators=(",", ":")).encode(),
             )
             for i, value in enumerate(values)
         ]
-        ok, responses = await self._etcd.call(
-            "transaction",
-            compare=[tx.Mod(key) == seen.revision],
-            success=ops,
-            failure=self._reads(group),
+        response = await self._etcd.txn(
+            rpc.TxnRequest(
+                compare=[_mod_is(key, seen.revision)], success=ops, failure=self._reads(group)
+            )
         )
+        ok, responses = bool(response.succeeded), response.responses
         if ok:
-            first_op = responses[0]
-            header = (first_op.response_put if keep else first_op.response_delete_range).header
-            written = int(header.revision)
+            # The revision of the transaction's writes (every key it wrote has it).
+            written = int(response.header.revision)
             layout = Layout(
                 tuple(
                     p if p.mod_revision else replace(p, mod_revision=written)
@@ -365,26 +381,26 @@ class EtcdBackend(Backend):
 
     async def all_states(self) -> dict[str, GroupState]:
         groups, queues = self.prefix + b"groups/", self.prefix + b"queues/"
-        _, (docs, pages) = await self._etcd.call(
-            "transaction",
-            compare=[],
-            success=[tx.Get(groups, range_end(groups)), tx.Get(queues, range_end(queues))],
-            failure=[],
+        response = await self._etcd.txn(
+            rpc.TxnRequest(
+                success=[_get(groups, range_end(groups)), _get(queues, range_end(queues))]
+            )
         )
+        docs, pages = (r.response_range.kvs for r in response.responses)
         by_group: defaultdict[str, list[tuple[int, bytes, int]]] = defaultdict(list)
-        for value, meta in pages:
-            found = group_of_queue_key(self.prefix, meta.key)
+        for kv in pages:
+            found = group_of_queue_key(self.prefix, kv.key)
             if found is not None:
-                by_group[found[0]].append((found[1], value, int(meta.mod_revision)))
+                by_group[found[0]].append((found[1], kv.value, int(kv.mod_revision)))
         states = {}
-        for value, meta in docs:
-            group = meta.key[len(groups) :].decode()
+        for kv in docs:
+            group = kv.key[len(groups) :].decode()
             known = self._cache.get(group)
-            if known is not None and known.revision == int(meta.mod_revision):
+            if known is not None and known.revision == int(kv.mod_revision):
                 states[group] = known.state
             else:
                 layout = None if known is None else known.layout
-                states[group] = decode(value, by_group[group], layout)[0]
+                states[group] = decode(kv.value, by_group[group], layout)[0]
         return states
 
     async def _history(self, query: LedgerQuery) -> list[dict[str, Any]]:
