@@ -310,8 +310,11 @@ class FleetLockServer:
                 now=now,
                 present=functools.partial(self.waiters.present, params.group),
             )
+            asked = time.monotonic()
             outcome = await self._backend(self.backend.apply(params.group, decide), change=True)
             self.after(params.group, outcome)
+            if params.id in outcome.offered:
+                self.waiters.unwake(params.group, params.id)
             if outcome.granted:
                 break
             left = deadline - time.monotonic()
@@ -327,6 +330,7 @@ class FleetLockServer:
                 outcome.next_change,
                 alive=lambda: not _client_gone(request),
                 closed=closed(request),
+                asked=asked,
             )
             if isinstance(handed, Holder):
                 # Granted in the write that freed the slot.

@@ -5,7 +5,10 @@ node. Decisions are told which nodes wait here (:meth:`Waiters.present`): a slot
 one of them is granted to it in the same write (``outcome.handed``) and handed to its
 waiting request, which answers at once; other queued nodes offered a slot
 (``outcome.offered``) are woken and re-ask the store. Nobody else is woken (no thundering
-herd). When only time will change who may be granted (a cooldown ending, an
+herd). A wake for a node with no request parked yet (its request is still between its
+decision and its wait, e.g. decided in the same batch as the write that offered it the slot)
+is kept: its wait, if its request was decided before the wake, re-asks at once instead of
+sleeping until the recheck. When only time will change who may be granted (a cooldown ending, an
 offer's grace running out, a lease expiring), one timer per group re-evaluates the group
 then. A waiter also re-asks every ``recheck`` seconds, which is what keeps waiters of several
 servers sharing one etcd moving when another server freed the slot.
@@ -111,6 +114,8 @@ class Waiters:
         self._tasks: set[asyncio.Task[None]] = set()
         # group -> node -> when its last waiting request here ended with its client gone.
         self._gone: dict[str, dict[str, float]] = {}
+        # group -> node -> when it was last woken with no request of it parked here.
+        self._woken: dict[str, dict[str, float]] = {}
 
     def waiting(self, group: str) -> int:
         return len(self._events.get(group, {}))
@@ -134,11 +139,17 @@ class Waiters:
         next_change: float | None = None,
         alive: Callable[[], bool] = lambda: True,
         closed: asyncio.Future[None] | None = None,
+        asked: float | None = None,
     ) -> Holder | bool:
         """Park until woken, ``timeout`` or the client's connection ``closed``: the slot
         handed over, True if woken (to re-ask, unless the client went away), False at the
         timeout. ``next_change``: when time alone changes the group (the decision that
-        refused this request said)."""
+        refused this request said). ``asked``: when (``time.monotonic()``) the request asked
+        the store; a wake for this node since then, while it was not parked, returns True at
+        once (it was offered a slot its decision did not see)."""
+        woken = self._woken.get(group, {}).pop(node, None)
+        if asked is not None and woken is not None and woken >= asked:
+            return True
         waiter = _Waiter(alive)
         self._gone.get(group, {}).pop(node, None)
         events = self._events.setdefault(group, {})
@@ -180,9 +191,20 @@ class Waiters:
 
     def wake(self, group: str, nodes: tuple[str, ...]) -> None:
         waiters = self._events.get(group, {})
+        now = time.monotonic()
         for node in nodes:
-            for waiter in waiters.get(node, ()):
+            parked = waiters.get(node, ())
+            for waiter in parked:
                 waiter.event.set()
+            if not parked:
+                woken = self._woken.setdefault(group, {})
+                for n in [n for n, t in woken.items() if now - t > GONE_SECS]:
+                    del woken[n]
+                woken[node] = now
+
+    def unwake(self, group: str, node: str) -> None:
+        """Forget a kept wake of ``node`` (its own decision's offer: no news to it)."""
+        self._woken.get(group, {}).pop(node, None)
 
     def hand_over(self, group: str, holder: Holder) -> bool:
         """Give a slot granted in a decision to a live request waiting for it; False if
