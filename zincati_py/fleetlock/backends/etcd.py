@@ -177,7 +177,10 @@ class EtcdBackend(Backend):
 
     def _remember(self, group: str, seen: _Seen) -> _Seen:
         """Keep ``seen`` unless this process already knows a newer revision (a read that
-        started before this process's own write may come back after it)."""
+        started before this process's own write may come back after it). A missing document
+        (revision 0) is always kept: the group emptied is deleted, by any instance, so no
+        revision order tells a stale absence from a new one; a stale one costs one failed
+        compare, whose failure branch brings the current state."""
         known = self._cache.get(group)
         if known is None or seen.revision == 0 or seen.revision >= known.revision:
             self._cache[group] = seen
@@ -195,14 +198,18 @@ class EtcdBackend(Backend):
         if reading is not None:
             return await asyncio.shield(reading), False
         task = asyncio.ensure_future(self._read(group))
-        # Its error reaches every request awaiting it; none left (cancelled): nobody to tell.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._reading[group] = task
-        try:
-            return await asyncio.shield(task), True
-        finally:
-            if self._reading.get(group) is task:
+
+        def finished(t: asyncio.Future[_Seen]) -> None:
+            # Shared until the read ends, even if the request that started it is cancelled.
+            if self._reading.get(group) is t:
                 del self._reading[group]
+            # Its error reaches every request awaiting it; none left (cancelled): nobody to tell.
+            if not t.cancelled():
+                t.exception()
+
+        task.add_done_callback(finished)
+        self._reading[group] = task
+        return await asyncio.shield(task), True
 
     async def _confirm(self, group: str) -> _Seen:
         """The group's current state, read linearizably but transferred and parsed only when
