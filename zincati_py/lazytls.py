@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+# Held while a stand-in loads its module (re-entrant: hmac's loading uses hashlib's).
+_LOADING = threading.RLock()
 _ASYNCIO_MODULES = ("asyncio.base_events", "asyncio.selector_events", "asyncio.sslproto")
 
 
@@ -120,6 +123,10 @@ class _OnFirstUse(ModuleType):
 
     def take(self, name: str) -> Any:
         """``NAME.name`` from the real module (imported now if need be)."""
+        with _LOADING:  # another thread's first use swaps sys.modules too
+            return self._take(name)
+
+    def _take(self, name: str) -> Any:
         real = sys.modules.get(self.__name__)
         if real is None or isinstance(real, _OnFirstUse):
             del sys.modules[self.__name__]

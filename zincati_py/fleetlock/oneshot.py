@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -60,6 +61,8 @@ async def steady_state_once(
     ).encode()
     answer = await _run_child(request, timeout + _CHILD_START_SECS)
     if answer is None:
+        # The child may have sent the report before it failed: steady-state is idempotent,
+        # so sending it again is safe (it may then say "nothing released").
         client = FleetLockClient(base_url, node_id, group, timeout=timeout, token=token)
         try:
             return await client.steady_state(report)
@@ -88,6 +91,7 @@ async def _run_child(request: bytes, bound: float) -> dict[str, Any] | None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd="/",
+            env=_child_env(),
         )
     except OSError as exc:
         log.debug("steady-state report made in this process (no child: %s)", exc)
@@ -115,6 +119,13 @@ async def _run_child(request: bytes, bound: float) -> dict[str, Any] | None:
         lines[-1] if lines else "no output",
     )
     return None
+
+
+def _child_env() -> dict[str, str]:
+    """The agent's environment without what systemd passed to the agent itself (its notify
+    socket, watchdog, socket activation): the child must not speak for the agent."""
+    own = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(own)}
 
 
 def _child_main() -> None:

@@ -92,7 +92,7 @@ class HealthKeeper:
         # What runs only around an update (pre-reboot checks, a rollback, the gate's health.d
         # checks) is imported when first needed: an idle agent does not load it (issue 17).
         self._pre: PreReboot | None = None
-        self.rollback: Rollback | None = None  # carries out a decided rollback, once connected
+        self.rollback: Rollback | None = None  # made when a decided rollback is carried out
         self._missing: set[str] = set()  # required units logged as not found
         self._no_manager_logged = False
         self._halt_asked = False  # the halt was lifted once for the pending check request
