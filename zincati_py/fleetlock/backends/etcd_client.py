@@ -9,6 +9,7 @@ so failover and "outcome unknown" are decided exactly as for aetcd's methods."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -107,12 +108,33 @@ class Endpoints:
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call an aetcd method on the current endpoint, failing over to the next ones."""
+        return await self._failover(lambda client: getattr(client, method)(*args, **kwargs))
+
+    async def txn(self, request: Any) -> Any:
+        """One ``TxnRequest`` (``aetcd.rpc``) on the current endpoint, failing over to the
+        next ones, as :meth:`call`; the ``TxnResponse`` as etcd sent it."""
+
+        async def send(client: Any) -> Any:
+            await client.connect()
+            return await client.kvstub.Txn(request, timeout=RPC_TIMEOUT, metadata=client.metadata)
+
+        return await self._failover(send)
+
+    async def _failover(self, attempt: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``attempt(client)`` on the current endpoint, then the next ones while an endpoint
+        is unavailable; any other error is etcd's answer (no failover)."""
         last: Exception | None = None
         for step in range(len(self._endpoints)):
             index = (self._current + step) % len(self._endpoints)
             self.calls += 1
             try:
-                result = await getattr(self._client(index), method)(*args, **kwargs)
+                try:
+                    result = await attempt(self._client(index))
+                except grpc.aio.AioRpcError as error:  # the stub's own, mapped as aetcd does
+                    mapped = _mapped(error)
+                    if isinstance(mapped, aetcd.exceptions.ClientError):
+                        raise mapped from error
+                    raise BackendUnavailable(f"etcd: {mapped}") from error
             except _UNAVAILABLE as exc:
                 last = exc
                 continue
@@ -120,34 +142,6 @@ class Endpoints:
                 raise BackendUnavailable(f"etcd: {exc}") from exc
             self._current = index
             return result
-        raise BackendUnavailable(f"etcd unreachable: {last}")
-
-    async def txn(self, request: Any) -> Any:
-        """One ``TxnRequest`` (``aetcd.rpc``) on the current endpoint, failing over to the
-        next ones, as :meth:`call`; the ``TxnResponse`` as etcd sent it."""
-        last: Exception | None = None
-        for step in range(len(self._endpoints)):
-            index = (self._current + step) % len(self._endpoints)
-            self.calls += 1
-            client = self._client(index)
-            try:
-                await client.connect()
-                response = await client.kvstub.Txn(
-                    request, timeout=RPC_TIMEOUT, metadata=client.metadata
-                )
-            except grpc.aio.AioRpcError as error:
-                exc = _mapped(error)
-                if isinstance(exc, _UNAVAILABLE):
-                    last = exc
-                    continue
-                raise BackendUnavailable(f"etcd: {exc}") from exc
-            except _UNAVAILABLE as exc:
-                last = exc
-                continue
-            except aetcd.exceptions.ClientError as exc:
-                raise BackendUnavailable(f"etcd: {exc}") from exc
-            self._current = index
-            return response
         raise BackendUnavailable(f"etcd unreachable: {last}")
 
     async def close(self) -> None:
