@@ -163,16 +163,22 @@ class EtcdBackend(Backend):
         """The group carried by a transaction's :meth:`_reads` (its ``ResponseOp`` list);
         what this process knows already (same document revision: its own write) is not
         parsed again."""
-        known = self._cache.get(group)
         docs, pages = responses[0].response_range.kvs, responses[1].response_range.kvs
-        value, revision = None, 0
-        if docs:
-            value, revision = docs[0].value, int(docs[0].mod_revision)
-            if known is not None and known.revision == revision:
-                return known
         base = self._keys(group).queue
         found = [(int(kv.key[len(base) :]), kv.value, int(kv.mod_revision)) for kv in pages]
-        state, layout = decode(value, found, None if known is None else known.layout)
+        if not docs:
+            return self._decoded(group, None, 0, found)
+        return self._decoded(group, docs[0].value, int(docs[0].mod_revision), found)
+
+    def _decoded(
+        self, group: str, doc: bytes | None, revision: int, pages: list[tuple[int, bytes, int]]
+    ) -> _Seen:
+        """The group from its document (None: none stored) at ``revision`` and its queue
+        ``pages`` (number, value, mod_revision); the cached one if it is that revision."""
+        known = self._cache.get(group)
+        if doc is not None and known is not None and known.revision == revision:
+            return known
+        state, layout = decode(doc, pages, None if known is None else known.layout)
         return _Seen(state, revision, layout)
 
     def _remember(self, group: str, seen: _Seen) -> _Seen:
@@ -189,6 +195,13 @@ class EtcdBackend(Backend):
     async def _read(self, group: str) -> _Seen:
         response = await self._etcd.txn(rpc.TxnRequest(success=self._reads(group)))
         return self._remember(group, self._seen_of(group, response.responses))
+
+    async def _current(self, group: str) -> tuple[_Seen, bool]:
+        """The group as cached (not confirmed), else read (:meth:`_first_read`)."""
+        cached = self._cache.get(group)
+        if cached is None:
+            return await self._first_read(group)
+        return cached, False
 
     async def _first_read(self, group: str) -> tuple[_Seen, bool]:
         """The group read for a request finding nothing cached, and whether that read started
@@ -244,11 +257,7 @@ class EtcdBackend(Backend):
         if group in self._writing:
             undecided: T = await self._enqueue(group, _Change(decide, future))
             return undecided
-        cached = self._cache.get(group)
-        if cached is None:
-            seen, confirmed = await self._first_read(group)
-        else:
-            seen, confirmed = cached, False
+        seen, confirmed = await self._current(group)
         new, result = decide(seen.state)
         if new is None and confirmed:
             return result
@@ -287,11 +296,7 @@ class EtcdBackend(Backend):
                     change.future.set_exception(BackendUnavailable("etcd backend closed"))
 
     async def _commit(self, group: str, changes: list[_Change]) -> list[Any]:
-        cached = self._cache.get(group)
-        if cached is None:
-            seen, confirmed = await self._first_read(group)
-        else:
-            seen, confirmed = cached, False
+        seen, confirmed = await self._current(group)
         for attempt in range(CAS_ATTEMPTS):
             state: GroupState | None = None
             results = []
@@ -402,12 +407,9 @@ class EtcdBackend(Backend):
         states = {}
         for kv in docs:
             group = kv.key[len(groups) :].decode()
-            known = self._cache.get(group)
-            if known is not None and known.revision == int(kv.mod_revision):
-                states[group] = known.state
-            else:
-                layout = None if known is None else known.layout
-                states[group] = decode(kv.value, by_group[group], layout)[0]
+            states[group] = self._decoded(
+                group, kv.value, int(kv.mod_revision), by_group[group]
+            ).state
         return states
 
     async def _history(self, query: LedgerQuery) -> list[dict[str, Any]]:
