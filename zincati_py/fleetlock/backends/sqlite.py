@@ -179,11 +179,16 @@ class SqliteBackend(Backend):
         try:
             self._executor.submit(self._drain, loop)
         except RuntimeError:  # closed: the executor takes no more work
-            with self._pending_lock:
-                batch, self._pending = self._pending, []
-                self._scheduled = False
+            batch = self._take_pending()
             closed = BackendUnavailable(f"sqlite {self.path}: closed")
             _settle_all([(future, None, closed) for _, _, future in batch])
+
+    def _take_pending(self) -> list[_Change]:
+        """Every change pending, for one transaction (the next apply() schedules a drain)."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            self._scheduled = False
+        return batch
 
     def _inline_ok(self) -> bool:
         """Whether the next transaction runs on the event loop: the connection is open and
@@ -204,9 +209,7 @@ class SqliteBackend(Backend):
             self._to_thread(loop)
             return
         try:
-            with self._pending_lock:
-                batch, self._pending = self._pending, []
-                self._scheduled = False
+            batch = self._take_pending()
             if not batch:
                 return
             started = time.monotonic()
@@ -314,9 +317,7 @@ class SqliteBackend(Backend):
         """On the SQLite thread: every change pending, in one transaction; the answers in
         one call_soon_threadsafe."""
         with self._conn_lock:
-            with self._pending_lock:
-                batch, self._pending = self._pending, []
-                self._scheduled = False
+            batch = self._take_pending()
             if not batch:
                 return
             results: _Results
@@ -347,9 +348,8 @@ class SqliteBackend(Backend):
         def op(conn: sqlite3.Connection) -> GroupState:
             # Nobody else committed since this connection's last commit: the parsed state
             # is current (admin views poll this; a 1,000-node queue is 60 KB of JSON).
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
             cached = self._cache.get(group)
-            if cached is not None and version == self._data_version:
+            if cached is not None and self._version(conn) == self._data_version:
                 return cached
             return rows.load(conn, group)
 
