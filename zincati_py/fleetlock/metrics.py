@@ -3,6 +3,8 @@ several servers in one process, as in tests and benchmarks, don't collide)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from zincati_py.fleetlock.decide import GroupState
@@ -81,32 +83,25 @@ class ServerMetrics:
         self.backend_up = Gauge(
             "fleetlock_backend_up", "1 if the last backend read for /metrics succeeded.", registry=r
         )
-        self._requests: dict[tuple[str, str], Counter] = {}
-        self._latency: dict[str, Histogram] = {}
-        self._grants: dict[str, tuple[Counter, Histogram]] = {}
+        # Labelled children kept: ``labels()`` per request costs a lock and a tuple; the
+        # labels on the request path (endpoints, kinds, groups) are a short fixed list.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def request_done(self, endpoint: str, kind: str, seconds: float) -> None:
-        """Count one answered request (labelled children kept: ``labels()`` per request
-        costs a lock and a tuple; endpoints and kinds are a short fixed list)."""
-        key = (endpoint, kind)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = self._requests[key] = self.requests.labels(endpoint, kind)
-        counter.inc()
-        latency = self._latency.get(endpoint)
-        if latency is None:
-            latency = self._latency[endpoint] = self.latency.labels(endpoint)
-        latency.observe(seconds)
+        """Count one answered request."""
+        self._child(self.requests, endpoint, kind).inc()
+        self._child(self.latency, endpoint).observe(seconds)
 
     def granted(self, group: str, waited_secs: float) -> None:
-        children = self._grants.get(group)
-        if children is None:
-            children = self._grants[group] = (
-                self.grants.labels(group),
-                self.queue_wait.labels(group),
-            )
-        children[0].inc()
-        children[1].observe(waited_secs)
+        self._child(self.grants, group).inc()
+        self._child(self.queue_wait, group).observe(waited_secs)
 
     def set_groups(
         self,

@@ -98,6 +98,16 @@ def lapse(node: str, grace_secs: float, now: float) -> Callable[[GroupState], Ev
     return change
 
 
+def _stamp(table: dict[str, dict[str, float]], group: str, node: str) -> None:
+    """``table[group][node]`` = now (monotonic), dropping the group's entries older than
+    GONE_SECS (nodes remembered for a while: gone clients, kept wakes)."""
+    now = time.monotonic()
+    stamps = table.setdefault(group, {})
+    for n in [n for n, t in stamps.items() if now - t > GONE_SECS]:
+        del stamps[n]
+    stamps[node] = now
+
+
 class Waiters:
     def __init__(
         self, tick: Callable[[str], Coroutine[Any, Any, None]], host: Host | None = None
@@ -183,24 +193,16 @@ class Waiters:
                 self._note_gone(group, node)
 
     def _note_gone(self, group: str, node: str) -> None:
-        now = time.monotonic()
-        gone = self._gone.setdefault(group, {})
-        for n in [n for n, t in gone.items() if now - t > GONE_SECS]:
-            del gone[n]
-        gone[node] = now
+        _stamp(self._gone, group, node)
 
     def wake(self, group: str, nodes: tuple[str, ...]) -> None:
         waiters = self._events.get(group, {})
-        now = time.monotonic()
         for node in nodes:
             parked = waiters.get(node, ())
             for waiter in parked:
                 waiter.event.set()
             if not parked:
-                woken = self._woken.setdefault(group, {})
-                for n in [n for n, t in woken.items() if now - t > GONE_SECS]:
-                    del woken[n]
-                woken[node] = now
+                _stamp(self._woken, group, node)
 
     def unwake(self, group: str, node: str) -> None:
         """Forget a kept wake of ``node`` (its own decision's offer: no news to it)."""
