@@ -219,10 +219,7 @@ class LeanClient:
         sock.sendall(request)
         buf = self.buf
         while (end := buf.find(b"\r\n\r\n")) < 0:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            buf += chunk
+            buf += self._recv(sock)
         head = buf[:end].lower()
         at = head.find(b"\r\ncontent-length:")
         if at < 0:
@@ -231,12 +228,16 @@ class LeanClient:
         length = int(head[at + 17 : stop if stop > 0 else None])
         need = end + 4 + length
         while len(buf) < need:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            buf += chunk
+            buf += self._recv(sock)
         self.buf = buf[need:]
         return int(head[9:12]), head, buf[end + 4 : need]
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        return chunk
 
     def lock(self, request: bytes) -> bool:
         status, _, body = self._exchange(request)
