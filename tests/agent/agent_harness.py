@@ -197,6 +197,17 @@ class Node:
             raise AssertionError(f"no state {states}; status: {self.status()}\n{logs}") from None
         return result
 
+    def wait_reason(self, needle: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The first status whose reason says ``needle``. Returned rather than read again:
+        the next evaluation rewrites the reason ("asking the strategy ...") meanwhile."""
+
+        def check() -> dict[str, Any] | None:
+            doc = self.status()
+            return doc if doc and needle in str(doc.get("reason")) else None
+
+        result: dict[str, Any] = wait_for(check, timeout, f"a reason saying {needle!r}")
+        return result
+
     def control(self, member: str, signature: str = "", *body: Any) -> list[Any]:
         from testbed.rpmostree import BUS_NAME, CONTROL_IFACE, CONTROL_PATH
 

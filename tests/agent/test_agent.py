@@ -154,8 +154,7 @@ def test_block_inhibitor_holds_the_reboot_until_released(node: Node) -> None:
     agent = node.agent()
     node.wait_state("reported steady", agent=agent)
     node.control("Stage", "sb", NEW, True)
-    wait_for(lambda: "inhibitor" in (node.status() or {}).get("reason", ""), 10, "inhibitor")
-    assert "backup" in (node.status() or {})["reason"]
+    assert "backup" in node.wait_reason("inhibitor")["reason"]
     assert_stays(lambda: reboots(node) == 0, 1.0, "held by the inhibitor")
     t0 = time.monotonic()
     os.close(fd)
@@ -170,8 +169,7 @@ def test_another_users_block_inhibitor_is_waited_on_not_backed_off(node: Node) -
     agent = node.agent()
     node.wait_state("reported steady", agent=agent)
     node.control("Stage", "sb", NEW, True)
-    wait_for(lambda: "inhibitor" in (node.status() or {}).get("reason", ""), 10, "inhibitor")
-    doc = node.status() or {}
+    doc = node.wait_reason("inhibitor")
     assert "backup" in doc["reason"] and doc["recheck_at"] is None, doc  # the signal, no timer
     time.sleep(0.5)  # evaluations already woken by the staging's events settle
     asked = len(node.logind_calls("CanReboot"))
@@ -494,8 +492,7 @@ def test_file_strategy_wakes_the_agent_when_the_marker_appears(node: Node) -> No
     agent = node.agent()
     node.wait_state("reported steady", agent=agent)
     node.control("Stage", "sb", NEW, True)
-    wait_for(lambda: "does not exist" in (node.status() or {}).get("reason", ""), 10, "gate")
-    doc = node.status() or {}
+    doc = node.wait_reason("does not exist")
     assert doc["state"] == "update staged" and doc["strategy"]["name"] == "file"
     assert_stays(lambda: reboots(node) == 0, 0.5, "gate closed")
     t0 = time.monotonic()
