@@ -235,8 +235,7 @@ def test_invalid_config_at_startup_runs_but_never_reboots(node: Node) -> None:
     node.wait_state("reported steady", agent=agent)
     node.control("Stage", "sb", NEW, True)
     node.wait_state("update staged", agent=agent)
-    doc = node.status() or {}
-    assert "configuration is invalid" in doc["reason"]
+    node.wait_reason("configuration is invalid", 5)
     assert_stays(lambda: reboots(node) == 0, 1.0, "no reboot while invalid")
     node.write_config("50-bad.toml", '[updates]\nstrategy = "immediate"\n')
     wait_for(lambda: reboots(node) == 1, 10, "reboot once valid")

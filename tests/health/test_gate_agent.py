@@ -112,7 +112,7 @@ def test_gate_fails_rolls_back_exactly_once(node_factory: Callable[..., Node]) -
     assert node.cli("check", "--system-bus", node.bus.address).returncode == 0
     wait_for(lambda: (node.status() or {}).get("staged"), 10, "NEW staged again")
     assert_stays(lambda: reboots(node) == 2, 2.0, "never rebooted into the deny-listed release")
-    assert "): deny-listed (an earlier reboot" in (node.status() or {})["reason"]
+    node.wait_reason("): deny-listed (an earlier reboot", 5)
 
 
 def test_pre_reboot_check_postpones_until_it_passes(node_factory: Callable[..., Node]) -> None:
@@ -129,12 +129,12 @@ def test_pre_reboot_check_postpones_until_it_passes(node_factory: Callable[..., 
 
     # The settled document: one published while an evaluation runs (another event woke the
     # agent) shows its step without a recheck time yet.
-    def settled() -> bool:
+    def settled() -> dict[str, Any] | None:
         doc = node.status() or {}
-        return "pre-reboot check failed" in doc.get("reason", "") and bool(doc.get("recheck_at"))
+        postponed = "pre-reboot check failed" in doc.get("reason", "")
+        return doc if postponed and doc.get("recheck_at") else None
 
-    wait_for(settled, 10, "postponed, with a recheck time")
-    doc = node.status() or {}
+    doc = wait_for(settled, 10, "postponed, with a recheck time")
     assert doc["health"]["pre_reboot"][0]["output"] == "quorum lost"
     assert_stays(lambda: reboots(node) == 0, 1.0, "no reboot while the check fails")
     flag.touch()
