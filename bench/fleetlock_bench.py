@@ -12,7 +12,9 @@ Measures, on loopback:
   sqlite/baseline (the SQLite server as it was when issue 17 was filed, ``--baseline REV``,
   run from ``git archive`` in the same rounds) (min/median/max), sqlite/560 (the issue's
   own unpaired figure), and per request: the client's own CPU, the server's CPU,
-  etcd's CPU and etcd's unary gRPC calls (from etcd's /metrics);
+  etcd's CPU and etcd's unary gRPC calls (from etcd's /metrics). With ``--floor`` the rounds
+  also run ``bench/fleetlock_floor.py`` per backend (aiohttp and one durable write per
+  request, no FleetLock logic): the ratios no server on this stack can pass;
 - concurrent lock+release by C clients in one group with C slots (every lock granted, so all
   writes hit the same group record: the worst case for etcd compare-and-swap);
 - a fleet rollout (issue 15): N nodes (default 1000) start at once, S slots, each "reboots"
@@ -25,7 +27,7 @@ Measures, on loopback:
 
     .venv-3.11/bin/python bench/fleetlock_bench.py [--backends sqlite,etcd]
         [--scenarios throughput,rollout] [--sequential 1000] [--rounds 10]
-        [--airlock BINARY] [--nodes 1000] [--quick]
+        [--airlock BINARY] [--baseline REV] [--floor] [--nodes 1000] [--quick]
 
 Exits 1 when a long-poll rollout misses a target (the throughput targets are printed, MET or
 NOT MET, without changing the exit status).
@@ -139,17 +141,23 @@ ETCD_SERVERS = ("etcd", "airlock", "floor-etcd")
 BASELINE = "7c15ffe"
 
 
+class BaselineMissing(Exception):
+    """The baseline commit cannot be had (no git checkout, an unknown commit)."""
+
+
 @contextmanager
 def baseline_server(rev: str, groups: dict[str, int]) -> Iterator[Served]:
     """The SQLite server as it was at commit ``rev`` (its ``zincati_py`` by ``git archive``),
     run by this interpreter with that tree first on ``sys.path``: the same client, machine
     and rounds as today's server, so their ratio is a paired one."""
-    workdir = Path(tempfile.mkdtemp(prefix="zpy-flbase-"))
     repo = Path(__file__).resolve().parent.parent
-    tree = subprocess.run(
-        ["git", "-C", str(repo), "archive", rev, "zincati_py"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(workdir)], input=tree, check=True)
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev, "zincati_py"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise BaselineMissing(f"git archive {rev}: {archive.stderr.decode().strip()}")
+    workdir = Path(tempfile.mkdtemp(prefix="zpy-flbase-"))
+    subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive.stdout, check=True)
     port = free_port()
     lines = [f'listen = "127.0.0.1:{port}"', f'backend = "sqlite:{workdir / "fleetlock.db"}"']
     lines += ["[groups]", *(f"{name} = {slots}" for name, slots in groups.items())]
@@ -732,8 +740,11 @@ def main() -> int:
                 served = stack.enter_context(airlock_server(args.airlock, groups, etcd))
                 servers["airlock"] = (served, False)
             if baseline:
-                served = stack.enter_context(baseline_server(args.baseline, seq_groups))
-                servers["baseline"] = (served, None)
+                try:
+                    served = stack.enter_context(baseline_server(args.baseline, seq_groups))
+                    servers["baseline"] = (served, None)
+                except BaselineMissing as exc:
+                    print(f"no baseline server: {exc}", file=sys.stderr)
             if args.floor and "throughput" in scenarios:
                 for backend in backends:
                     at = etcd if backend == "etcd" else None
