@@ -40,6 +40,41 @@ def raw_pre_reboot(node: str, wait: float) -> bytes:
     return head.encode() + body
 
 
+def address(base: str) -> tuple[str, int]:
+    """(host, port) of a server's base URL."""
+    host, port = base.split("//")[1].split("/")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+async def a_holds_b_waits(s: aiohttp.ClientSession, base: str) -> socket.socket:
+    """``a`` holds the one slot; ``b`` long-polls over a raw socket (returned open) and is
+    counted as waiting here."""
+    assert (await post(s, base + "v1/pre-reboot", "a"))[0] == 200
+    sock = socket.create_connection(address(base), timeout=5)
+    try:
+        sock.sendall(raw_pre_reboot("b", 60))
+        assert await until(lambda: _waiting(s, base, 1), 5)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def release_a_handing_b(server: Any) -> Any:
+    """``a``'s release decided as if ``b``'s request waited here: the slot is handed to
+    ``b`` (the outcome, not yet given to ``server.after``)."""
+    decide = functools.partial(
+        decide_unlock,
+        node="a",
+        policy=server.policy("default"),
+        now=time.time(),
+        present=frozenset({"b"}),
+    )
+    outcome = await server.backend.apply("default", decide)
+    assert [h.id for h in outcome.handed] == ["b"]
+    return outcome
+
+
 async def post(
     s: aiohttp.ClientSession, url: str, node: str, wait: float | None = None
 ) -> tuple[int, Any]:
@@ -73,11 +108,10 @@ async def gone_waiter_frees_the_slot(base: str, how: str) -> None:
     """Holder ``a``; ``b`` long-polls over a raw socket, then closes or half-closes it; ``a``
     releases: ``c`` is granted within about a second (before: the slot went to ``b``, held
     for the lease, or was kept for ``b`` for the queue's grace)."""
-    host, port = base.split("//")[1].split("/")[0].rsplit(":", 1)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
         pre, steady = base + "v1/pre-reboot", base + "v1/steady-state"
         assert (await post(s, pre, "a"))[0] == 200
-        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock = socket.create_connection(address(base), timeout=5)
         try:
             sock.sendall(raw_pre_reboot("b", 60))
 
@@ -156,9 +190,8 @@ def test_request_closed_before_it_was_read_does_not_hold_the_head(
     async def scenario() -> None:
         async with serve(CONFIG) as srv, aiohttp.ClientSession() as s:
             pre, steady = srv.url + "v1/pre-reboot", srv.url + "v1/steady-state"
-            host, port = srv.url.split("//")[1].split("/")[0].rsplit(":", 1)
             assert (await post(s, pre, "a"))[0] == 200
-            with socket.create_connection((host, int(port)), timeout=5) as sock:
+            with socket.create_connection(address(srv.url), timeout=5) as sock:
                 sock.sendall(raw_pre_reboot("b", 60))
 
             async def b_queued() -> bool:
@@ -187,11 +220,7 @@ def test_hand_over_racing_the_disconnect_gives_the_slot_back(
         async with serve(CONFIG) as srv, aiohttp.ClientSession() as s:
             pre = srv.url + "v1/pre-reboot"
             server = srv.server
-            host, port = srv.url.split("//")[1].split("/")[0].rsplit(":", 1)
-            assert (await post(s, pre, "a"))[0] == 200
-            with socket.create_connection((host, int(port)), timeout=5) as sock:
-                sock.sendall(raw_pre_reboot("b", 60))
-                assert await until(lambda: _waiting(s, srv.url, 1), 5)
+            (await a_holds_b_waits(s, srv.url)).close()  # b's client goes away
             assert await until(lambda: _waiting(s, srv.url, 0), 3)
             # Its entry stops holding slots (the lapse is in the store once its ledger event
             # is: b's ask must come after it, or the lapse lands after the restarted offer);
@@ -199,13 +228,8 @@ def test_hand_over_racing_the_disconnect_gives_the_slot_back(
             # as the store saw it before that (b asks again without waiting, which restarts
             # its entry's offer):
             assert (await post(s, pre, "b"))[0] == 409
-            policy = server.policy("default")
             # a's release, decided while b's request was (said to be) waiting here.
-            decide = functools.partial(
-                decide_unlock, node="a", policy=policy, now=time.time(), present=frozenset({"b"})
-            )
-            outcome = await server.backend.apply("default", decide)
-            assert [h.id for h in outcome.handed] == ["b"]
+            outcome = await release_a_handing_b(server)
             server.after("default", outcome)  # nobody waits for it here: given back
 
             async def free() -> bool:
@@ -232,11 +256,7 @@ def test_hand_over_to_a_request_whose_client_just_went_away_gives_the_slot_back(
         async with serve(CONFIG) as srv, aiohttp.ClientSession() as s:
             pre = srv.url + "v1/pre-reboot"
             server = srv.server
-            host, port = srv.url.split("//")[1].split("/")[0].rsplit(":", 1)
-            assert (await post(s, pre, "a"))[0] == 200
-            with socket.create_connection((host, int(port)), timeout=5) as sock:
-                sock.sendall(raw_pre_reboot("b", 60))
-                assert await until(lambda: _waiting(s, srv.url, 1), 5)
+            with await a_holds_b_waits(s, srv.url) as sock:
                 # b's connection, as the server sees it.
                 (transport,) = [
                     c.transport
@@ -244,16 +264,7 @@ def test_hand_over_to_a_request_whose_client_just_went_away_gives_the_slot_back(
                     for c in listener.conns.values()
                     if c.transport.get_extra_info("peername") == sock.getsockname()
                 ]
-                policy = server.policy("default")
-                decide = functools.partial(
-                    decide_unlock,
-                    node="a",
-                    policy=policy,
-                    now=time.time(),
-                    present=frozenset({"b"}),
-                )
-                outcome = await server.backend.apply("default", decide)
-                assert [h.id for h in outcome.handed] == ["b"]
+                outcome = await release_a_handing_b(server)
                 # In one step of the event loop: the connection is lost (the request's
                 # transport goes), then the outcome is handed over; b's request is still
                 # parked (it runs its wake-up only later).
@@ -281,9 +292,8 @@ def test_long_poll_is_still_answered(serve: Callable[..., Any]) -> None:
     async def scenario() -> None:
         async with serve(CONFIG) as srv, aiohttp.ClientSession() as s:
             pre, steady = srv.url + "v1/pre-reboot", srv.url + "v1/steady-state"
-            host, port = srv.url.split("//")[1].split("/")[0].rsplit(":", 1)
             assert (await post(s, pre, "a"))[0] == 200
-            reader, writer = await asyncio.open_connection(host, int(port))
+            reader, writer = await asyncio.open_connection(*address(srv.url))
             try:
                 writer.write(raw_pre_reboot("b", 30))
                 await writer.drain()
