@@ -6,16 +6,15 @@ another server instance wrote meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from pathlib import Path
-from typing import Any
 
 from testbed.etcd import PrivateEtcd
+from tests.fleetlock.decisions import lock
 from zincati_py.fleetlock.backends.etcd import EtcdBackend
 from zincati_py.fleetlock.client import FleetLockClient, FleetLockError, new_session
 from zincati_py.fleetlock.config import load
-from zincati_py.fleetlock.decide import LockRequest, Policy, decide_lock
+from zincati_py.fleetlock.decide import Policy
 from zincati_py.fleetlock.server import FleetLockServer
 
 
@@ -107,20 +106,15 @@ def test_concurrent_answers_that_change_nothing_share_one_compare(
     answer is confirmed by a compare sent after it came, one compare for all of them."""
     policy = Policy(slots=1, lease_seconds=600)
 
-    def ask(node: str, now: float) -> Any:
-        return functools.partial(
-            decide_lock, request=LockRequest(node), policy=policy, lease_seconds=600, now=now
-        )
-
     async def scenario() -> tuple[int, list[int | None]]:
         backend = EtcdBackend(etcd.url, key_prefix=f"/shared-{tmp_path.name}/")
         try:
             now = time.time()
             for i in range(50):
-                await backend.apply("g", ask(f"n{i:02d}", now))
+                await backend.apply("g", lock(f"n{i:02d}", policy, now))
             before = backend.calls
             again = await asyncio.gather(
-                *(backend.apply("g", ask(f"n{i:02d}", now + 1)) for i in range(1, 50))
+                *(backend.apply("g", lock(f"n{i:02d}", policy, now + 1)) for i in range(1, 50))
             )
             return backend.calls - before, [o.position for o in again]
         finally:

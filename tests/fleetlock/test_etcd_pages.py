@@ -6,7 +6,6 @@ order; a document written by a server that predates pages owns the queue again."
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from pathlib import Path
@@ -15,11 +14,12 @@ from typing import Any
 import aetcd
 
 from testbed.etcd import PrivateEtcd
+from tests.fleetlock.decisions import lock_all, unlock
 from zincati_py.fleetlock.backends.etcd import EtcdBackend
 from zincati_py.fleetlock.backends.etcd_layout import MARKER, queue_base
 from zincati_py.fleetlock.client import FleetLockClient, FleetLockError, new_session
 from zincati_py.fleetlock.config import load
-from zincati_py.fleetlock.decide import LockRequest, Policy, decide_lock, decide_unlock
+from zincati_py.fleetlock.decide import Policy
 from zincati_py.fleetlock.server import FleetLockServer
 
 
@@ -43,26 +43,12 @@ def test_a_release_in_a_long_queue_rewrites_the_document_and_one_page(
         client = _etcd_client(etcd)
         try:
             now = time.time()
-            outcomes = await asyncio.gather(
-                *(
-                    backend.apply(
-                        "g",
-                        functools.partial(
-                            decide_lock,
-                            request=LockRequest(f"n{i:03d}"),
-                            policy=policy,
-                            lease_seconds=600,
-                            now=now,
-                        ),
-                    )
-                    for i in range(300)
-                )
-            )
+            nodes = [f"n{i:03d}" for i in range(300)]
+            outcomes = await lock_all(backend, "g", nodes, policy, now)
             granted = sorted(f"n{i:03d}" for i, o in enumerate(outcomes) if o.granted)
             qbase = queue_base(prefix.encode(), "g")
             before = await _keys(client, qbase)
-            release = functools.partial(decide_unlock, node=granted[0], policy=policy, now=now + 1)
-            await backend.apply("g", release)
+            await backend.apply("g", unlock(granted[0], policy, now + 1))
             after = await _keys(client, qbase)
             touched = [k.decode() for k in after if after[k][1] != before.get(k, (b"", 0))[1]]
             doc = await client.get(prefix.encode() + b"groups/g")

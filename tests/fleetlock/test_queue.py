@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.fleetlock import decisions
 from zincati_py.fleetlock.protocol import Kind
 
 HEADER = {"fleet-lock-protocol": "true"}
@@ -349,10 +350,8 @@ def test_breaker_counts_our_agents_steady_state_report(serve: Callable[..., Any]
 def test_sqlite_queue_rows_keep_their_order_when_read_afresh(tmp_path: Any) -> None:
     """SQLite stores queue entries as rows (only changed ones are written): a fresh reader
     sees the same order, a node that left and asked again at the back."""
-    import functools
-
     from zincati_py.fleetlock.backends.sqlite import SqliteBackend
-    from zincati_py.fleetlock.decide import LockRequest, Policy, decide_lock, decide_unlock
+    from zincati_py.fleetlock.decide import Policy
 
     policy = Policy(slots=1, lease_seconds=60)
 
@@ -360,20 +359,9 @@ def test_sqlite_queue_rows_keep_their_order_when_read_afresh(tmp_path: Any) -> N
         backend = SqliteBackend(str(tmp_path / "q.db"))
         now = time.time()
         for i, node in enumerate(["holder", "a", "b", "c"]):
-            await backend.apply(
-                "g",
-                functools.partial(
-                    decide_lock, request=LockRequest(node), policy=policy, lease_seconds=60,
-                    now=now + i,
-                ),
-            )  # fmt: skip
-        await backend.apply("g", functools.partial(decide_unlock, node="a", policy=policy,
-                                                   now=now + 5))  # fmt: skip
-        await backend.apply(
-            "g",
-            functools.partial(decide_lock, request=LockRequest("a"), policy=policy,
-                              lease_seconds=60, now=now + 6),
-        )  # fmt: skip
+            await backend.apply("g", decisions.lock(node, policy, now + i))
+        await backend.apply("g", decisions.unlock("a", policy, now + 5))
+        await backend.apply("g", decisions.lock("a", policy, now + 6))
         await backend.close()
         fresh = SqliteBackend(str(tmp_path / "q.db"))
         try:
@@ -409,31 +397,15 @@ def test_sqlite_group_commit_shares_transactions_and_answers_after_commit(
 ) -> None:
     """Issue 17: concurrent changes share fsynced transactions; every answered grant is in
     the file (a fresh reader sees it)."""
-    import functools
-
     from zincati_py.fleetlock.backends.sqlite import SqliteBackend
-    from zincati_py.fleetlock.decide import LockRequest, Policy, decide_lock
+    from zincati_py.fleetlock.decide import Policy
 
     policy = Policy(slots=100, lease_seconds=600)
 
     async def scenario() -> tuple[int, int, set[str], set[str]]:
         backend = SqliteBackend(str(tmp_path / "gc.db"))
         now = time.time()
-        outcomes = await asyncio.gather(
-            *(
-                backend.apply(
-                    "g",
-                    functools.partial(
-                        decide_lock,
-                        request=LockRequest(f"n{i}"),
-                        policy=policy,
-                        lease_seconds=600,
-                        now=now,
-                    ),
-                )
-                for i in range(60)
-            )
-        )
+        outcomes = await decisions.lock_all(backend, "g", [f"n{i}" for i in range(60)], policy, now)
         granted = {o.holder.id for o in outcomes if o.granted and o.holder is not None}
         commits, changes = backend.commits, backend.changes
         await backend.close()

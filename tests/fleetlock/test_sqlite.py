@@ -5,17 +5,19 @@ connection's parsed copy is made again when another connection wrote meanwhile."
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fleetlock import decisions
 from zincati_py.fleetlock.backends import BackendUnavailable, GroupState
 from zincati_py.fleetlock.backends.sqlite import SqliteBackend
-from zincati_py.fleetlock.decide import LockRequest, Policy, decide_lock, decide_unlock
+from zincati_py.fleetlock.decide import Policy
 
 POLICY = Policy(slots=1, lease_seconds=600)
 
@@ -25,17 +27,26 @@ def run(coro: Any) -> Any:
 
 
 def lock(node: str, now: float | None = None) -> Any:
-    return functools.partial(
-        decide_lock,
-        request=LockRequest(node),
-        policy=POLICY,
-        lease_seconds=POLICY.lease_seconds,
-        now=time.time() if now is None else now,
-    )
+    return decisions.lock(node, POLICY, now)
 
 
 def unlock(node: str) -> Any:
-    return functools.partial(decide_unlock, node=node, policy=POLICY, now=time.time())
+    return decisions.unlock(node, POLICY)
+
+
+@contextlib.asynccontextmanager
+async def stale_copy(tmp_path: Path) -> AsyncIterator[tuple[SqliteBackend, SqliteBackend]]:
+    """Two connections to one file (as two server processes): ``a`` granted on the first,
+    released on the second, so the first one's copy still has ``a`` holding the slot."""
+    one = SqliteBackend(str(tmp_path / "f.db"))
+    two = SqliteBackend(str(tmp_path / "f.db"))
+    try:
+        assert (await one.apply("g", lock("a"))).granted
+        assert (await two.apply("g", unlock("a"))).released
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
 
 
 def test_one_durable_transaction_per_change_and_none_for_a_noop(tmp_path: Path) -> None:
@@ -73,17 +84,10 @@ def test_a_noop_on_a_stale_copy_is_decided_again_on_what_another_writer_stored(
     granted ``b`` meanwhile, so ``a`` is refused and queued (and that is written)."""
 
     async def scenario() -> tuple[Any, GroupState]:
-        one = SqliteBackend(str(tmp_path / "f.db"))
-        two = SqliteBackend(str(tmp_path / "f.db"))
-        try:
-            assert (await one.apply("g", lock("a"))).granted
-            assert (await two.apply("g", unlock("a"))).released
+        async with stale_copy(tmp_path) as (one, two):
             assert (await two.apply("g", lock("b"))).granted
             again = await one.apply("g", lock("a"))
             return again, await two.state("g")
-        finally:
-            await one.close()
-            await two.close()
 
     again, stored = run(scenario())
     assert not again.granted and again.refusal == "group_full" and again.position == 1
@@ -97,16 +101,9 @@ def test_a_change_decided_on_a_stale_copy_is_decided_again_under_the_write_lock(
     the other connection released ``a`` meanwhile: ``c`` is granted, and nothing else."""
 
     async def scenario() -> tuple[Any, GroupState]:
-        one = SqliteBackend(str(tmp_path / "f.db"))
-        two = SqliteBackend(str(tmp_path / "f.db"))
-        try:
-            assert (await one.apply("g", lock("a"))).granted
-            assert (await two.apply("g", unlock("a"))).released
+        async with stale_copy(tmp_path) as (one, two):
             granted = await one.apply("g", lock("c"))
             return granted, await two.state("g")
-        finally:
-            await one.close()
-            await two.close()
 
     granted, stored = run(scenario())
     assert granted.granted
