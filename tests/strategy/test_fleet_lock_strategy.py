@@ -29,8 +29,16 @@ def fleet_lock(node: Any, url: str, *, wait: float = 0, **kwargs: Any) -> FleetL
     return strategy
 
 
-async def holders(server: Any, group: str = "default") -> list[str]:
-    admin = FleetLockAdminClient(server.url)
+def token_file(tmp_path: Path, token: str) -> Path:
+    """The node's token in a file only its owner reads (as the agent requires)."""
+    path = tmp_path / "fleetlock.token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+async def holders(server: Any, group: str = "default", token: str | None = None) -> list[str]:
+    admin = FleetLockAdminClient(server.url, token=token)
     try:
         doc = await admin.group(group)
     finally:
@@ -313,19 +321,10 @@ def test_per_node_tokens_from_file_and_credential(
         f'[groups]\ndefault = 2\n[auth]\nadmin_token = "adm"\n[auth.nodes]\n'
         f'"{node.node_id}" = "mine"\n"{OTHER}" = "theirs"\n'
     )
-    token = tmp_path / "fleetlock.token"
-    token.write_text("mine\n")
-    token.chmod(0o600)
+    token = token_file(tmp_path, "mine")
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "fleetlock").write_text("theirs\n")
-
-    async def holders_as_admin() -> list[str]:
-        admin = FleetLockAdminClient(server.url, token="adm")
-        try:
-            return [h["id"] for h in (await admin.group("default"))["holders"]]
-        finally:
-            await admin.close()
 
     async def scenario(strategy: FleetLock) -> None:
         try:
@@ -338,13 +337,13 @@ def test_per_node_tokens_from_file_and_credential(
         expect = s._expect  # type: ignore[attr-defined]
         if expect == 200:
             assert verdict.allowed, verdict.reason
-            assert await holders_as_admin() == [node.node_id]
+            assert await holders(server, token="adm") == [node.node_id]
             await s.abort()
-            assert await holders_as_admin() == []
+            assert await holders(server, token="adm") == []
         else:
             assert not verdict.allowed
             assert f"({expect_status(expect)})" in verdict.reason, verdict.reason
-            assert await holders_as_admin() == []
+            assert await holders(server, token="adm") == []
 
     def expect_status(code: int | str) -> str:
         return {401: "HTTP 401", 403: "HTTP 403", "token": "no answer"}[code]
@@ -430,16 +429,7 @@ def test_release_before_any_ask_is_made_by_a_child(
         f'[groups]\ndefault = 1\n[auth]\nadmin_token = "adm"\n'
         f'[auth.nodes]\n"{node.node_id}" = "mine"\n'
     )
-    token = tmp_path / "fleetlock.token"
-    token.write_text("mine\n")
-    token.chmod(0o600)
-
-    async def holders_as_admin() -> list[str]:
-        admin = FleetLockAdminClient(server.url, token="adm")
-        try:
-            return [h["id"] for h in (await admin.group("default"))["holders"]]
-        finally:
-            await admin.close()
+    token = token_file(tmp_path, "mine")
 
     async def scenario() -> None:
         before = FleetLockClient(server.url, node.node_id, "default", token="mine")
@@ -447,7 +437,7 @@ def test_release_before_any_ask_is_made_by_a_child(
             await before.pre_reboot()
         finally:
             await before.close()
-        assert await holders_as_admin() == [node.node_id]
+        assert await holders(server, token="adm") == [node.node_id]
         node.write(
             f'[updates.fleet_lock]\ntoken_file = "{tmp_path / "missing"}"\n', "60-token.toml"
         )
@@ -458,18 +448,18 @@ def test_release_before_any_ask_is_made_by_a_child(
         s = fleet_lock(node, server.url)
         steady = await s.report_steady()
         assert not steady.allowed and "(HTTP 401)" in steady.reason, steady.reason
-        assert await holders_as_admin() == [node.node_id]
+        assert await holders(server, token="adm") == [node.node_id]
         node.write(f'[updates.fleet_lock]\ntoken_file = "{token}"\n', "60-token.toml")
         s = fleet_lock(node, server.url)
         steady = await s.report_steady()
         assert steady.allowed, steady.reason
         assert s._client is None  # no HTTP client in this process
-        assert await holders_as_admin() == []
+        assert await holders(server, token="adm") == []
         # A pre-reboot makes the client; a later release uses it.
         assert (await s.can_finalize(NOW)).allowed
         await s.abort()
         assert s._client is not None
-        assert await holders_as_admin() == []
+        assert await holders(server, token="adm") == []
         await s.stop()
 
     asyncio.run(scenario())
