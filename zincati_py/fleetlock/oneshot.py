@@ -63,16 +63,28 @@ async def steady_state_once(
     if answer is None:
         # The child may have sent the report before it failed: steady-state is idempotent,
         # so sending it again is safe (it may then say "nothing released").
-        client = FleetLockClient(base_url, node_id, group, timeout=timeout, token=token)
-        try:
-            return await client.steady_state(report)
-        finally:
-            await client.close()
+        return await _report_here(base_url, node_id, group, report, timeout, token)
     if "error" in answer:
         kind, value, status = answer["error"]
         raise FleetLockError(str(kind), str(value), None if status is None else int(status))
     released = answer.get("released")
     return released if isinstance(released, bool) else None
+
+
+async def _report_here(
+    base_url: str,
+    node_id: str,
+    group: str,
+    report: dict[str, str] | None,
+    timeout: float,
+    token: str | None,
+) -> bool | None:
+    """The report made in this process (the child's, or the caller's when no child can)."""
+    client = FleetLockClient(base_url, node_id, group, timeout=timeout, token=token)
+    try:
+        return await client.steady_state(report)
+    finally:
+        await client.close()
 
 
 async def _run_child(request: bytes, bound: float) -> dict[str, Any] | None:
@@ -133,18 +145,17 @@ def _child_main() -> None:
     req = json.loads(sys.stdin.buffer.read())
 
     async def report() -> dict[str, Any]:
-        client = FleetLockClient(
-            req["base_url"],
-            req["node_id"],
-            req["group"],
-            timeout=float(req["timeout"]),
-            token=req["token"],
-        )
         try:
-            return {"released": await client.steady_state(req["report"])}
+            released = await _report_here(
+                req["base_url"],
+                req["node_id"],
+                req["group"],
+                req["report"],
+                float(req["timeout"]),
+                req["token"],
+            )
         except FleetLockError as exc:
             return {"error": [exc.kind, exc.value, exc.status]}
-        finally:
-            await client.close()
+        return {"released": released}
 
     sys.stdout.write(json.dumps(asyncio.run(report())))
