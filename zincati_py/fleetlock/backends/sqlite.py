@@ -68,7 +68,8 @@ INLINE_SLOW_COMMITS = 3
 INLINE_PAUSE_SECS = 30.0
 
 
-# A change waiting for the SQLite thread: (group, decide, the caller's future).
+# A change waiting for its transaction (on the loop or the SQLite thread): (group, decide,
+# the caller's future).
 _Change = tuple[str, Decide[Any], "asyncio.Future[Any]"]
 _Results = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
 
